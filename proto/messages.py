@@ -1,0 +1,233 @@
+"""Message types of the bus contract, version 1 (msgspec, JSON on the wire).
+
+Every message carries `call_id`; everything that belongs to a reply carries `turn_id`.
+Times are wall-clock microseconds (`*_us`) stamped where the event happened, so the
+orchestrator can break a turn's latency down per stage without trusting any one clock
+more than the host's.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class _Msg(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    call_id: str
+
+
+# --- call lifecycle -------------------------------------------------------------------
+
+
+class CallStart(_Msg, kw_only=True):
+    """gateway -> orchestrator (request): a media stream started; someone must own the call."""
+
+    agent_id: str
+    stream_sid: str
+    call_sid: str
+    from_number: str = ""
+    to_number: str = ""
+    custom_parameters: dict[str, str] = {}
+    started_at_us: int
+
+
+class CallAccepted(_Msg, kw_only=True):
+    """orchestrator -> gateway (reply): the call is owned by `orchestrator_id`."""
+
+    orchestrator_id: str
+
+
+class CallRefused(_Msg, kw_only=True):
+    """orchestrator -> gateway (reply): the call cannot go on (unknown agent, no STT worker)."""
+
+    reason: str
+
+
+class CallEnded(_Msg, kw_only=True):
+    """orchestrator -> everyone (broadcast): free every per-call resource."""
+
+    reason: str
+
+
+class Hangup(_Msg, kw_only=True):
+    """orchestrator -> gateway: end the media stream (after the last audio was heard)."""
+
+    reason: str
+
+
+# --- speech to text -------------------------------------------------------------------
+
+
+class SttAssign(_Msg, kw_only=True):
+    """orchestrator -> stt (request): subscribe to this call's audio until CallEnded."""
+
+    agent_id: str
+    language: str = "en"
+    keywords: list[str] = []
+    custom_parameters: dict[str, str] = {}
+
+
+class SttAssigned(_Msg, kw_only=True):
+    worker_id: str
+    provider: str
+
+
+class SpeechStarted(_Msg, kw_only=True):
+    at_us: int
+
+
+class Transcript(_Msg, kw_only=True):
+    text: str
+    is_final: bool
+    at_us: int
+    provider_ms: float = 0.0  # the provider's own processing time for this result
+
+
+class SpeechEnded(_Msg, kw_only=True):
+    """The caller stopped speaking; `speech_end_us` is the end of the speech itself,
+    `at_us` when the silence that confirmed it had elapsed."""
+
+    at_us: int
+    speech_end_us: int
+
+
+class SttError(_Msg, kw_only=True):
+    message: str
+
+
+# --- brain ----------------------------------------------------------------------------
+
+
+class ChatTurn(msgspec.Struct, frozen=True):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+class BrainTurn(_Msg, kw_only=True):
+    """orchestrator -> brain: answer the caller."""
+
+    turn_id: int
+    agent_id: str
+    history: list[ChatTurn]
+    user_text: str
+    requested_at_us: int
+
+
+class ReplySentence(_Msg, kw_only=True):
+    """brain -> orchestrator: one speakable sentence of the reply, in order (`seq` from 0)."""
+
+    turn_id: int
+    seq: int
+    text: str
+    at_us: int
+    first_token_us: int = 0
+
+
+class ReplyDone(_Msg, kw_only=True):
+    turn_id: int
+    sentences: int
+    at_us: int
+    action: str = ""  # "", "hangup" or "transfer": what to do once the reply was heard
+    action_arg: str = ""
+
+
+class ReplyError(_Msg, kw_only=True):
+    turn_id: int
+    message: str
+
+
+# --- text to speech -------------------------------------------------------------------
+
+
+class Synthesize(_Msg, kw_only=True):
+    """orchestrator -> tts: speak one sentence; audio goes to the call's audio.out subject."""
+
+    turn_id: int
+    seq: int
+    text: str
+    voice: str = ""
+    last: bool = False
+    greeting: bool = False
+    requested_at_us: int
+
+
+class SentenceSynthesized(_Msg, kw_only=True):
+    turn_id: int
+    seq: int
+    audio_ms: float
+    first_audio_us: int
+    at_us: int
+
+
+class TtsError(_Msg, kw_only=True):
+    turn_id: int
+    seq: int
+    message: str
+
+
+# --- gateway events -------------------------------------------------------------------
+
+
+class MarkPlayed(_Msg, kw_only=True):
+    """gateway -> orchestrator: Twilio echoed a mark, so the caller heard audio up to it."""
+
+    turn_id: int
+    seq: int
+    chunk: int
+    end_ms: int
+    sentence_end: bool
+    turn_end: bool
+    at_us: int
+
+
+class ReplyAudioSent(_Msg, kw_only=True):
+    """gateway -> orchestrator: the first media message of a turn left for Twilio."""
+
+    turn_id: int
+    at_us: int
+
+
+class Dtmf(_Msg, kw_only=True):
+    digit: str
+    at_us: int
+
+
+class CallStopped(_Msg, kw_only=True):
+    """gateway -> orchestrator: the media stream ended (caller hung up or Hangup done)."""
+
+    reason: str
+    at_us: int
+
+
+class TurnCancel(_Msg, kw_only=True):
+    """orchestrator -> brain, tts, gateway: drop everything of this turn (and older)."""
+
+    turn_id: int
+    reason: str
+    at_us: int
+
+
+Message = (
+    CallStart
+    | CallAccepted
+    | CallRefused
+    | CallEnded
+    | Hangup
+    | SttAssign
+    | SttAssigned
+    | SpeechStarted
+    | Transcript
+    | SpeechEnded
+    | SttError
+    | BrainTurn
+    | ReplySentence
+    | ReplyDone
+    | ReplyError
+    | Synthesize
+    | SentenceSynthesized
+    | TtsError
+    | MarkPlayed
+    | ReplyAudioSent
+    | Dtmf
+    | CallStopped
+    | TurnCancel
+)

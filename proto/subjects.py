@@ -1,0 +1,73 @@
+"""Subject names, version 1. Per-call subjects put the call id in the subject so a
+consumer subscribes to exactly the calls it owns and NATS does the routing."""
+
+from __future__ import annotations
+
+PREFIX = "vx1"
+
+# Queue groups: one member of each group receives each message.
+QUEUE_ORCHESTRATOR = "orchestrator"
+QUEUE_STT = "stt"
+QUEUE_BRAIN = "brain"
+QUEUE_TTS = "tts"
+
+# Work requests (queue-grouped, request/reply where the caller needs an owner).
+CALL_START = f"{PREFIX}.orchestrator.call_start"  # gateway -> orchestrator (request)
+STT_ASSIGN = f"{PREFIX}.stt.assign"  # orchestrator -> stt (request)
+BRAIN_TURN = f"{PREFIX}.brain.turn"  # orchestrator -> brain
+TTS_SYNTHESIZE = f"{PREFIX}.tts.synthesize"  # orchestrator -> tts
+
+# Broadcast: every instance of every service hears it.
+CALL_ENDED = f"{PREFIX}.calls.ended"  # orchestrator -> all (release per-call resources)
+
+# Wildcards for services that serve every call.
+ALL_TURN_CANCELS = f"{PREFIX}.call.*.cancel"
+
+
+def call_prefix(call_id: str) -> str:
+    return f"{PREFIX}.call.{call_id}"
+
+
+def audio_in(call_id: str) -> str:
+    """Caller audio (binary AudioFrame), gateway -> the call's STT worker."""
+    return f"{PREFIX}.call.{call_id}.audio.in"
+
+
+def audio_out(call_id: str) -> str:
+    """Reply audio (binary AudioFrame), tts -> gateway."""
+    return f"{PREFIX}.call.{call_id}.audio.out"
+
+
+def gateway_events(call_id: str) -> str:
+    """Media-stream events (marks played, DTMF, stop), gateway -> orchestrator."""
+    return f"{PREFIX}.call.{call_id}.gateway"
+
+
+def stt_events(call_id: str) -> str:
+    """Speech and transcript events, stt -> orchestrator."""
+    return f"{PREFIX}.call.{call_id}.stt"
+
+
+def reply_text(call_id: str) -> str:
+    """Reply sentences as the brain streams them, brain -> orchestrator."""
+    return f"{PREFIX}.call.{call_id}.reply"
+
+
+def tts_events(call_id: str) -> str:
+    """Synthesis results (sentence done, errors), tts -> orchestrator."""
+    return f"{PREFIX}.call.{call_id}.tts"
+
+
+def control(call_id: str) -> str:
+    """Orders to the gateway (hang up), orchestrator -> gateway."""
+    return f"{PREFIX}.call.{call_id}.control"
+
+
+def turn_cancel(call_id: str) -> str:
+    """A turn is cancelled: brain, tts and gateway drop everything of it."""
+    return f"{PREFIX}.call.{call_id}.cancel"
+
+
+def call_id_of(subject: str) -> str:
+    """The call id inside a per-call subject (`vx1.call.<id>.<kind>`)."""
+    return subject.split(".", 3)[2]
