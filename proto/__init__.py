@@ -4,22 +4,22 @@ Both sides of every message import from here and nowhere else. See README.md for
 publishes and who subscribes to each subject.
 """
 
+from proto import messages, subjects
 from proto.audio_frame import AudioFrame, FrameFlags
 from proto.codec import decode, encode
-from proto.headers import CALL_ID, TURN_ID, TRACEPARENT, call_headers
+from proto.headers import CALL_ID, TRACEPARENT, TURN_ID, call_headers
 from proto.marks import MarkName
-from proto import messages, subjects
 
 __all__ = [
+    "CALL_ID",
+    "TRACEPARENT",
+    "TURN_ID",
     "AudioFrame",
     "FrameFlags",
     "MarkName",
+    "call_headers",
     "decode",
     "encode",
     "messages",
     "subjects",
-    "CALL_ID",
-    "TURN_ID",
-    "TRACEPARENT",
-    "call_headers",
 ]

@@ -34,11 +34,13 @@ class AudioFrame:
     timestamp_us: int = 0  # wall clock when the frame was made (latency accounting)
 
     def encode(self) -> bytes:
-        header = _HEADER.pack(VERSION, int(self.flags), 0, self.turn_id, self.seq & 0xFFFF, self.chunk & 0xFFFF, self.timestamp_us)
+        header = _HEADER.pack(
+            VERSION, int(self.flags), 0, self.turn_id, self.seq & 0xFFFF, self.chunk & 0xFFFF, self.timestamp_us
+        )
         return header + self.payload
 
     @classmethod
-    def decode(cls, data: bytes) -> "AudioFrame":
+    def decode(cls, data: bytes) -> AudioFrame:
         """Raise ValueError on a frame this version cannot read."""
         if len(data) < HEADER_SIZE:
             raise ValueError(f"audio frame too short: {len(data)} bytes")

@@ -23,7 +23,7 @@ class MarkName(msgspec.Struct, frozen=True):
         return f"t{self.turn_id}.s{self.seq}.c{self.chunk}.e{self.end_ms}{flags}"
 
     @classmethod
-    def parse(cls, name: str) -> "MarkName | None":
+    def parse(cls, name: str) -> MarkName | None:
         """Parse a mark echo; None for names Voxline did not write."""
         parts = name.split(".")
         if len(parts) < 4 or [p[:1] for p in parts[:4]] != ["t", "s", "c", "e"]:

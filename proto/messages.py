@@ -120,6 +120,7 @@ class ReplySentence(_Msg, kw_only=True):
     text: str
     at_us: int
     first_token_us: int = 0
+    provider_ms: float = 0.0  # the provider's own time from the request's arrival to this sentence
 
 
 class ReplyDone(_Msg, kw_only=True):
@@ -156,6 +157,7 @@ class SentenceSynthesized(_Msg, kw_only=True):
     audio_ms: float
     first_audio_us: int
     at_us: int
+    provider_ttfb_ms: float = 0.0  # the provider's own time to its first audio byte
 
 
 class TtsError(_Msg, kw_only=True):

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= fake
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench system-deps clean
+
+# Debian packages: espeak-ng voices the simulated caller, sox measures audio.
+system-deps:
+	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+		echo "installing espeak-ng (Debian package) for the caller simulator"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: system-deps $(STAMP)
+	$(BIN)/voxline up --profile $(PROFILE)
+
+test: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy proto voxline services
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,33 @@
+"""The call record: what happened on a call, kept in the JetStream KV bucket
+`CALL_RECORDS_BUCKET` under the call id. The orchestrator writes it, the gateway's REST
+API serves it."""
+
+from __future__ import annotations
+
+import msgspec
+
+CALL_RECORDS_BUCKET = "voxline_calls"
+
+
+class TurnRecord(msgspec.Struct, kw_only=True):
+    turn_id: int
+    kind: str  # "greeting" | "reply" | "reprompt" | "apology"
+    caller_text: str = ""
+    reply_text: str = ""
+    heard_text: str = ""  # what Twilio's mark echoes confirm the caller heard
+    interrupted: bool = False
+    cancel_reason: str = ""
+    latency: dict[str, float] = {}  # stage -> ms, in pipeline order
+
+
+class CallRecord(msgspec.Struct, kw_only=True):
+    call_id: str
+    call_sid: str
+    agent_id: str
+    status: str  # "in-progress" | "ended"
+    started_at_us: int
+    ended_at_us: int = 0
+    end_reason: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    turns: list[TurnRecord] = []

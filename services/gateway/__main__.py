@@ -1,0 +1,34 @@
+"""`python -m services.gateway`: the Twilio edge and the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.gateway.app import Gateway, create_app
+from voxline.bus import Bus
+from voxline.config import GatewaySettings
+from voxline.service import connect_with_retry, install_stop_signals, serve_http
+from voxline.telemetry import setup_logging
+
+log = logging.getLogger("voxline.gateway")
+
+
+async def main(settings: GatewaySettings) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    bus = Bus(f"gateway-{settings.instance_id}")
+    await connect_with_retry(bus, settings, stop)
+    gateway = Gateway(bus, settings)
+    if settings.twilio_auth_token:
+        log.info("Twilio signature validation is on")
+    else:
+        log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked")
+    await serve_http(create_app(gateway), settings.http_host, settings.http_port, stop)
+    await bus.close()
+
+
+if __name__ == "__main__":
+    gateway_settings = GatewaySettings()
+    setup_logging("gateway", gateway_settings.log_level, gateway_settings.log_format)
+    asyncio.run(main(gateway_settings))

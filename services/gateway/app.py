@@ -1,0 +1,88 @@
+"""The gateway's HTTP surface: Twilio webhook, media WebSocket, REST API, probes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import Response
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from proto.records import CALL_RECORDS_BUCKET
+from services.gateway.media_stream import MediaStream
+from services.gateway.stream_token import StreamTokens
+from services.gateway.webhook import voice_webhook
+from voxline.agents import AgentStore
+from voxline.bus import Bus
+from voxline.config import GatewaySettings
+from voxline.service import probe_routes
+
+log = logging.getLogger("voxline.gateway")
+
+
+class Gateway:
+    """Holds no conversation logic: it translates between Twilio and the bus."""
+
+    def __init__(self, bus: Bus, settings: GatewaySettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.agents = AgentStore(settings.agents_dir)
+        self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s)
+        self.streams: set[MediaStream] = set()
+
+    def ready(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "active_calls": len(self.streams),
+            "calls": sorted(s.call_id for s in self.streams if s.call_id),
+            "subscriptions": sum(int(str(s.status()["subscriptions"])) for s in self.streams),
+        }
+
+    async def stop(self) -> None:
+        return None
+
+    async def call_record(self, call_id: str) -> dict[str, Any]:
+        if not call_id.isalnum():
+            raise HTTPException(400, "invalid call id")
+        try:
+            kv = await self.bus.nc.jetstream().key_value(CALL_RECORDS_BUCKET)
+            entry = await kv.get(call_id)
+        except (KeyNotFoundError, BucketNotFoundError):
+            raise HTTPException(404, f"no call {call_id}") from None
+        if entry.value is None:
+            raise HTTPException(404, f"no call {call_id}")
+        record: dict[str, Any] = msgspec.json.decode(entry.value)
+        return record
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="Voxline gateway", version="1")
+
+    @app.post("/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        return await voice_webhook(request, gateway.settings, gateway.agents, gateway.tokens)
+
+    @app.websocket("/twilio/media")
+    async def twilio_media(ws: WebSocket) -> None:
+        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens)
+        gateway.streams.add(stream)
+        try:
+            await stream.run()
+        finally:
+            gateway.streams.discard(stream)
+
+    @app.get("/v1/calls/{call_id}")
+    async def get_call(call_id: str) -> dict[str, Any]:
+        return await gateway.call_record(call_id)
+
+    @app.get("/v1/agents")
+    async def list_agents() -> dict[str, Any]:
+        return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
+
+    for route in probe_routes(gateway.bus, lambda: gateway):
+        app.router.routes.append(route)
+    return app

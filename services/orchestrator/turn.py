@@ -1,0 +1,100 @@
+"""One reply turn of a call: its sentences, what the caller actually heard, its timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proto.records import TurnRecord
+
+
+@dataclass
+class Turn:
+    turn_id: int
+    kind: str  # greeting | reply | apology
+    caller_text: str = ""
+    sentences: dict[int, str] = field(default_factory=dict)
+    audio_ms: dict[int, float] = field(default_factory=dict)  # per sentence, from TTS
+    heard_ms: dict[int, int] = field(default_factory=dict)  # per sentence, from mark echoes
+    sentence_heard: set[int] = field(default_factory=set)  # sentences played to the end
+    brain_done: bool = False
+    closed: bool = False  # the end-of-turn marker was sent to TTS
+    finished: bool = False  # Twilio played the whole reply
+    cancelled: bool = False
+    cancel_reason: str = ""
+    action: str = ""
+    action_arg: str = ""
+    times_us: dict[str, int] = field(default_factory=dict)
+    provider_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.sentences)
+
+    @property
+    def active(self) -> bool:
+        return not (self.finished or self.cancelled)
+
+    def mark(self, name: str, at_us: int) -> None:
+        self.times_us.setdefault(name, at_us)
+
+    def reply_text(self) -> str:
+        return " ".join(self.sentences[s] for s in sorted(self.sentences) if self.sentences[s])
+
+    def heard_text(self) -> str:
+        """The reply cut at the last word the caller heard, from the mark echoes.
+
+        A sentence whose last mark was echoed was heard whole; a partly played one is cut
+        in proportion to the audio played, at a word boundary; nothing after a sentence
+        that was not (fully) heard counts."""
+        heard: list[str] = []
+        for seq in sorted(self.sentences):
+            text = self.sentences[seq]
+            if seq in self.sentence_heard:
+                if text:
+                    heard.append(text)
+                continue
+            played = self.heard_ms.get(seq, 0)
+            total = self.audio_ms.get(seq, 0.0)
+            if played > 0 and total > 0 and text:
+                words = text.split()
+                keep = min(len(words), int(len(words) * played / total))
+                if keep:
+                    heard.append(" ".join(words[:keep]))
+            break
+        return " ".join(heard)
+
+    def latency_ms(self) -> dict[str, float]:
+        """Stage breakdown in pipeline order, measured from the caller's end of speech."""
+        t = self.times_us
+        out: dict[str, float] = {}
+        start = t.get("speech_end")
+
+        def span(name: str, a: str, b: str) -> None:
+            if a in t and b in t:
+                out[name] = round((t[b] - t[a]) / 1000.0, 1)
+
+        span("end_of_turn", "speech_end", "end_of_turn")
+        span("stt_final", "speech_end", "stt_final")
+        span("llm_first_token", "brain_request", "first_token")
+        span("llm_first_sentence", "brain_request", "first_sentence")
+        span("tts_first_audio", "tts_request", "tts_first_audio")
+        if start is not None:
+            span("first_media_sent", "speech_end", "first_media")
+        else:
+            span("first_media_sent", "call_start", "first_media")
+        if "first_media" in t and (start is not None):
+            providers = sum(self.provider_ms.values())
+            out["pipeline_overhead"] = round(out["first_media_sent"] - providers, 1)
+        return out
+
+    def record(self) -> TurnRecord:
+        return TurnRecord(
+            turn_id=self.turn_id,
+            kind=self.kind,
+            caller_text=self.caller_text,
+            reply_text=self.reply_text(),
+            heard_text=self.heard_text(),
+            interrupted=self.cancelled,
+            cancel_reason=self.cancel_reason,
+            latency=self.latency_ms(),
+        )

@@ -1,0 +1,3 @@
+"""Voxline shared runtime: bus client, audio codecs, settings, telemetry, CLI, dev stack."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Agent definitions: who the AI is on a given number. Files for now (one TOML per agent),
+until agent storage arrives with the REST API."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+BUNDLED_DIR = Path(__file__).parent
+_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class Agent(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    greeting: str
+    system_prompt: str
+    voice: str = ""
+    language: str = "en"
+    keywords: list[str] = []
+    goodbye: str = "Thank you for calling. Goodbye."
+    apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+
+
+class UnknownAgent(LookupError):
+    pass
+
+
+class AgentStore:
+    """Reads agents from a directory (the bundled ones when none is given), re-reading a
+    file when it changes so an edit needs no restart."""
+
+    def __init__(self, directory: str | Path = "") -> None:
+        self.directory = Path(directory) if directory else BUNDLED_DIR
+        self._cache: dict[str, tuple[float, Agent]] = {}
+
+    def get(self, agent_id: str) -> Agent:
+        if not _AGENT_ID.match(agent_id):
+            raise UnknownAgent(f"invalid agent id {agent_id!r}")
+        path = self.directory / f"{agent_id}.toml"
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            raise UnknownAgent(f"unknown agent {agent_id!r} (no {path})") from None
+        cached = self._cache.get(agent_id)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        with path.open("rb") as f:
+            agent = msgspec.convert({"id": agent_id, **tomllib.load(f)}, Agent)
+        self._cache[agent_id] = (mtime, agent)
+        return agent
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.directory.glob("*.toml"))

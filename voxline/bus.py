@@ -1,0 +1,123 @@
+"""The NATS bus client every service uses: reconnecting connection, typed publish and
+subscribe over the `proto` contract, drain on shutdown.
+
+Handlers never take a service down: a message outside the contract is logged with its
+subject and dropped, and a handler's exception is logged with the call id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from proto import AudioFrame, decode, encode
+from proto.headers import CALL_ID
+from proto.messages import Message
+
+log = logging.getLogger("voxline.bus")
+
+MessageHandler = Callable[[Message, Msg], Awaitable[None]]
+FrameHandler = Callable[[AudioFrame, Msg], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._nc: Client | None = None
+        self.decode_errors = 0
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("bus not connected")
+        return self._nc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def connect(self, url: str) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        self._nc = await nats.connect(
+            url,
+            name=self.name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=2,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            pending_size=64 * 1024 * 1024,
+        )
+        log.info("connected to nats at %s", url)
+
+    async def close(self) -> None:
+        """Drain: finish handling what was received, flush what was published, then close."""
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception as exc:  # a drain during shutdown may race a dead server
+                log.warning("nats drain failed: %s", exc)
+
+    async def publish(self, subject: str, message: Message, headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(subject, encode(message), headers=headers)
+
+    async def publish_frame(self, subject: str, frame: AudioFrame, headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(subject, frame.encode(), headers=headers)
+
+    async def request(
+        self, subject: str, message: Message, timeout: float, headers: dict[str, str] | None = None
+    ) -> Message:
+        """Raise nats.errors.TimeoutError / NoRespondersError when nobody answers."""
+        reply = await self.nc.request(subject, encode(message), timeout=timeout, headers=headers)
+        return decode(reply.data)
+
+    async def respond(self, msg: Msg, message: Message) -> None:
+        await msg.respond(encode(message))
+
+    async def subscribe(self, subject: str, handler: MessageHandler, queue: str = "") -> Subscription:
+        async def on_message(msg: Msg) -> None:
+            try:
+                message = decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.decode_errors += 1
+                log.error("dropped a message outside the contract on %s: %s", msg.subject, exc)
+                return
+            try:
+                await handler(message, msg)
+            except Exception:
+                log.exception(
+                    "handler failed on %s", msg.subject, extra={"call_id": (msg.headers or {}).get(CALL_ID, "")}
+                )
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_message, pending_msgs_limit=100_000)
+
+    async def subscribe_frames(self, subject: str, handler: FrameHandler) -> Subscription:
+        async def on_frame(msg: Msg) -> None:
+            try:
+                frame = AudioFrame.decode(msg.data)
+            except ValueError as exc:
+                self.decode_errors += 1
+                log.error("dropped a bad audio frame on %s: %s", msg.subject, exc)
+                return
+            try:
+                await handler(frame, msg)
+            except Exception:
+                log.exception("frame handler failed on %s", msg.subject)
+
+        return await self.nc.subscribe(subject, cb=on_frame, pending_msgs_limit=100_000)

