@@ -1,0 +1,52 @@
+"""What the caller heard, from mark echoes, cut at word level."""
+
+from __future__ import annotations
+
+from services.orchestrator.turn import Turn
+
+
+def _turn() -> Turn:
+    turn = Turn(turn_id=2, kind="reply", caller_text="hours?")
+    turn.sentences = {0: "We open at nine.", 1: "We close at six in the evening.", 2: ""}
+    turn.audio_ms = {0: 1000.0, 1: 2000.0, 2: 0.0}
+    return turn
+
+
+def test_nothing_heard_before_any_echo() -> None:
+    assert _turn().heard_text() == ""
+
+
+def test_whole_sentences_and_a_proportional_word_cut() -> None:
+    turn = _turn()
+    turn.sentence_heard.add(0)
+    turn.heard_ms[1] = 1000  # half of "We close at six in the evening." (7 words)
+    assert turn.heard_text() == "We open at nine. We close at"
+
+
+def test_a_gap_stops_what_counts_as_heard() -> None:
+    turn = _turn()
+    turn.heard_ms[0] = 500
+    turn.sentence_heard.add(1)  # cannot have heard sentence 1 without finishing 0
+    assert turn.heard_text() == "We open"
+
+
+def test_latency_breakdown_and_overhead() -> None:
+    turn = _turn()
+    base = 1_000_000
+    for name, ms in [
+        ("speech_end", 0),
+        ("stt_final", 320),
+        ("end_of_turn", 330),
+        ("brain_request", 331),
+        ("first_token", 500),
+        ("first_sentence", 600),
+        ("tts_request", 601),
+        ("tts_first_audio", 700),
+        ("first_media", 702),
+    ]:
+        turn.mark(name, base + ms * 1000)
+    turn.provider_ms = {"end_of_turn_silence": 300.0, "stt": 20.0, "llm": 268.0, "tts": 99.0}
+    latency = turn.latency_ms()
+    assert latency["first_media_sent"] == 702.0
+    assert latency["llm_first_token"] == 169.0
+    assert latency["pipeline_overhead"] == 702.0 - 687.0
