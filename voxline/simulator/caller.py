@@ -1,0 +1,222 @@
+"""Runs a scripted caller against a gateway and turns what happened into a CallResult."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import websockets
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from voxline.simulator.line import PhoneLine, SpeechLog
+from voxline.simulator.placement import PlacementError, fetch_record, place_call, stream_parameters
+from voxline.simulator.playback import Chunk, measure_barge_in
+from voxline.simulator.results import BargeInResult, CallResult, PlayedEntry, TurnResult
+from voxline.simulator.script import CallScript, Utterance
+from voxline.simulator.twilio_stream import TwilioStream
+from voxline.simulator.voice import SpeechFrames, as_pcm16, read_wav, synthesize
+
+DTMF_GAP_S = 0.2
+
+
+@dataclass
+class _Spoken:
+    index: int
+    utterance: Utterance
+    log: SpeechLog
+    baseline_turn: int  # newest turn the gateway had named when the caller began
+
+
+def prepare_audio(utterance: Utterance) -> SpeechFrames:
+    if utterance.pcm8k is not None:
+        return SpeechFrames.from_pcm(as_pcm16(utterance.pcm8k))
+    if utterance.wav is not None:
+        return SpeechFrames.from_pcm(read_wav(utterance.wav))
+    if utterance.text is not None:
+        return SpeechFrames.from_pcm(synthesize(utterance.text))
+    return SpeechFrames([], [])
+
+
+async def run_call(
+    base_url: str,
+    script: CallScript,
+    *,
+    auth_token: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CallResult:
+    call_sid = script.call_sid or ""
+    result = CallResult(call_sid=call_sid, agent_id=script.agent_id)
+    audio = await asyncio.to_thread(lambda: [prepare_audio(u) for u in script.utterances])
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        try:
+            target = await place_call(http, base_url, script, auth_token)
+        except PlacementError as exc:
+            result.errors.append(str(exc))
+            return result
+        result.stream_url = target.url
+        try:
+            ws = await websockets.connect(target.url, open_timeout=10.0, compression=None)
+        except InvalidStatus as exc:
+            result.errors.append(f"stream handshake refused: HTTP {exc.response.status_code}")
+            return result
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            result.errors.append(f"stream connect to {target.url} failed: {exc!r}")
+            return result
+        line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
+        line.malformed_after_ms = script.malformed_frame_after_ms
+        result.stream_sid = line.stream.stream_sid
+        await line.start(stream_parameters(target.parameters, script))
+        spoken: list[_Spoken] = []
+        try:
+            await _converse(line, script, audio, spoken, result)
+        finally:
+            await line.hang_up()
+        _summarize(line, spoken, result)
+        result.record = await fetch_record(http, base_url, call_sid, script.record_timeout_s, result.notes)
+    return result
+
+
+async def _converse(
+    line: PhoneLine, script: CallScript, audio: list[SpeechFrames], spoken: list[_Spoken], result: CallResult
+) -> None:
+    utterances = script.utterances
+    first_barges = bool(utterances) and utterances[0].barge_in_after_ms is not None
+    if script.wait_for_greeting and not first_barges:
+        if not await line.wait_turn_finished(-1, 0.0, script.greeting_timeout_s):
+            result.notes.append(f"no greeting fully played within {script.greeting_timeout_s:.0f}s")
+    reply_since = line.t0  # replies to barge into start arriving after this
+    for i, (utt, frames) in enumerate(zip(utterances, audio, strict=True)):
+        if line.closed:
+            result.errors.append(f"stream closed by the gateway before utterance {i}")
+            return
+        if utt.barge_in_after_ms is not None:
+            chunk = await line.wait_reply_started(reply_since, script.reply_timeout_s)
+            if chunk is None:
+                result.errors.append(f"utterance {i}: no reply started to barge into")
+            else:
+                await line.sleep_until(chunk.start + utt.barge_in_after_ms / 1000.0)
+        else:
+            await asyncio.sleep(utt.pause_ms / 1000.0)
+        baseline = line.max_turn_seen
+        for digit in utt.dtmf or "":
+            line.press(digit)
+            await asyncio.sleep(DTMF_GAP_S)
+        if not utt.has_speech:
+            continue
+        log = line.speak(frames)
+        await line.wait_spoken(log, frames.duration_ms / 1000.0 + 5.0)
+        spoken.append(_Spoken(i, utt, log, baseline))
+        reply_since = log.last_frame or line.clock()
+        nxt = utterances[i + 1] if i + 1 < len(utterances) else None
+        if nxt is not None and nxt.barge_in_after_ms is not None:
+            continue  # the next utterance interrupts this reply instead of waiting for it
+        if not await line.wait_turn_finished(baseline, log.last_frame or 0.0, script.reply_timeout_s):
+            result.errors.append(f"utterance {i}: reply not fully played within {script.reply_timeout_s:.0f}s")
+    await asyncio.sleep(script.trailing_silence_ms / 1000.0)
+
+
+def _reply_chunks(chunks: list[Chunk], since: float, baseline: int) -> tuple[int | None, list[Chunk]]:
+    """The reply to an utterance: the oldest turn newer than `baseline` heard from after `since`.
+
+    Audio whose mark never arrived has no turn; it only counts when no named reply exists.
+    """
+    newer = [c for c in chunks if c.received_at >= since and c.turn_id is not None and c.turn_id > baseline]
+    if newer:
+        turn = min(c.turn_id for c in newer if c.turn_id is not None)
+        return turn, [c for c in chunks if c.turn_id == turn]
+    return None, [c for c in chunks if c.received_at >= since and c.turn_id is None]
+
+
+def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> None:
+    t0 = line.t0
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round((t - t0) * 1000.0, 1)
+
+    def ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000.0, 1)
+
+    chunks = line.playback.chunks
+    heard = line.playback.played()
+    stops = line.playback.voice_stops()
+    if chunks:
+        result.greeting_latency_ms = ms(t0, chunks[0].received_at)
+    for s in spoken:
+        log = s.log
+        onset = log.onset if log.onset is not None else log.first_frame
+        end = log.end if log.end is not None else log.last_frame
+        turn, reply = _reply_chunks(chunks, onset or 0.0, s.baseline_turn)
+        keys = {(c.received_at, c.start) for c in reply}
+        reply_heard = [h for h in heard if (h.received_at, h.start) in keys]
+        result.turns.append(
+            TurnResult(
+                utterance=s.index,
+                text=s.utterance.label(),
+                speech_onset_ms=rel(onset),
+                speech_end_ms=rel(end),
+                turn_id=turn,
+                first_media_latency_ms=ms(end, min((c.received_at for c in reply), default=None)),
+                first_played_latency_ms=ms(end, min((c.start for c in reply_heard), default=None)),
+                reply_audio_ms=round(sum(c.samples for c in reply) / 8.0, 1),
+                reply_played_ms=round(sum(c.duration for c in reply_heard) * 1000.0, 1),
+                completed=turn is not None
+                and any(
+                    m.parsed is not None and m.parsed.turn_end and m.parsed.turn_id == turn and not m.by_clear
+                    for m in line.echoed
+                ),
+                barge_in=s.utterance.barge_in_after_ms is not None,
+            )
+        )
+        if s.utterance.barge_in_after_ms is not None and onset is not None:
+            b = measure_barge_in(onset, heard, stops)
+            result.barge_ins.append(
+                BargeInResult(
+                    utterance=s.index,
+                    onset_ms=rel(onset) or 0.0,
+                    interrupted_turn=b.interrupted_turn,
+                    latency_ms=None if b.latency_ms is None else round(b.latency_ms, 1),
+                    stopped_by=b.stopped_by,
+                    cancelled_audio_heard_after_ms=round(b.stale_audio_ms, 1),
+                )
+            )
+    result.played = [PlayedEntry(rel(c.start) or 0.0, rel(c.end) or 0.0, c.turn_id, c.cut) for c in heard]
+    result.clears = line.clears
+    result.marks_received = line.marks_received
+    result.marks_echoed = [m.name for m in line.echoed]
+    result.media_received = line.media_received
+    result.media_sent = line.stream.chunks_sent
+    result.duration_ms = ms(t0, line.clock()) or 0.0
+    result.closed_by_gateway = line.closed_by_gateway
+    result.close_code = line.ws.close_code
+    result.close_reason = line.ws.close_reason or None
+    result.accepted = not (line.closed_by_gateway and line.media_received == 0)
+    if line.closed_by_gateway:
+        result.notes.append(f"gateway closed the stream: code {result.close_code} {result.close_reason or ''}".strip())
+    result.errors.extend(f"gateway sent a bad frame: {e}" for e in line.gateway_errors)
+
+
+async def run_calls(
+    base_url: str,
+    scripts: list[CallScript],
+    *,
+    auth_token: str | None = None,
+    stagger_ms: int = 150,
+    on_result: Callable[[CallResult], None] | None = None,
+) -> list[CallResult]:
+    """Run calls concurrently, staggered so they do not all hit the gateway in one tick."""
+
+    async def one(i: int, script: CallScript) -> CallResult:
+        await asyncio.sleep(i * stagger_ms / 1000.0)
+        try:
+            result = await run_call(base_url, script, auth_token=auth_token)
+        except Exception as exc:  # one broken call must not sink the whole batch
+            result = CallResult(call_sid=script.call_sid or "", agent_id=script.agent_id)
+            result.errors.append(f"simulator crashed: {exc!r}")
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(scripts))))

@@ -1,0 +1,269 @@
+"""The live phone line: one Media Streams socket driven exactly like Twilio drives it.
+
+Three tasks share the socket. The sender emits a 20 ms frame at every absolute deadline
+t0 + n*20 ms (speech when the caller talks, mu-law silence otherwise), because a real
+line never goes quiet and a gateway's VAD and timers depend on that. The receiver feeds
+the playback model. The player sleeps until the next mark falls due and echoes it, so
+echoes leave at the moment playback reaches them, not at the next 20 ms tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from voxline.audio import FRAME_MS, FRAME_SAMPLES, MULAW_SILENCE
+from voxline.simulator.playback import Chunk, PendingMark, PlaybackBuffer
+from voxline.simulator.twilio_stream import (
+    ProtocolError,
+    TwilioStream,
+    encode,
+    parse_gateway_message,
+)
+from voxline.simulator.voice import SpeechFrames
+
+SILENT_FRAME = bytes([MULAW_SILENCE]) * FRAME_SAMPLES
+MALFORMED_JSON = '{"event": "media", "media": {"payload": '
+
+
+@dataclass
+class SpeechLog:
+    """When an utterance's frames went out: first frame, first/last voiced frame."""
+
+    frames: SpeechFrames
+    first_frame: float | None = None
+    onset: float | None = None
+    end: float | None = None
+    last_frame: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _next: int = 0
+
+
+class PhoneLine:
+    def __init__(self, ws: ClientConnection, stream: TwilioStream, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ws = ws
+        self.stream = stream
+        self.clock = clock
+        self.playback = PlaybackBuffer(clock)
+        self.t0 = 0.0
+        self.closed = False
+        self.closed_by_gateway = False
+        self.malformed_after_ms: int | None = None
+        self.media_received = 0
+        self.marks_received = 0
+        self.clears = 0
+        self.max_turn_seen = -1
+        self.echoed: list[PendingMark] = []
+        self.gateway_errors: list[str] = []
+        self._speech: deque[SpeechLog] = deque()
+        self._controls: deque[tuple[str, str]] = deque()
+        self._send_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._wake_player = asyncio.Event()
+        self._sending = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, custom_parameters: dict[str, str]) -> None:
+        await self._emit(self.stream.connected)
+        await self._emit(lambda: self.stream.start(custom_parameters))
+        self.t0 = self.clock()
+        self._tasks = [
+            asyncio.create_task(self._sender(), name="sim-sender"),
+            asyncio.create_task(self._receiver(), name="sim-receiver"),
+            asyncio.create_task(self._player(), name="sim-player"),
+        ]
+
+    async def hang_up(self) -> None:
+        """Stop the frames, say `stop` like Twilio does on hang-up, and close."""
+        self._sending = False
+        sender, receiver, player = self._tasks
+        await asyncio.gather(sender, return_exceptions=True)
+        if not self.closed:
+            await self._emit(self.stream.stop)
+            self.closed = True
+            await self.ws.close()
+        await asyncio.gather(receiver, return_exceptions=True)
+        player.cancel()
+        await asyncio.gather(player, return_exceptions=True)
+        self.playback.finish()
+
+    # -- what the caller does -----------------------------------------------------------
+
+    def speak(self, frames: SpeechFrames) -> SpeechLog:
+        log = SpeechLog(frames)
+        if not frames.frames:
+            log.done.set()
+        else:
+            self._speech.append(log)
+        return log
+
+    def press(self, digit: str) -> None:
+        self._controls.append(("dtmf", digit))
+
+    def inject_malformed(self) -> None:
+        self._controls.append(("malformed", ""))
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until predicate holds (re-checked on every event), False on timeout."""
+        deadline = self.clock() + timeout
+        while True:
+            if predicate():
+                return True
+            self._changed.clear()
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return predicate()
+
+    async def wait_turn_finished(self, baseline: int, since: float, timeout: float) -> bool:
+        return await self.wait_for(lambda: self.turn_finished_after(baseline, since) or self.closed, timeout)
+
+    async def wait_reply_started(self, since: float, timeout: float) -> Chunk | None:
+        await self.wait_for(lambda: self.first_reply_chunk(since) is not None or self.closed, timeout)
+        return self.first_reply_chunk(since)
+
+    async def wait_spoken(self, log: SpeechLog, timeout: float) -> bool:
+        return await self.wait_for(lambda: log.done.is_set() or self.closed, timeout)
+
+    async def sleep_until(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - self.clock()))
+
+    def first_reply_chunk(self, since: float) -> Chunk | None:
+        return next((c for c in self.playback.chunks if c.received_at >= since), None)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def _emit(self, build: Callable[[], dict[str, Any] | str]) -> None:
+        """Build and send under one lock, so sequence numbers go out in order."""
+        async with self._send_lock:
+            message = build()
+            try:
+                await self.ws.send(message if isinstance(message, str) else encode(message))
+            except ConnectionClosed:
+                self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.closed_by_gateway = True
+        self._changed.set()
+
+    def _next_frame(self) -> tuple[bytes, SpeechLog | None, bool]:
+        if not self._speech:
+            return SILENT_FRAME, None, False
+        log = self._speech[0]
+        i = log._next
+        log._next += 1
+        if log._next >= len(log.frames.frames):
+            self._speech.popleft()
+        return log.frames.frames[i], log, log.frames.voiced[i]
+
+    async def _sender(self) -> None:
+        n = 0
+        while self._sending and not self.closed:
+            n += 1
+            await self.sleep_until(self.t0 + n * FRAME_MS / 1000.0)
+            if not self._sending:
+                break
+            frame, log, voiced = self._next_frame()
+            await self._emit(partial(self.stream.media, frame, (n - 1) * FRAME_MS))
+            now = self.clock()
+            if log is not None:
+                self._note_speech(log, now, voiced)
+            if self.malformed_after_ms is not None and n * FRAME_MS >= self.malformed_after_ms:
+                self.malformed_after_ms = None
+                self.inject_malformed()
+            while self._controls:
+                kind, value = self._controls.popleft()
+                if kind == "dtmf":
+                    await self._emit(partial(self.stream.dtmf, value))
+                else:
+                    await self._emit(lambda: MALFORMED_JSON)
+                    await self._emit(partial(self.stream.broken_media, n * FRAME_MS))
+
+    def _note_speech(self, log: SpeechLog, now: float, voiced: bool) -> None:
+        if log.first_frame is None:
+            log.first_frame = now
+        if voiced:
+            log.onset = now if log.onset is None else log.onset
+            log.end = now
+        if log._next >= len(log.frames.frames):
+            log.last_frame = now
+            log.done.set()
+            self._changed.set()
+
+    async def _receiver(self) -> None:
+        try:
+            async for raw in self.ws:
+                await self._echo(self._handle(raw))
+                self._wake_player.set()
+                self._changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._mark_closed()
+
+    def _handle(self, raw: str | bytes) -> list[PendingMark]:
+        """Apply one gateway message to the playback model; returns marks to echo now."""
+        try:
+            msg = parse_gateway_message(raw)
+        except ProtocolError as exc:
+            self.gateway_errors.append(str(exc))
+            return []
+        if msg.stream_sid != self.stream.stream_sid:
+            self.gateway_errors.append(f"{msg.event} for streamSid {msg.stream_sid!r}")
+            return []
+        if msg.event == "media":
+            self.media_received += 1
+            self.playback.add_audio(msg.payload)
+            return []
+        if msg.event == "mark":
+            self.marks_received += 1
+            echoes = self.playback.add_mark(msg.mark_name)
+            parsed = self.playback.marks[-1].parsed
+            if parsed is not None:
+                self.max_turn_seen = max(self.max_turn_seen, parsed.turn_id)
+            return echoes
+        self.clears += 1
+        return self.playback.clear()
+
+    async def _player(self) -> None:
+        while True:
+            self._wake_player.clear()
+            await self._echo(self.playback.due_marks())
+            due = self.playback.next_due()
+            timeout = None if due is None else max(0.0, due - self.clock())
+            try:
+                await asyncio.wait_for(self._wake_player.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _echo(self, marks: list[PendingMark]) -> None:
+        for mark in marks:
+            await self._emit(partial(self.stream.mark, mark.name))
+            self.echoed.append(mark)
+        if marks:
+            self._changed.set()
+
+    def turn_finished_after(self, baseline: int, since: float) -> bool:
+        """A reply newer than `baseline` fully played (or was cleared after `since`)."""
+        for mark in self.echoed:
+            parsed = mark.parsed
+            if parsed is None or not parsed.turn_end or parsed.turn_id <= baseline:
+                continue
+            if not mark.by_clear or (mark.echoed_at or 0.0) >= since:
+                return True
+        return False

@@ -1,0 +1,102 @@
+"""The HTTP side of a call: Twilio's voice webhook going in, the call record coming out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from voxline.simulator.script import CallScript
+from voxline.simulator.twilio_stream import ProtocolError, StreamTarget, parse_twiml
+
+STREAM_TOKEN = "stream_token"
+
+
+class PlacementError(RuntimeError):
+    """The gateway did not hand out a media stream for the call."""
+
+
+def webhook_params(script: CallScript) -> dict[str, str]:
+    """The form fields Twilio posts for an inbound call that has been answered."""
+    return {
+        "CallSid": script.call_sid or "",
+        "AccountSid": script.account_sid or "",
+        "From": script.from_number,
+        "To": script.to_number,
+        "Caller": script.from_number,
+        "Called": script.to_number,
+        "CallStatus": "in-progress",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+    }
+
+
+async def place_call(
+    http: httpx.AsyncClient, base_url: str, script: CallScript, auth_token: str | None
+) -> StreamTarget:
+    url = f"{base_url.rstrip('/')}/twilio/voice?{urlencode({'agent': script.agent_id})}"
+    params = webhook_params(script)
+    headers: dict[str, str] = {}
+    if auth_token:
+        # Twilio signs the full URL (query included) plus the sorted POST fields.
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, params)
+    try:
+        response = await http.post(url, data=params, headers=headers)
+    except httpx.HTTPError as exc:
+        raise PlacementError(f"POST {url} failed: {exc!r}") from exc
+    if response.status_code != 200:
+        raise PlacementError(f"POST /twilio/voice answered HTTP {response.status_code}: {response.text[:200]}")
+    try:
+        return parse_twiml(response.text, base_url)
+    except ProtocolError as exc:
+        raise PlacementError(f"bad TwiML from /twilio/voice: {exc}") from exc
+
+
+def stream_parameters(twiml_parameters: dict[str, str], script: CallScript) -> dict[str, str]:
+    """What Twilio would put in start.customParameters, plus the script's tampering."""
+    params = dict(twiml_parameters)
+    if script.drop_stream_token:
+        params.pop(STREAM_TOKEN, None)
+    elif script.stream_token_override is not None:
+        params[STREAM_TOKEN] = script.stream_token_override
+    params.update(script.extra_parameters)
+    return params
+
+
+async def fetch_record(
+    http: httpx.AsyncClient, base_url: str, call_sid: str, timeout_s: float, notes: list[str]
+) -> dict[str, Any] | None:
+    """Poll the call record until it says "ended"; the transcript settles after hang-up."""
+    url = f"{base_url.rstrip('/')}/v1/calls/{call_sid}"
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    while True:
+        try:
+            response = await http.get(url)
+        except httpx.HTTPError as exc:
+            notes.append(f"GET {url} failed: {exc!r}")
+            return None
+        if response.status_code == 200:
+            try:
+                body = response.json()
+            except ValueError:
+                notes.append(f"GET {url}: not JSON")
+                return None
+            last = body if isinstance(body, dict) else {"body": body}
+            if last.get("status") == "ended":
+                return last
+        elif response.status_code != 404:
+            notes.append(f"GET {url} answered HTTP {response.status_code}")
+            return None
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
+    if last is None:
+        notes.append(f"no call record: GET {url} answered 404 for {timeout_s:.0f}s")
+    else:
+        notes.append(f"call record still {last.get('status')!r} after {timeout_s:.0f}s")
+    return last

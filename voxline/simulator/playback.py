@@ -1,0 +1,211 @@
+"""A model of Twilio's outbound playback buffer, driven by an injectable clock.
+
+The gateway learns what the caller heard only from mark echoes, so the simulator must
+echo marks at the moment real playback would reach them: audio plays at exactly 8000
+samples/s from the time it arrives (or from the end of the audio queued before it), a
+mark is due when the audio queued before it has played, and `clear` drops the rest of
+the audio and releases every pending mark at once. Everything is computed from the
+schedule rather than from ticks, so timing is as exact as the clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proto.marks import MarkName
+from voxline.audio import TELEPHONY_RATE
+
+_EPS = 1e-6
+
+
+@dataclass
+class Chunk:
+    """One received media payload and when it plays; `turn_id` is filled by the next mark."""
+
+    received_at: float
+    start: float
+    end: float
+    samples: int
+    turn_id: int | None = None
+    cut: bool = False  # truncated (or dropped entirely) by a clear or the call's end
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.end - self.start)
+
+
+@dataclass
+class PendingMark:
+    name: str
+    received_at: float
+    due: float
+    echoed_at: float | None = None
+    by_clear: bool = False
+
+    @property
+    def parsed(self) -> MarkName | None:
+        return MarkName.parse(self.name)
+
+
+@dataclass(frozen=True)
+class VoiceStop:
+    """A moment the agent's voice went quiet for the caller."""
+
+    at: float
+    kind: str  # "clear" (buffer emptied by clear) or "dry" (ran out of audio)
+
+
+class PlaybackBuffer:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.chunks: list[Chunk] = []
+        self.marks: list[PendingMark] = []
+        self.clear_times: list[tuple[float, bool]] = []  # (time, buffer was non-empty)
+        self._tail: float | None = None  # when the last queued audio finishes
+        self._unattributed: list[Chunk] = []
+
+    # -- input from the gateway ---------------------------------------------------------
+
+    def add_audio(self, payload: bytes) -> Chunk:
+        now = self.clock()
+        start = now if self._tail is None else max(now, self._tail)
+        samples = len(payload)
+        chunk = Chunk(received_at=now, start=start, end=start + samples / TELEPHONY_RATE, samples=samples)
+        self._tail = chunk.end
+        self.chunks.append(chunk)
+        self._unattributed.append(chunk)
+        return chunk
+
+    def add_mark(self, name: str) -> list[PendingMark]:
+        """Queue a mark behind the audio; returns it at once if nothing is left to play."""
+        now = self.clock()
+        due = now if self._tail is None else max(now, self._tail)
+        mark = PendingMark(name=name, received_at=now, due=due)
+        self.marks.append(mark)
+        parsed = mark.parsed
+        if parsed is not None:
+            for chunk in self._unattributed:
+                chunk.turn_id = parsed.turn_id
+            self._unattributed.clear()
+        return self.due_marks()
+
+    def clear(self) -> list[PendingMark]:
+        """Drop unplayed audio and release every pending mark, as Twilio does."""
+        now = self.clock()
+        was_playing = self.is_playing(now)
+        self.clear_times.append((now, was_playing))
+        self._cut_at(now)
+        released = [m for m in self.marks if m.echoed_at is None]
+        for mark in released:
+            mark.echoed_at = now
+            mark.by_clear = True
+        return released
+
+    def finish(self) -> None:
+        """The call ended: whatever had not played yet never will."""
+        self._cut_at(self.clock())
+
+    def _cut_at(self, now: float) -> None:
+        for chunk in self.chunks:
+            if chunk.end > now + _EPS:
+                chunk.end = max(chunk.start, now)
+                chunk.cut = True
+        if self._tail is not None and self._tail > now:
+            self._tail = now
+
+    # -- time passing -------------------------------------------------------------------
+
+    def due_marks(self) -> list[PendingMark]:
+        """Marks that playback has reached by now and that were not echoed yet, in order."""
+        now = self.clock()
+        due: list[PendingMark] = []
+        for mark in self.marks:
+            if mark.echoed_at is not None:
+                continue
+            if mark.due > now + _EPS:
+                break
+            mark.echoed_at = now
+            due.append(mark)
+        return due
+
+    def next_due(self) -> float | None:
+        """When the next pending mark falls due; the caller sleeps until then."""
+        for mark in self.marks:
+            if mark.echoed_at is None:
+                return mark.due
+        return None
+
+    def is_playing(self, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        return self._tail is not None and self._tail > now + _EPS
+
+    # -- what was heard -----------------------------------------------------------------
+
+    def played(self, now: float | None = None) -> list[Chunk]:
+        """Audio actually heard up to now, each chunk trimmed to the part that played."""
+        now = self.clock() if now is None else now
+        heard: list[Chunk] = []
+        for c in self.chunks:
+            if c.start >= now or c.end <= c.start:
+                continue
+            end = min(c.end, now)
+            heard.append(Chunk(c.received_at, c.start, end, c.samples, c.turn_id, c.cut or end < c.end))
+        return heard
+
+    def voice_stops(self, now: float | None = None) -> list[VoiceStop]:
+        """Moments the caller stopped hearing the agent: clears mid-audio and underruns."""
+        now = self.clock() if now is None else now
+        heard = self.played(now)
+        clear_stops = {round(t, 6) for t, playing in self.clear_times if playing}
+        stops = [VoiceStop(t, "clear") for t, playing in self.clear_times if playing and t <= now]
+        for i, chunk in enumerate(heard):
+            nxt = heard[i + 1] if i + 1 < len(heard) else None
+            if round(chunk.end, 6) in clear_stops:
+                continue
+            if (nxt is None and chunk.end <= now - _EPS) or (nxt is not None and nxt.start > chunk.end + 1e-3):
+                stops.append(VoiceStop(chunk.end, "dry"))
+        return sorted(stops, key=lambda s: s.at)
+
+
+@dataclass(frozen=True)
+class BargeInMeasure:
+    onset: float
+    interrupted_turn: int | None
+    stopped_at: float | None
+    stopped_by: str | None
+    latency_ms: float | None
+    stale_audio_ms: float
+
+
+def measure_barge_in(onset: float, heard: list[Chunk], stops: list[VoiceStop]) -> BargeInMeasure:
+    """How long the agent kept talking over the caller, and whether old audio came back.
+
+    The interrupted turn is the one audible at onset. Its voice stops at the first clear
+    of a non-empty buffer or underrun after onset; any audio of that turn (or older) heard
+    after that moment is stale audio the gateway failed to cancel.
+    """
+    playing = [c for c in heard if c.start <= onset < c.end]
+    if not playing:
+        return BargeInMeasure(onset, None, None, None, None, 0.0)
+    interrupted = playing[0].turn_id
+    if interrupted is None:  # its mark never came; the last attributed audio is the best guess
+        earlier = [c.turn_id for c in heard if c.start <= onset and c.turn_id is not None]
+        interrupted = max(earlier) if earlier else None
+    stop = next((s for s in stops if s.at >= onset - _EPS), None)
+    if stop is None:
+        return BargeInMeasure(onset, interrupted, None, None, None, 0.0)
+    stale = 0.0
+    if interrupted is not None:
+        for c in heard:
+            if c.turn_id is not None and c.turn_id <= interrupted and c.end > stop.at:
+                stale += c.end - max(c.start, stop.at)
+    return BargeInMeasure(
+        onset=onset,
+        interrupted_turn=interrupted,
+        stopped_at=stop.at,
+        stopped_by=stop.kind,
+        latency_ms=(stop.at - onset) * 1000.0,
+        stale_audio_ms=stale * 1000.0,
+    )

@@ -1,0 +1,105 @@
+"""What a simulated call measured, and the statistics over many calls.
+
+All times are milliseconds on the simulator's own monotonic clock, relative to the
+moment the `start` message was sent, so no clock of the system under test is trusted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TurnResult:
+    utterance: int
+    text: str
+    speech_onset_ms: float | None = None
+    speech_end_ms: float | None = None
+    turn_id: int | None = None  # the reply's turn, from the gateway's mark names
+    first_media_latency_ms: float | None = None  # speech end -> first reply media received
+    first_played_latency_ms: float | None = None  # speech end -> first reply sample heard
+    reply_audio_ms: float = 0.0  # reply audio received
+    reply_played_ms: float = 0.0  # reply audio actually heard
+    completed: bool = False  # the reply's turn-end mark was echoed
+    barge_in: bool = False
+
+
+@dataclass
+class BargeInResult:
+    utterance: int
+    onset_ms: float
+    interrupted_turn: int | None
+    latency_ms: float | None  # caller onset -> agent voice stops as heard
+    stopped_by: str | None  # "clear" or "dry"
+    cancelled_audio_heard_after_ms: float  # interrupted (or older) audio heard after the stop
+
+
+@dataclass
+class PlayedEntry:
+    start_ms: float
+    end_ms: float
+    turn_id: int | None
+    cut: bool
+
+
+@dataclass
+class CallResult:
+    call_sid: str
+    stream_sid: str = ""
+    agent_id: str = ""
+    accepted: bool = False
+    stream_url: str | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by_gateway: bool = False
+    turns: list[TurnResult] = field(default_factory=list)
+    greeting_latency_ms: float | None = None  # stream start -> first media received
+    barge_ins: list[BargeInResult] = field(default_factory=list)
+    clears: int = 0
+    marks_received: int = 0
+    marks_echoed: list[str] = field(default_factory=list)
+    media_received: int = 0
+    media_sent: int = 0
+    played: list[PlayedEntry] = field(default_factory=list)
+    duration_ms: float = 0.0
+    record: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile; None for no data rather than a misleading zero."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def aggregate(results: list[CallResult]) -> dict[str, Any]:
+    turn = [t.first_media_latency_ms for r in results for t in r.turns if t.first_media_latency_ms is not None]
+    heard = [t.first_played_latency_ms for r in results for t in r.turns if t.first_played_latency_ms is not None]
+    barge = [b.latency_ms for r in results for b in r.barge_ins if b.latency_ms is not None]
+    greet = [r.greeting_latency_ms for r in results if r.greeting_latency_ms is not None]
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
+
+    return {
+        "calls": len(results),
+        "accepted": sum(r.accepted for r in results),
+        "with_errors": sum(bool(r.errors) for r in results),
+        "turns": sum(len(r.turns) for r in results),
+        "turns_without_reply": sum(1 for r in results for t in r.turns if t.first_media_latency_ms is None),
+        "greeting_latency_ms": stats(greet),
+        "turn_latency_ms": stats(turn),
+        "first_played_latency_ms": stats(heard),
+        "barge_in_latency_ms": stats(barge),
+        "stale_audio_ms_total": sum(b.cancelled_audio_heard_after_ms for r in results for b in r.barge_ins),
+    }
