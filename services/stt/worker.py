@@ -1,0 +1,199 @@
+"""The STT worker: takes calls assigned by the orchestrator (sticky: one worker holds a
+call's audio until CallEnded) and publishes what its provider hears.
+
+Assignment is request/reply on a queue group, so exactly one worker answers and the
+orchestrator knows who owns the call. The reply is `SttAssigned`, or `SttError` when the
+provider cannot open a session, so the orchestrator need not wait for a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import Gauge
+
+from proto import subjects
+from proto.audio_frame import AudioFrame
+from proto.messages import CallEnded, Message, SpeechEnded, SttAssign, SttAssigned, SttError, Transcript
+from services.common import RecentCalls, call_context, outgoing_headers, unsubscribe_quietly
+from services.stt.providers import SttProvider, SttSession, make_provider
+from voxline.bus import Bus
+from voxline.config import SttSettings
+from voxline.telemetry import stage_histogram
+
+log = logging.getLogger("voxline.stt")
+
+ACTIVE_CALLS = Gauge("voxline_stt_active_calls", "Calls whose audio this STT worker holds.")
+FINAL_LATENCY = stage_histogram(
+    "voxline_stt_final_latency_seconds", "End of the caller's speech to the final transcript."
+)
+
+
+@dataclass
+class HeldCall:
+    """A call this worker listens to."""
+
+    call_id: str
+    session: SttSession
+    headers: dict[str, str]
+    audio: Subscription | None = None
+    speech_end_us: int = 0  # of the utterance awaiting its final transcript
+    failed: bool = False
+
+
+class SttWorker:
+    def __init__(self, bus: Bus, settings: SttSettings, provider: SttProvider) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.provider = provider
+        self._calls: dict[str, HeldCall] = {}
+        self._ended = RecentCalls()  # a late assign for an ended call must not leak a session
+        self._subs: list[Subscription] = []
+        self._releases: set[asyncio.Task[bool]] = set()
+        self._ready = False
+
+    async def start(self) -> None:
+        self._subs = [
+            await self.bus.subscribe(subjects.STT_ASSIGN, self.on_assign, queue=subjects.QUEUE_STT),
+            await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
+        ]
+        self._ready = True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def status(self) -> dict[str, Any]:
+        return {"provider": self.provider.name, "active_calls": len(self._calls), "calls": sorted(self._calls)}
+
+    async def on_assign(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, SttAssign):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id):
+            if message.call_id in self._ended:
+                log.warning("assign for a call that already ended; not taken")
+                return
+            if message.call_id not in self._calls:
+                try:
+                    taken = await self._take(message, msg)
+                except Exception as exc:
+                    log.exception("stt provider %s could not open a session", self.provider.name)
+                    await self._reply(msg, SttError(call_id=message.call_id, message=f"{self.provider.name}: {exc}"))
+                    return
+                if not taken:
+                    return
+            await self._reply(
+                msg,
+                SttAssigned(call_id=message.call_id, worker_id=self.settings.instance_id, provider=self.provider.name),
+            )
+
+    async def _take(self, assign: SttAssign, msg: Msg) -> bool:
+        """Open a session and subscribe to the call's audio; False if the call ended meanwhile."""
+        call_id = assign.call_id
+        headers = outgoing_headers(msg, call_id, None, "stt")
+        opened: HeldCall | None = None
+
+        async def emit(event: Message) -> None:
+            if opened is not None:
+                await self._emit(opened, event)
+
+        held = opened = HeldCall(call_id, await self.provider.open(assign, emit), headers)
+        if call_id in self._ended:
+            await held.session.close()
+            return False
+        self._calls[call_id] = held
+        ACTIVE_CALLS.set(len(self._calls))
+
+        async def on_frame(frame: AudioFrame, _: Msg) -> None:
+            await self._feed(held, frame)
+
+        held.audio = await self.bus.subscribe_frames(subjects.audio_in(call_id), on_frame)
+        if call_id in self._ended:  # released while subscribing, before the audio was known
+            await unsubscribe_quietly(held.audio)
+            return False
+        log.info("took call (provider %s)", self.provider.name)
+        return True
+
+    async def _feed(self, held: HeldCall, frame: AudioFrame) -> None:
+        if held.failed:
+            return
+        try:
+            await held.session.feed(frame)
+        except Exception as exc:
+            # Give up the call rather than log an error every 20 ms; the orchestrator
+            # decides what the caller hears (it may assign the call again).
+            held.failed = True
+            log.exception("stt provider %s failed; releasing the call", self.provider.name)
+            await self._emit(held, SttError(call_id=held.call_id, message=f"{self.provider.name}: {exc}"))
+            # Unsubscribing from inside the subscription's own callback would cancel it.
+            release = asyncio.create_task(self._release(held.call_id), name=f"stt-release-{held.call_id}")
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+    async def _emit(self, held: HeldCall, event: Message) -> None:
+        """Publish a session event; a bus failure is logged, never raised into the provider."""
+        if isinstance(event, SpeechEnded):
+            held.speech_end_us = event.speech_end_us
+        elif isinstance(event, Transcript) and event.is_final and held.speech_end_us:
+            FINAL_LATENCY.observe(max(0, event.at_us - held.speech_end_us) / 1e6)
+            held.speech_end_us = 0
+        if isinstance(event, SttError):
+            log.error("stt error (provider %s): %s", self.provider.name, event.message)
+        try:
+            await self.bus.publish(subjects.stt_events(held.call_id), event, held.headers)
+        except Exception:
+            log.exception("could not publish %s", type(event).__name__)
+
+    async def on_call_ended(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, CallEnded):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id):
+            self._ended.put(message.call_id, 1)
+            if await self._release(message.call_id):
+                log.info("released call (%s)", message.reason)
+
+    async def _release(self, call_id: str) -> bool:
+        held = self._calls.pop(call_id, None)
+        ACTIVE_CALLS.set(len(self._calls))
+        if held is None:
+            return False
+        if held.audio is not None:
+            await unsubscribe_quietly(held.audio)
+        try:
+            await held.session.close()
+        except Exception:
+            log.exception("stt provider %s failed to close its session", self.provider.name)
+        return True
+
+    async def _reply(self, msg: Msg, reply: Message) -> None:
+        if not msg.reply:
+            log.warning("%s has no reply subject; nobody to answer", msg.subject)
+            return
+        try:
+            await self.bus.respond(msg, reply)
+        except Exception:
+            log.exception("could not answer on %s", msg.subject)
+
+    async def stop(self) -> None:
+        self._ready = False
+        for sub in self._subs:
+            await unsubscribe_quietly(sub)
+        for call_id in list(self._calls):
+            with call_context(call_id):
+                await self._release(call_id)
+        try:
+            await self.provider.close()
+        except Exception:
+            log.exception("stt provider %s failed to close", self.provider.name)
+
+
+async def start(bus: Bus, settings: SttSettings) -> SttWorker:
+    worker = SttWorker(bus, settings, make_provider(settings.stt_provider, settings))
+    await worker.start()
+    return worker
