@@ -64,12 +64,37 @@ class SttSettings(WorkerSettings):
     fake_end_silence_ms: int = Field(300, description="Fake STT: silence that ends an utterance.")
     fake_stt_latency_ms: int = Field(20, description="Fake STT: delay of the final transcript after speech end.")
     fake_transcripts: str = Field("", description="Fake STT: '|'-separated scripted transcripts, cycled.")
+    whisper_threads: int = Field(2, description="Local STT: CPU threads of Whisper (one transcription at a time).")
+    stt_vad_threshold: float = Field(0.5, description="Local STT: Silero speech probability that counts as speech.")
+    stt_vad_start_ms: int = Field(
+        64, description="Local STT: speech needed before SpeechStarted (barge-in); shorter blips are ignored."
+    )
+    stt_vad_silence_ms: int = Field(
+        300, description="Local STT: silence that ends an utterance; shorter cuts callers off at natural pauses."
+    )
+    stt_max_utterance_s: float = Field(25.0, description="Local STT: an utterance is cut here (Whisper sees 30 s).")
 
 
 class BrainSettings(WorkerSettings):
     brain_provider: str = Field("", description="fake | local | openai; empty = the profile's choice.")
     fake_ttft_ms: int = Field(150, description="Fake brain: time to first token.")
     fake_tokens_per_s: float = Field(50.0, description="Fake brain: streaming rate after the first token.")
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8081/v1", description="OpenAI-compatible endpoint (the dev stack sets its llama-server)."
+    )
+    llm_api_key: str = Field(
+        "sk-no-key",
+        validation_alias=AliasChoices("VOXLINE_LLM_API_KEY", "OPENAI_API_KEY"),
+        description="API key of the endpoint; llama-server ignores it.",
+    )
+    llm_model: str = Field("local", description="Model name sent to the endpoint (llama-server ignores it).")
+    llm_temperature: float = Field(0.2, description="Sampling temperature; low keeps a small model on the facts.")
+    llm_max_tokens: int = Field(80, description="Cap on reply tokens; the reply is cut after two sentences anyway.")
+    llm_timeout_s: float = Field(20.0, description="HTTP timeout of one completion request.")
+    llm_warmup_agents: str = Field(
+        "demo", description="Comma-separated agents whose system prompt is pre-filled into the LLM cache at start."
+    )
+    agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
 
 
 class TtsSettings(WorkerSettings):
@@ -77,6 +102,21 @@ class TtsSettings(WorkerSettings):
     tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
     fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")
     fake_ms_per_char: float = Field(55.0, description="Fake TTS: audio length per character of text.")
+    piper_threads: int = Field(2, description="Local TTS: onnxruntime threads of the Piper voice.")
+    piper_length_scale: float = Field(1.0, description="Local TTS: speaking pace (above 1 is slower).")
+
+
+class LlmServerSettings(CommonSettings):
+    """The local llama-server the dev stack runs for profile local."""
+
+    models_dir: str = Field("", description="Where the assembled GGUF is cached; var/models when empty.")
+    llm_server_port: int = Field(0, description="llama-server port (0 = pick a free one).")
+    llm_server_threads: int = Field(2, description="llama-server CPU threads.")
+    llm_server_ctx: int = Field(2048, description="llama-server context size in tokens (per slot when -np 1).")
+    llm_server_parallel: int = Field(1, description="llama-server slots (calls answered at once).")
+    llm_server_cpu_shim: Literal["auto", "on", "off"] = Field(
+        "auto", description="Use libggml-python's generic CPU library (auto: when the CPU lacks AVX-VNNI)."
+    )
 
 
 ALL_SETTINGS: dict[str, type[CommonSettings]] = {
@@ -85,4 +125,5 @@ ALL_SETTINGS: dict[str, type[CommonSettings]] = {
     "stt": SttSettings,
     "brain": BrainSettings,
     "tts": TtsSettings,
+    "llama-server": LlmServerSettings,
 }
