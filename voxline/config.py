@@ -79,6 +79,9 @@ class BrainSettings(WorkerSettings):
     brain_provider: str = Field("", description="fake | local | openai; empty = the profile's choice.")
     fake_ttft_ms: int = Field(150, description="Fake brain: time to first token.")
     fake_tokens_per_s: float = Field(50.0, description="Fake brain: streaming rate after the first token.")
+    brain_stall_timeout_s: float = Field(
+        10.0, description="A provider silent this long (before or between tokens) fails the turn with a ReplyError."
+    )
     llm_base_url: str = Field(
         "http://127.0.0.1:8081/v1", description="OpenAI-compatible endpoint (the dev stack sets its llama-server)."
     )
@@ -102,6 +105,9 @@ class TtsSettings(WorkerSettings):
     tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
     fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")
     fake_ms_per_char: float = Field(55.0, description="Fake TTS: audio length per character of text.")
+    tts_stall_timeout_s: float = Field(
+        5.0, description="A provider silent this long fails the sentence: TtsError, and the sentence is closed."
+    )
     piper_threads: int = Field(2, description="Local TTS: onnxruntime threads of the Piper voice.")
     piper_length_scale: float = Field(1.0, description="Local TTS: speaking pace (above 1 is slower).")
 
