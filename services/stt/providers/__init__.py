@@ -18,4 +18,8 @@ def make_provider(name: str, settings: SttSettings) -> SttProvider:
         from services.stt.providers.fake import FakeSttProvider
 
         return FakeSttProvider(settings)
+    if chosen == "local":
+        from services.stt.providers.local import LocalSttProvider
+
+        return LocalSttProvider(settings)
     raise ProviderUnavailable(f"stt provider {chosen!r} not available yet")
