@@ -91,6 +91,7 @@ class TurnTasks:
 
     def __init__(self) -> None:
         self._tasks: dict[str, dict[asyncio.Task[None], int]] = {}
+        self._unwinding: set[asyncio.Task[None]] = set()  # cancelled, not finished yet
         self._cancelled_upto = RecentCalls()
         self._ended = RecentCalls()
 
@@ -109,29 +110,37 @@ class TurnTasks:
         return task
 
     def _forget(self, call_id: str, task: asyncio.Task[None]) -> None:
+        self._unwinding.discard(task)
         tasks = self._tasks.get(call_id)
         if tasks is not None:
             tasks.pop(task, None)
             if not tasks:
                 del self._tasks[call_id]
 
+    def _cancel(self, call_id: str, victims: list[asyncio.Task[None]]) -> int:
+        """Cancel and stop counting them as work at once; they unwind in the background."""
+        tasks = self._tasks.get(call_id, {})
+        for task in victims:
+            task.cancel()
+            tasks.pop(task, None)
+            if not task.done():
+                self._unwinding.add(task)
+        if not tasks:
+            self._tasks.pop(call_id, None)
+        return len(victims)
+
     def cancel_turns(self, call_id: str, upto_turn_id: int) -> int:
         """Cancel every task of the call whose turn_id <= upto_turn_id; return how many."""
         if upto_turn_id > self._cancelled_upto.get(call_id, -1):
             self._cancelled_upto.put(call_id, upto_turn_id)
         victims = [task for task, turn_id in self._tasks.get(call_id, {}).items() if turn_id <= upto_turn_id]
-        for task in victims:
-            task.cancel()
-        return len(victims)
+        return self._cancel(call_id, victims)
 
     def end_call(self, call_id: str) -> int:
         """Cancel all of the call's tasks and refuse its work from now on; return how many."""
         self._ended.put(call_id, 1)
         self._cancelled_upto.pop(call_id)
-        victims = list(self._tasks.get(call_id, {}))
-        for task in victims:
-            task.cancel()
-        return len(victims)
+        return self._cancel(call_id, list(self._tasks.get(call_id, {})))
 
     def active(self) -> int:
         return sum(len(tasks) for tasks in self._tasks.values())
@@ -143,13 +152,12 @@ class TurnTasks:
     async def drain(self, grace_s: float = STOP_GRACE_S) -> None:
         """Let in-flight tasks finish for up to `grace_s`, then cancel the rest."""
         pending = [task for tasks in self._tasks.values() for task in tasks]
-        if not pending:
-            return
-        _, still_running = await asyncio.wait(pending, timeout=grace_s)
-        for task in still_running:
-            task.cancel()
-        if still_running:
-            await asyncio.wait(still_running)
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=grace_s)
+            for task in still_running:
+                task.cancel()
+        if leftovers := [task for task in (*pending, *self._unwinding) if not task.done()]:
+            await asyncio.wait(leftovers)
 
 
 class ProviderUnavailable(RuntimeError):

@@ -1,0 +1,8 @@
+"""`python -m services.brain`: run one brain (LLM) worker."""
+
+from services.brain.worker import start
+from voxline.config import BrainSettings
+from voxline.service import run_worker
+
+if __name__ == "__main__":
+    run_worker("brain", BrainSettings(), start)

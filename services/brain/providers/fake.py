@@ -1,0 +1,40 @@
+"""Fake brain: a fixed, deterministic answer streamed word by word at a configured
+time-to-first-token and token rate, so latency and barge-in behave like a real LLM's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from proto.messages import BrainTurn
+from voxline.config import BrainSettings
+
+AGENT_LINE = "This is the Voxline test agent answering your call."
+REPROMPT = "Sorry, I did not catch that. Could you say it again, please?"
+
+
+def fake_reply(user_text: str) -> str:
+    """The whole reply; the caller's own punctuation is dropped so it reads as one sentence."""
+    said = user_text.strip().rstrip(".!?,;: ")
+    if not said:
+        return REPROMPT
+    return f"You said: {said}. {AGENT_LINE}"
+
+
+class FakeBrainProvider:
+    name = "fake"
+
+    def __init__(self, settings: BrainSettings) -> None:
+        self.ttft_s = settings.fake_ttft_ms / 1000
+        self.token_gap_s = 1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s > 0 else 0.0
+
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
+        words = fake_reply(turn.user_text).split(" ")
+        await asyncio.sleep(self.ttft_s)
+        for i, word in enumerate(words):
+            if i:
+                await asyncio.sleep(self.token_gap_s)
+            yield word if i == len(words) - 1 else word + " "
+
+    async def close(self) -> None:
+        pass
