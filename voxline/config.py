@@ -83,7 +83,7 @@ class BrainSettings(WorkerSettings):
         10.0, description="A provider silent this long (before or between tokens) fails the turn with a ReplyError."
     )
     llm_base_url: str = Field(
-        "http://127.0.0.1:8081/v1", description="OpenAI-compatible endpoint (the dev stack sets its llama-server)."
+        "", description="OpenAI-compatible endpoint; empty = api.openai.com (the dev stack sets its llama-server)."
     )
     llm_api_key: str = Field(
         "sk-no-key",

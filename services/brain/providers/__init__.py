@@ -18,4 +18,8 @@ def make_provider(name: str, settings: BrainSettings) -> BrainProvider:
         from services.brain.providers.fake import FakeBrainProvider
 
         return FakeBrainProvider(settings)
+    if chosen in ("local", "openai"):
+        from services.brain.providers.openai_chat import OpenAIChatProvider
+
+        return OpenAIChatProvider(settings, name=chosen)
     raise ProviderUnavailable(f"brain provider {chosen!r} not available yet")
