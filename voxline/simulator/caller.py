@@ -75,7 +75,9 @@ async def run_call(
         finally:
             await line.hang_up()
         _summarize(line, spoken, result)
-        result.record = await fetch_record(http, base_url, call_sid, script.record_timeout_s, result.notes)
+        # A refused stream may never get a record: ask once instead of polling.
+        timeout = script.record_timeout_s if result.accepted else 0.0
+        result.record = await fetch_record(http, base_url, call_sid, timeout, result.notes)
     return result
 
 
@@ -109,25 +111,33 @@ async def _converse(
         log = line.speak(frames)
         await line.wait_spoken(log, frames.duration_ms / 1000.0 + 5.0)
         spoken.append(_Spoken(i, utt, log, baseline))
-        reply_since = log.last_frame or line.clock()
+        reply_since = log.end or log.last_frame or line.clock()
         nxt = utterances[i + 1] if i + 1 < len(utterances) else None
         if nxt is not None and nxt.barge_in_after_ms is not None:
             continue  # the next utterance interrupts this reply instead of waiting for it
-        if not await line.wait_turn_finished(baseline, log.last_frame or 0.0, script.reply_timeout_s):
+        if not await line.wait_turn_finished(baseline, reply_since, script.reply_timeout_s):
             result.errors.append(f"utterance {i}: reply not fully played within {script.reply_timeout_s:.0f}s")
     await asyncio.sleep(script.trailing_silence_ms / 1000.0)
 
 
-def _reply_chunks(chunks: list[Chunk], since: float, baseline: int) -> tuple[int | None, list[Chunk]]:
-    """The reply to an utterance: the oldest turn newer than `baseline` heard from after `since`.
+def _reply_chunks(chunks: list[Chunk], onset: float, end: float, baseline: int) -> tuple[int | None, list[Chunk], int]:
+    """The reply to an utterance, and how many replies started while the caller still talked.
 
-    Audio whose mark never arrived has no turn; it only counts when no named reply exists.
+    The reply is the first turn newer than `baseline` whose audio began after the caller's
+    speech ended; a turn that began mid-utterance is an early (false end-of-turn) reply and
+    is only taken when nothing came after. Audio whose mark never arrived has no turn and
+    only counts when no named reply exists at all.
     """
-    newer = [c for c in chunks if c.received_at >= since and c.turn_id is not None and c.turn_id > baseline]
-    if newer:
-        turn = min(c.turn_id for c in newer if c.turn_id is not None)
-        return turn, [c for c in chunks if c.turn_id == turn]
-    return None, [c for c in chunks if c.received_at >= since and c.turn_id is None]
+    first_seen: dict[int, float] = {}
+    for c in chunks:
+        if c.turn_id is not None and c.turn_id > baseline and c.received_at >= onset:
+            first_seen.setdefault(c.turn_id, c.received_at)
+    early = sorted(t for t, at in first_seen.items() if at < end)
+    late = sorted(t for t, at in first_seen.items() if at >= end)
+    turn = late[0] if late else (early[0] if early else None)
+    if turn is not None:
+        return turn, [c for c in chunks if c.turn_id == turn], len(early)
+    return None, [c for c in chunks if c.received_at >= end and c.turn_id is None], 0
 
 
 def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> None:
@@ -148,7 +158,7 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
         log = s.log
         onset = log.onset if log.onset is not None else log.first_frame
         end = log.end if log.end is not None else log.last_frame
-        turn, reply = _reply_chunks(chunks, onset or 0.0, s.baseline_turn)
+        turn, reply, early = _reply_chunks(chunks, onset or 0.0, end or 0.0, s.baseline_turn)
         keys = {(c.received_at, c.start) for c in reply}
         reply_heard = [h for h in heard if (h.received_at, h.start) in keys]
         result.turns.append(
@@ -168,6 +178,7 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
                     for m in line.echoed
                 ),
                 barge_in=s.utterance.barge_in_after_ms is not None,
+                early_replies=early,
             )
         )
         if s.utterance.barge_in_after_ms is not None and onset is not None:

@@ -29,7 +29,8 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtmf", default=None, metavar="DIGITS", help="key these digits after the greeting")
     parser.add_argument("--calls", type=int, default=1, help="run N calls concurrently")
     parser.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"), help="sign the webhook")
-    parser.add_argument("--reply-timeout", type=float, default=15.0, metavar="S")
+    parser.add_argument("--reply-timeout", type=float, default=15.0, metavar="S", help="wait this long for a reply")
+    parser.add_argument("--greeting-timeout", type=float, default=10.0, metavar="S", help="0: do not wait for one")
     parser.add_argument("--stream-token", default=None, help="send this stream_token instead of the TwiML's")
     parser.add_argument("--no-stream-token", action="store_true", help="strip the stream_token parameter")
     parser.add_argument("--malformed-after-ms", type=int, default=None, help="inject malformed frames at N ms")
@@ -55,6 +56,8 @@ def build_script(args: argparse.Namespace) -> CallScript:
         drop_stream_token=args.no_stream_token,
         malformed_frame_after_ms=args.malformed_after_ms,
         reply_timeout_s=args.reply_timeout,
+        greeting_timeout_s=args.greeting_timeout,
+        wait_for_greeting=args.greeting_timeout > 0,
     )
 
 
@@ -95,16 +98,20 @@ def print_call(r: CallResult, quiet: bool = False) -> None:
     print(f"call {r.call_sid} (agent {r.agent_id}): {state}, {len(r.turns)} turns, {r.duration_ms / 1000:.1f} s")
     if not quiet:
         print_transcript(r.record)
+    if not quiet and (r.turns or r.greeting_latency_ms is not None):
         print("\nlatency, simulator clock (ms from the caller's speech end):")
         print(f"  greeting: first media {_fmt(r.greeting_latency_ms)} ms after stream start")
         print(f"  {'utt':>3} {'turn':>4} {'first media':>11} {'first heard':>11} {'reply ms':>8} {'heard ms':>8}  said")
         for t in r.turns:
             flag = " (barge-in)" if t.barge_in else ""
+            if t.early_replies:
+                flag += f" ({t.early_replies} reply started before the caller finished)"
             print(
                 f"  {t.utterance:>3} {_fmt(t.turn_id):>4} {_fmt(t.first_media_latency_ms):>11} "
                 f"{_fmt(t.first_played_latency_ms):>11} {_fmt(t.reply_audio_ms):>8} {_fmt(t.reply_played_ms):>8}"
                 f"  {t.text[:40]}{flag}"
             )
+    if not quiet:
         print_stage_latency(r.record)
     for b in r.barge_ins:
         print(

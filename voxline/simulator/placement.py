@@ -96,7 +96,8 @@ async def fetch_record(
             break
         await asyncio.sleep(0.25)
     if last is None:
-        notes.append(f"no call record: GET {url} answered 404 for {timeout_s:.0f}s")
+        waited = f" for {timeout_s:.0f}s" if timeout_s > 0 else ""
+        notes.append(f"no call record: GET {url} answered 404{waited}")
     else:
         notes.append(f"call record still {last.get('status')!r} after {timeout_s:.0f}s")
     return last

@@ -24,6 +24,7 @@ class TurnResult:
     reply_played_ms: float = 0.0  # reply audio actually heard
     completed: bool = False  # the reply's turn-end mark was echoed
     barge_in: bool = False
+    early_replies: int = 0  # replies that started before the caller finished (false endpoints)
 
 
 @dataclass

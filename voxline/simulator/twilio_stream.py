@@ -53,7 +53,8 @@ def parse_twiml(xml_text: str, base_url: str | None = None) -> StreamTarget:
         raise ProtocolError(f"TwiML root is <{root.tag}>, not <Response>")
     stream = root.find("./Connect/Stream")
     if stream is None:
-        raise ProtocolError("TwiML has no <Connect><Stream>")
+        verbs = ", ".join(f"<{child.tag}>" for child in root) or "nothing"
+        raise ProtocolError(f"TwiML has no <Connect><Stream> (it has {verbs})")
     url = stream.get("url")
     if not url:
         raise ProtocolError("<Stream> has no url")
