@@ -63,6 +63,17 @@ async def unsubscribe_quietly(sub: Subscription) -> None:
         log.debug("unsubscribe of %s failed: %s", sub.subject, exc)
 
 
+async def close_stream(stream: object) -> None:
+    """Close a provider's async generator now rather than at garbage collection, so its
+    HTTP stream or model run ends with the turn (also when we stopped reading early)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.debug("closing a provider stream failed", exc_info=True)
+
+
 class RecentCalls:
     """A bounded map of recently seen call ids to an int (LRU), so memory stays flat."""
 

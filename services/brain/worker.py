@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -21,7 +20,14 @@ from proto import subjects
 from proto.messages import BrainTurn, CallEnded, Message, ReplyDone, ReplyError, ReplySentence, TurnCancel
 from services.brain.providers import BrainProvider, make_provider
 from services.brain.sentences import SentenceSplitter
-from services.common import STOP_GRACE_S, TurnTasks, call_context, outgoing_headers, unsubscribe_quietly
+from services.common import (
+    STOP_GRACE_S,
+    TurnTasks,
+    call_context,
+    close_stream,
+    outgoing_headers,
+    unsubscribe_quietly,
+)
 from voxline.bus import Bus
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us, stage_histogram
@@ -144,7 +150,7 @@ class BrainWorker:
             log.exception("brain provider %s failed on call %s", self.provider.name, turn.call_id)
             await self._fail(turn, headers, f"{self.provider.name}: {exc}")
         finally:
-            await _close(stream)
+            await close_stream(stream)
 
     async def _fail(self, turn: BrainTurn, headers: dict[str, str], reason: str) -> None:
         error = ReplyError(call_id=turn.call_id, turn_id=turn.turn_id, message=reason)
@@ -170,15 +176,6 @@ class BrainWorker:
             await self.provider.close()
         except Exception:
             log.exception("brain provider %s failed to close", self.provider.name)
-
-
-async def _close(stream: AsyncIterator[str]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.debug("closing the provider stream failed", exc_info=True)
 
 
 async def start(bus: Bus, settings: BrainSettings) -> BrainWorker:

@@ -1,0 +1,8 @@
+"""`python -m services.tts`: run one TTS worker."""
+
+from services.tts.worker import start
+from voxline.config import TtsSettings
+from voxline.service import run_worker
+
+if __name__ == "__main__":
+    run_worker("tts", TtsSettings(), start)
