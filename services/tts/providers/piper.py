@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,7 +65,7 @@ class PiperTtsProvider:
             pass
         log.info("tts warm-up done in %.0f ms", (time.monotonic() - started) * 1000)
 
-    def _render(self, text: str) -> Iterator[bytes]:
+    def _render(self, text: str) -> Generator[bytes, None, None]:
         """Blocking: one piece of 8 kHz mu-law per sentence Piper finds in `text`."""
         for chunk in self._voice.synthesize(text, syn_config=self._syn_config):
             pcm8k = resample(chunk.audio_int16_array, chunk.sample_rate, TELEPHONY_RATE)
