@@ -91,7 +91,7 @@ def test_clear_empties_the_buffer_and_echoes_pending_marks(clock: Clock) -> None
         (100.0, 100.1, False),
         (100.1, 100.15, True),
     ]
-    assert buf.voice_stops() == [VoiceStop(pytest.approx(100.15), "clear")]
+    assert buf.voice_stops() == [VoiceStop(pytest.approx(100.15), "clear", 2)]
 
 
 def test_clear_on_an_empty_buffer_is_not_a_voice_stop(clock: Clock) -> None:
@@ -174,3 +174,36 @@ def test_barge_in_when_the_agent_was_silent_measures_nothing(clock: Clock) -> No
     clock.t = 101.0
     m = measure_barge_in(100.5, buf.played(), buf.voice_stops())
     assert m.latency_ms is None and m.interrupted_turn is None
+
+
+def test_barge_in_prefers_the_clear_over_an_earlier_underrun(clock: Clock) -> None:
+    buf = PlaybackBuffer(clock)
+    buf.add_audio(FRAME * 10)  # sentence 0: 200 ms
+    buf.add_mark("t1.s0.c0.e200.S")
+    clock.t = 100.21  # sentence 1 arrives 10 ms late: a short gap the caller hears
+    buf.add_audio(FRAME * 25)
+    buf.add_mark("t1.s1.c0.e500.S.T")
+    clock.t = 100.3
+    buf.clear()
+    clock.t = 101.0
+    stops = buf.voice_stops()
+    assert [(s.kind, s.turn_id) for s in stops] == [("dry", 1), ("clear", 1)]
+    m = measure_barge_in(100.1, buf.played(), stops)
+    assert m.stopped_by == "clear"
+    assert m.latency_ms == pytest.approx(200.0)
+    assert m.stale_audio_ms == pytest.approx(0.0)
+
+
+def test_barge_in_ignores_stops_of_newer_turns(clock: Clock) -> None:
+    buf = PlaybackBuffer(clock)
+    buf.add_audio(FRAME * 10)
+    buf.add_mark("t1.s0.c0.e200.S.T")  # the gateway never clears turn 1: it plays out
+    clock.t = 100.5
+    buf.add_audio(FRAME * 10)
+    buf.add_mark("t2.s0.c0.e200.S.T")
+    clock.t = 100.6
+    buf.clear()  # a clear of turn 2 says nothing about the barge-in on turn 1
+    clock.t = 101.0
+    m = measure_barge_in(100.05, buf.played(), buf.voice_stops())
+    assert (m.interrupted_turn, m.stopped_by) == (1, "dry")
+    assert m.latency_ms == pytest.approx(150.0)

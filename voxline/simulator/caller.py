@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 import websockets
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 from voxline.simulator.line import PhoneLine, SpeechLog
 from voxline.simulator.placement import PlacementError, fetch_record, place_call, stream_parameters
@@ -49,7 +51,11 @@ async def run_call(
 ) -> CallResult:
     call_sid = script.call_sid or ""
     result = CallResult(call_sid=call_sid, agent_id=script.agent_id)
-    audio = await asyncio.to_thread(lambda: [prepare_audio(u) for u in script.utterances])
+    try:
+        audio = await asyncio.to_thread(lambda: [prepare_audio(u) for u in script.utterances])
+    except (OSError, ValueError, EOFError, subprocess.CalledProcessError, wave.Error) as exc:
+        result.errors.append(f"could not prepare the caller's audio: {exc!r}")
+        return result
     async with httpx.AsyncClient(timeout=10.0) as http:
         try:
             target = await place_call(http, base_url, script, auth_token)
@@ -62,7 +68,7 @@ async def run_call(
         except InvalidStatus as exc:
             result.errors.append(f"stream handshake refused: HTTP {exc.response.status_code}")
             return result
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
+        except (OSError, WebSocketException, TimeoutError) as exc:
             result.errors.append(f"stream connect to {target.url} failed: {exc!r}")
             return result
         line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
@@ -201,8 +207,9 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
     result.media_sent = line.stream.chunks_sent
     result.duration_ms = ms(t0, line.clock()) or 0.0
     result.closed_by_gateway = line.closed_by_gateway
-    result.close_code = line.ws.close_code
-    result.close_reason = line.ws.close_reason or None
+    if line.closed_by_gateway:
+        result.close_code = line.ws.close_code
+        result.close_reason = line.ws.close_reason or None
     result.accepted = not (line.closed_by_gateway and line.media_received == 0)
     if line.closed_by_gateway:
         result.notes.append(f"gateway closed the stream: code {result.close_code} {result.close_reason or ''}".strip())

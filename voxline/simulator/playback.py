@@ -55,6 +55,7 @@ class VoiceStop:
 
     at: float
     kind: str  # "clear" (buffer emptied by clear) or "dry" (ran out of audio)
+    turn_id: int | None = None  # whose audio went quiet
 
 
 class PlaybackBuffer:
@@ -158,14 +159,17 @@ class PlaybackBuffer:
         """Moments the caller stopped hearing the agent: clears mid-audio and underruns."""
         now = self.clock() if now is None else now
         heard = self.played(now)
-        clear_stops = {round(t, 6) for t, playing in self.clear_times if playing}
-        stops = [VoiceStop(t, "clear") for t, playing in self.clear_times if playing and t <= now]
+        clears = [t for t, playing in self.clear_times if playing and t <= now]
+        stops: list[VoiceStop] = []
+        for t in clears:
+            cut = [c.turn_id for c in heard if c.start < t + _EPS and abs(c.end - t) < _EPS]
+            stops.append(VoiceStop(t, "clear", cut[-1] if cut else None))
         for i, chunk in enumerate(heard):
             nxt = heard[i + 1] if i + 1 < len(heard) else None
-            if round(chunk.end, 6) in clear_stops:
+            if any(abs(chunk.end - t) < _EPS for t in clears):
                 continue
             if (nxt is None and chunk.end <= now - _EPS) or (nxt is not None and nxt.start > chunk.end + 1e-3):
-                stops.append(VoiceStop(chunk.end, "dry"))
+                stops.append(VoiceStop(chunk.end, "dry", chunk.turn_id))
         return sorted(stops, key=lambda s: s.at)
 
 
@@ -183,8 +187,9 @@ def measure_barge_in(onset: float, heard: list[Chunk], stops: list[VoiceStop]) -
     """How long the agent kept talking over the caller, and whether old audio came back.
 
     The interrupted turn is the one audible at onset. Its voice stops at the first clear
-    of a non-empty buffer or underrun after onset; any audio of that turn (or older) heard
-    after that moment is stale audio the gateway failed to cancel.
+    that cut its audio (or an older turn's) after onset or, when the gateway never
+    cleared, where the buffer first ran dry; any audio of that turn or older heard after
+    that moment is stale audio the gateway failed to cancel.
     """
     playing = [c for c in heard if c.start <= onset < c.end]
     if not playing:
@@ -193,7 +198,10 @@ def measure_barge_in(onset: float, heard: list[Chunk], stops: list[VoiceStop]) -
     if interrupted is None:  # its mark never came; the last attributed audio is the best guess
         earlier = [c.turn_id for c in heard if c.start <= onset and c.turn_id is not None]
         interrupted = max(earlier) if earlier else None
-    stop = next((s for s in stops if s.at >= onset - _EPS), None)
+    after = [s for s in stops if s.at >= onset - _EPS]
+    if interrupted is not None:
+        after = [s for s in after if s.turn_id is None or s.turn_id <= interrupted]
+    stop = next((s for s in after if s.kind == "clear"), None) or next(iter(after), None)
     if stop is None:
         return BargeInMeasure(onset, interrupted, None, None, None, 0.0)
     stale = 0.0

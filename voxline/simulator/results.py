@@ -26,6 +26,10 @@ class TurnResult:
     barge_in: bool = False
     early_replies: int = 0  # replies that started before the caller finished (false endpoints)
 
+    @property
+    def speech_end(self) -> float | None:
+        return self.speech_end_ms
+
 
 @dataclass
 class BargeInResult:
@@ -47,6 +51,9 @@ class PlayedEntry:
 
 @dataclass
 class CallResult:
+    """One call. `accepted` is False when no stream was obtained, or when the gateway closed
+    it without ever sending audio (a refusal); close_code/close_reason only when it closed."""
+
     call_sid: str
     stream_sid: str = ""
     agent_id: str = ""
