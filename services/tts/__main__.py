@@ -5,4 +5,5 @@ from voxline.config import TtsSettings
 from voxline.service import run_worker
 
 if __name__ == "__main__":
-    run_worker("tts", TtsSettings(), start)
+    # Fields come from the environment; mypy without the pydantic plugin sees them as required.
+    run_worker("tts", TtsSettings(), start)  # type: ignore[call-arg]
