@@ -74,9 +74,9 @@ async def run_call(
         line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
         line.malformed_after_ms = script.malformed_frame_after_ms
         result.stream_sid = line.stream.stream_sid
-        await line.start(stream_parameters(target.parameters, script))
         spoken: list[_Spoken] = []
         try:
+            await line.start(stream_parameters(target.parameters, script))
             await _converse(line, script, audio, spoken, result)
         finally:
             await line.hang_up()

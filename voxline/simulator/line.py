@@ -86,15 +86,18 @@ class PhoneLine:
     async def hang_up(self) -> None:
         """Stop the frames, say `stop` like Twilio does on hang-up, and close."""
         self._sending = False
-        sender, receiver, player = self._tasks
-        await asyncio.gather(sender, return_exceptions=True)
+        by_name = {task.get_name(): task for task in self._tasks}
+        if "sim-sender" in by_name:
+            await asyncio.gather(by_name["sim-sender"], return_exceptions=True)
+        if "sim-player" in by_name:  # nothing may follow `stop`, not even a mark echo
+            by_name["sim-player"].cancel()
+            await asyncio.gather(by_name["sim-player"], return_exceptions=True)
         if not self.closed:
             await self._emit(self.stream.stop)
             self.closed = True
             await self.ws.close()
-        await asyncio.gather(receiver, return_exceptions=True)
-        player.cancel()
-        await asyncio.gather(player, return_exceptions=True)
+        if "sim-receiver" in by_name:
+            await asyncio.gather(by_name["sim-receiver"], return_exceptions=True)
         self.playback.finish()
 
     # -- what the caller does -----------------------------------------------------------
