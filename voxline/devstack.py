@@ -123,6 +123,8 @@ class DevStack:
         if not self.nats_url:
             self._start_nats()
         env = self._base_env()
+        if self.profile == "local":
+            env["VOXLINE_LLM_BASE_URL"] = self._start_llm(env, timeout - (time.monotonic() - started))
         for name in SERVICES:
             penv = dict(env)
             if name == "gateway":
@@ -138,6 +140,16 @@ class DevStack:
         for name in SERVICES:
             self.wait_ready(name, timeout - (time.monotonic() - started))
         self._say(f"voxline: all services ready in {time.monotonic() - started:.1f}s (profile {self.profile})")
+
+    def _start_llm(self, env: dict[str, str], timeout: float) -> str:
+        """llama-server for the local brain, supervised like a service; returns its base URL."""
+        port = free_port()
+        args = [sys.executable, "-m", "voxline.llama_server", "--port", str(port)]
+        health = f"http://127.0.0.1:{port}/health"
+        self.processes["llm"] = Process("llm", args, dict(env), self._log_file("llm"), health)
+        self.processes["llm"].start()
+        self.wait_ready("llm", timeout)
+        return f"http://127.0.0.1:{port}/v1"
 
     def _start_nats(self) -> None:
         port, monitor = free_port(), free_port()
@@ -200,6 +212,8 @@ class DevStack:
         for name in reversed(SERVICES):
             if name in self.processes:
                 self.processes[name].stop()
+        if "llm" in self.processes:
+            self.processes["llm"].stop()
         if "nats" in self.processes:
             self.processes["nats"].stop()
         for proc in self.processes.values():

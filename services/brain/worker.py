@@ -179,6 +179,10 @@ class BrainWorker:
 
 
 async def start(bus: Bus, settings: BrainSettings) -> BrainWorker:
-    worker = BrainWorker(bus, settings, make_provider(settings.brain_provider, settings))
+    provider = make_provider(settings.brain_provider, settings)
+    load = getattr(provider, "load", None)
+    if load is not None:  # local models load and warm up before the worker reports ready
+        await load()
+    worker = BrainWorker(bus, settings, provider)
     await worker.start()
     return worker

@@ -194,6 +194,10 @@ class SttWorker:
 
 
 async def start(bus: Bus, settings: SttSettings) -> SttWorker:
-    worker = SttWorker(bus, settings, make_provider(settings.stt_provider, settings))
+    provider = make_provider(settings.stt_provider, settings)
+    load = getattr(provider, "load", None)
+    if load is not None:  # local models load and warm up before the worker reports ready
+        await load()
+    worker = SttWorker(bus, settings, provider)
     await worker.start()
     return worker

@@ -236,6 +236,10 @@ class TtsWorker:
 
 
 async def start(bus: Bus, settings: TtsSettings) -> TtsWorker:
-    worker = TtsWorker(bus, settings, make_provider(settings.tts_provider, settings))
+    provider = make_provider(settings.tts_provider, settings)
+    load = getattr(provider, "load", None)
+    if load is not None:  # local models load and warm up before the worker reports ready
+        await load()
+    worker = TtsWorker(bus, settings, provider)
     await worker.start()
     return worker
