@@ -8,6 +8,7 @@ over all instances through the queue group.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -56,6 +57,7 @@ class Orchestrator:
         self._subs: dict[str, list[Subscription]] = {}
         self._kv: KeyValue | None = None
         self._own: list[Subscription] = []
+        self._ending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         js = self.bus.nc.jetstream()
@@ -151,7 +153,11 @@ class Orchestrator:
             if call is None:
                 return
             if isinstance(message, CallStopped):
-                await self._end_call(call_id, message.reason)
+                # Not awaited here: ending unsubscribes this very subscription, and
+                # nats-py cancels a subscription's task on unsubscribe.
+                task = asyncio.create_task(self._end_call(call_id, message.reason))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
                 return
             await call.handle(message)
             latency = call.take_turn_latency()
@@ -163,16 +169,15 @@ class Orchestrator:
     async def _end_call(self, call_id: str, reason: str) -> None:
         call = self.calls.pop(call_id, None)
         ACTIVE_CALLS.set(len(self.calls))
+        if call is not None:
+            await call.end(reason)
+            await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
+            log.info("call ended: %s", reason, extra={"call_id": call_id})
         for sub in self._subs.pop(call_id, []):
             try:
                 await sub.unsubscribe()
-            except Exception:
-                pass
-        if call is None:
-            return
-        await call.end(reason)
-        await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
-        log.info("call ended: %s", reason, extra={"call_id": call_id})
+            except Exception as exc:  # the connection may be going away at shutdown
+                log.debug("unsubscribe failed: %s", exc)
 
 
 async def start(bus: Bus, settings: OrchestratorSettings) -> Orchestrator:
