@@ -35,4 +35,5 @@ class MarkName(msgspec.Struct, frozen=True):
             numbers = [int(p[1:]) for p in parts[:4]]
         except ValueError:
             return None
-        return cls(*numbers, sentence_end="S" in flags, turn_end="T" in flags)
+        turn_id, seq, chunk, end_ms = numbers
+        return cls(turn_id, seq, chunk, end_ms, sentence_end="S" in flags, turn_end="T" in flags)

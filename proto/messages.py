@@ -18,7 +18,7 @@ class _Msg(msgspec.Struct, tag=True, kw_only=True, frozen=True):
 # --- call lifecycle -------------------------------------------------------------------
 
 
-class CallStart(_Msg, kw_only=True):
+class CallStart(_Msg, kw_only=True, frozen=True):
     """gateway -> orchestrator (request): a media stream started; someone must own the call."""
 
     agent_id: str
@@ -30,25 +30,25 @@ class CallStart(_Msg, kw_only=True):
     started_at_us: int
 
 
-class CallAccepted(_Msg, kw_only=True):
+class CallAccepted(_Msg, kw_only=True, frozen=True):
     """orchestrator -> gateway (reply): the call is owned by `orchestrator_id`."""
 
     orchestrator_id: str
 
 
-class CallRefused(_Msg, kw_only=True):
+class CallRefused(_Msg, kw_only=True, frozen=True):
     """orchestrator -> gateway (reply): the call cannot go on (unknown agent, no STT worker)."""
 
     reason: str
 
 
-class CallEnded(_Msg, kw_only=True):
+class CallEnded(_Msg, kw_only=True, frozen=True):
     """orchestrator -> everyone (broadcast): free every per-call resource."""
 
     reason: str
 
 
-class Hangup(_Msg, kw_only=True):
+class Hangup(_Msg, kw_only=True, frozen=True):
     """orchestrator -> gateway: end the media stream (after the last audio was heard)."""
 
     reason: str
@@ -57,7 +57,7 @@ class Hangup(_Msg, kw_only=True):
 # --- speech to text -------------------------------------------------------------------
 
 
-class SttAssign(_Msg, kw_only=True):
+class SttAssign(_Msg, kw_only=True, frozen=True):
     """orchestrator -> stt (request): subscribe to this call's audio until CallEnded."""
 
     agent_id: str
@@ -66,23 +66,23 @@ class SttAssign(_Msg, kw_only=True):
     custom_parameters: dict[str, str] = {}
 
 
-class SttAssigned(_Msg, kw_only=True):
+class SttAssigned(_Msg, kw_only=True, frozen=True):
     worker_id: str
     provider: str
 
 
-class SpeechStarted(_Msg, kw_only=True):
+class SpeechStarted(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
-class Transcript(_Msg, kw_only=True):
+class Transcript(_Msg, kw_only=True, frozen=True):
     text: str
     is_final: bool
     at_us: int
     provider_ms: float = 0.0  # the provider's own processing time for this result
 
 
-class SpeechEnded(_Msg, kw_only=True):
+class SpeechEnded(_Msg, kw_only=True, frozen=True):
     """The caller stopped speaking; `speech_end_us` is the end of the speech itself,
     `at_us` when the silence that confirmed it had elapsed."""
 
@@ -90,7 +90,7 @@ class SpeechEnded(_Msg, kw_only=True):
     speech_end_us: int
 
 
-class SttError(_Msg, kw_only=True):
+class SttError(_Msg, kw_only=True, frozen=True):
     message: str
 
 
@@ -102,7 +102,7 @@ class ChatTurn(msgspec.Struct, frozen=True):
     content: str
 
 
-class BrainTurn(_Msg, kw_only=True):
+class BrainTurn(_Msg, kw_only=True, frozen=True):
     """orchestrator -> brain: answer the caller."""
 
     turn_id: int
@@ -112,7 +112,7 @@ class BrainTurn(_Msg, kw_only=True):
     requested_at_us: int
 
 
-class ReplySentence(_Msg, kw_only=True):
+class ReplySentence(_Msg, kw_only=True, frozen=True):
     """brain -> orchestrator: one speakable sentence of the reply, in order (`seq` from 0)."""
 
     turn_id: int
@@ -123,7 +123,7 @@ class ReplySentence(_Msg, kw_only=True):
     provider_ms: float = 0.0  # the provider's own time from the request's arrival to this sentence
 
 
-class ReplyDone(_Msg, kw_only=True):
+class ReplyDone(_Msg, kw_only=True, frozen=True):
     turn_id: int
     sentences: int
     at_us: int
@@ -131,7 +131,7 @@ class ReplyDone(_Msg, kw_only=True):
     action_arg: str = ""
 
 
-class ReplyError(_Msg, kw_only=True):
+class ReplyError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     message: str
 
@@ -139,7 +139,7 @@ class ReplyError(_Msg, kw_only=True):
 # --- text to speech -------------------------------------------------------------------
 
 
-class Synthesize(_Msg, kw_only=True):
+class Synthesize(_Msg, kw_only=True, frozen=True):
     """orchestrator -> tts: speak one sentence; audio goes to the call's audio.out subject."""
 
     turn_id: int
@@ -151,7 +151,7 @@ class Synthesize(_Msg, kw_only=True):
     requested_at_us: int
 
 
-class SentenceSynthesized(_Msg, kw_only=True):
+class SentenceSynthesized(_Msg, kw_only=True, frozen=True):
     turn_id: int
     seq: int
     audio_ms: float
@@ -160,7 +160,7 @@ class SentenceSynthesized(_Msg, kw_only=True):
     provider_ttfb_ms: float = 0.0  # the provider's own time to its first audio byte
 
 
-class TtsError(_Msg, kw_only=True):
+class TtsError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     seq: int
     message: str
@@ -169,7 +169,7 @@ class TtsError(_Msg, kw_only=True):
 # --- gateway events -------------------------------------------------------------------
 
 
-class MarkPlayed(_Msg, kw_only=True):
+class MarkPlayed(_Msg, kw_only=True, frozen=True):
     """gateway -> orchestrator: Twilio echoed a mark, so the caller heard audio up to it."""
 
     turn_id: int
@@ -181,26 +181,26 @@ class MarkPlayed(_Msg, kw_only=True):
     at_us: int
 
 
-class ReplyAudioSent(_Msg, kw_only=True):
+class ReplyAudioSent(_Msg, kw_only=True, frozen=True):
     """gateway -> orchestrator: the first media message of a turn left for Twilio."""
 
     turn_id: int
     at_us: int
 
 
-class Dtmf(_Msg, kw_only=True):
+class Dtmf(_Msg, kw_only=True, frozen=True):
     digit: str
     at_us: int
 
 
-class CallStopped(_Msg, kw_only=True):
+class CallStopped(_Msg, kw_only=True, frozen=True):
     """gateway -> orchestrator: the media stream ended (caller hung up or Hangup done)."""
 
     reason: str
     at_us: int
 
 
-class TurnCancel(_Msg, kw_only=True):
+class TurnCancel(_Msg, kw_only=True, frozen=True):
     """orchestrator -> brain, tts, gateway: drop everything of this turn (and older)."""
 
     turn_id: int

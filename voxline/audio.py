@@ -16,7 +16,6 @@ FRAME_SAMPLES = TELEPHONY_RATE * FRAME_MS // 1000  # 160 mu-law bytes per Twilio
 MULAW_SILENCE = 0xFF
 
 _BIAS = 0x84
-_CLIP = 32635
 
 
 def _build_decode_table() -> np.ndarray:
@@ -30,14 +29,18 @@ def _build_decode_table() -> np.ndarray:
 
 
 def _build_encode_table() -> np.ndarray:
-    """Encoding table indexed by the PCM value + 32768 (65536 entries, built once)."""
-    pcm = np.arange(-32768, 32768, dtype=np.int32)
-    sign = np.where(pcm < 0, 0x80, 0x00)
-    magnitude = np.minimum(np.abs(pcm), _CLIP) + _BIAS
-    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
-    exponent = np.clip(exponent, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    """Encoding table indexed by the PCM value + 32768 (65536 entries, built once).
+
+    Mirrors the G.711 reference (14-bit magnitude, bias 33, eight segments) so our bytes
+    are bit-identical to what telephone networks produce."""
+    pcm14 = np.arange(-32768, 32768, dtype=np.int32) >> 2
+    mask = np.where(pcm14 < 0, 0x7F, 0xFF)
+    magnitude = np.minimum(np.abs(pcm14), 8159) + 33
+    segment_ends = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+    segment = np.searchsorted(segment_ends, magnitude)
+    code = np.where(segment >= 8, 0x7F, (segment << 4) | ((magnitude >> (segment + 1)) & 0x0F))
+    table: np.ndarray = ((code ^ mask) & 0xFF).astype(np.uint8)
+    return table
 
 
 _DECODE = _build_decode_table()
@@ -46,7 +49,8 @@ _ENCODE = _build_encode_table()
 
 def mulaw_to_pcm16(data: bytes) -> np.ndarray:
     """Decode mu-law bytes to int16 samples."""
-    return _DECODE[np.frombuffer(data, dtype=np.uint8)]
+    decoded: np.ndarray = _DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return decoded
 
 
 def pcm16_to_mulaw(samples: np.ndarray) -> bytes:
@@ -56,7 +60,8 @@ def pcm16_to_mulaw(samples: np.ndarray) -> bytes:
 
 
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    pcm: np.ndarray = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return pcm
 
 
 def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
@@ -67,7 +72,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample int16 or float32 mono audio with soxr (keeps the dtype)."""
     if from_rate == to_rate or samples.size == 0:
         return samples
-    return soxr.resample(samples, from_rate, to_rate, quality="HQ")
+    out: np.ndarray = soxr.resample(samples, from_rate, to_rate, quality="HQ")
+    return out
 
 
 def rms_dbfs(samples: np.ndarray) -> float:

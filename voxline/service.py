@@ -8,6 +8,7 @@ shows per-call resources so tests and operators can check that a call released t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -67,13 +68,19 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+class _Server(uvicorn.Server):
+    """Voxline owns SIGINT/SIGTERM (one stop event per process); uvicorn must not take them."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
 async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve until `stop` is set; print the bound port so a supervisor can find it."""
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio"
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no started event)
         await asyncio.sleep(0.01)
