@@ -24,7 +24,9 @@ from voxline.config import BrainSettings
 
 log = logging.getLogger("voxline.brain.openai_chat")
 
-WARMUP_USER_TEXT = "Hello."
+# The first request pre-fills the system prompt; the second, a typical question with a
+# few tokens of answer, exercises the cached-prefix and decode paths the first turn takes.
+WARMUP_REQUESTS = (("Hello.", 1), ("What are your opening hours?", 16))
 WARMUP_RETRY_S = 30.0  # the endpoint may still be starting (the dev stack starts it first)
 
 
@@ -101,30 +103,29 @@ class OpenAIChatProvider:
         the first caller does not wait seconds for it; also opens the connection."""
         for agent_id in [a.strip() for a in self.settings.llm_warmup_agents.split(",") if a.strip()]:
             started = time.monotonic()
-            turn = BrainTurn(
-                call_id="warmup",
-                turn_id=0,
-                agent_id=agent_id,
-                history=[],
-                user_text=WARMUP_USER_TEXT,
-                requested_at_us=0,
-            )
-            while True:
-                try:
-                    await self.client.chat.completions.create(
-                        model=self.settings.llm_model,
-                        messages=self.messages(turn),  # type: ignore[arg-type]
-                        max_tokens=1,
-                        temperature=0.0,
-                        extra_body=self._extra_body,
-                    )
-                    break
-                except Exception as exc:
-                    if time.monotonic() - started > WARMUP_RETRY_S:
-                        raise RuntimeError(f"LLM endpoint {self.client.base_url} not usable: {exc}") from exc
-                    log.warning("LLM warm-up failed (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+            for user_text, max_tokens in WARMUP_REQUESTS:
+                await self._warm(agent_id, user_text, max_tokens, started)
             log.info("llm warm-up (agent %s prompt cached) in %.0f ms", agent_id, (time.monotonic() - started) * 1000)
+
+    async def _warm(self, agent_id: str, user_text: str, max_tokens: int, started: float) -> None:
+        turn = BrainTurn(
+            call_id="warmup", turn_id=0, agent_id=agent_id, history=[], user_text=user_text, requested_at_us=0
+        )
+        while True:
+            try:
+                await self.client.chat.completions.create(
+                    model=self.settings.llm_model,
+                    messages=self.messages(turn),  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                    extra_body=self._extra_body,
+                )
+                return
+            except Exception as exc:
+                if time.monotonic() - started > WARMUP_RETRY_S:
+                    raise RuntimeError(f"LLM endpoint {self.client.base_url} not usable: {exc}") from exc
+                log.warning("LLM warm-up failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
 
     async def close(self) -> None:
         await self.client.close()
