@@ -56,6 +56,12 @@ class OrchestratorSettings(WorkerSettings):
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
     stt_assign_timeout_s: float = Field(1.0, description="How long to wait for an STT worker to take a call.")
     history_turns: int = Field(20, description="Conversation turns sent to the brain.")
+    brain_timeout_s: float = Field(
+        8.0, description="No reply sentence this long after a request: apologise (a brain worker died or hangs)."
+    )
+    tts_timeout_s: float = Field(
+        5.0, description="No synthesis result this long after a request: ask another TTS worker once, then skip."
+    )
 
 
 class SttSettings(WorkerSettings):
@@ -73,6 +79,36 @@ class SttSettings(WorkerSettings):
         300, description="Local STT: silence that ends an utterance; shorter cuts callers off at natural pauses."
     )
     stt_max_utterance_s: float = Field(25.0, description="Local STT: an utterance is cut here (Whisper sees 30 s).")
+    deepgram_api_key: str = Field(
+        "",
+        validation_alias=AliasChoices("VOXLINE_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY"),
+        description="Deepgram: API key (sent as 'Authorization: Token', never logged).",
+    )
+    deepgram_url: str = Field(
+        "wss://api.deepgram.com", description="Deepgram: WebSocket base URL (/v1/listen is appended)."
+    )
+    deepgram_model: str = Field(
+        "nova-3", description="Deepgram: model, nova-3 (agent keywords sent as keyterm) or nova-2 (as keywords)."
+    )
+    deepgram_endpointing_ms: int = Field(
+        300, description="Deepgram: silence after speech that makes a result speech_final (ends the caller's turn)."
+    )
+    deepgram_utterance_end_ms: int = Field(
+        1000, description="Deepgram: word gap that sends UtteranceEnd, the fallback end of turn in noise."
+    )
+    deepgram_connect_timeout_s: float = Field(3.0, description="Deepgram: handshake timeout of one connection attempt.")
+    deepgram_stall_timeout_s: float = Field(
+        5.0, description="Deepgram: audio flowing this long with no message back counts as a stall: reconnect."
+    )
+    deepgram_keepalive_s: float = Field(
+        5.0, description="Deepgram: KeepAlive after this long without audio (idle sockets close at 10 s)."
+    )
+    deepgram_max_retries: int = Field(
+        6, description="Deepgram: failed connects in a row (backoff 0.1 s doubling, max 2 s) before SttError."
+    )
+    deepgram_replay_max_s: float = Field(
+        30.0, description="Deepgram: most unacknowledged audio kept for replay after a reconnect (oldest dropped)."
+    )
 
 
 class BrainSettings(WorkerSettings):
@@ -110,6 +146,46 @@ class TtsSettings(WorkerSettings):
     )
     piper_threads: int = Field(2, description="Local TTS: onnxruntime threads of the Piper voice.")
     piper_length_scale: float = Field(1.0, description="Local TTS: speaking pace (above 1 is slower).")
+    tts_provider_attempts: int = Field(
+        2, description="Tries per provider on 429/5xx/dropped socket before the next provider in the chain."
+    )
+    tts_retry_backoff_s: float = Field(0.2, description="Wait before a retry, doubled per try (the caller is waiting).")
+    elevenlabs_api_key: str = Field(
+        "",
+        validation_alias=AliasChoices("ELEVENLABS_API_KEY", "VOXLINE_ELEVENLABS_API_KEY"),
+        description="ElevenLabs: API key (sent as the xi-api-key header, never logged).",
+    )
+    elevenlabs_base_url: str = Field("wss://api.elevenlabs.io", description="ElevenLabs: WebSocket base URL.")
+    elevenlabs_model: str = Field("eleven_flash_v2_5", description="ElevenLabs: model id (Flash is the fastest).")
+    elevenlabs_voice_id: str = Field(
+        "21m00Tcm4TlvDq8ikWAM", description="ElevenLabs: voice used when the agent names none (or a non-id)."
+    )
+    elevenlabs_stability: float = Field(0.5, description="ElevenLabs: voice_settings.stability.")
+    elevenlabs_similarity_boost: float = Field(0.75, description="ElevenLabs: voice_settings.similarity_boost.")
+    elevenlabs_chunk_schedule: str = Field(
+        "50,90,120,150", description="ElevenLabs: generation_config.chunk_length_schedule, comma-separated."
+    )
+    elevenlabs_timeout_s: float = Field(
+        2.0, description="ElevenLabs: handshake, first audio and gap between audio messages before a timeout error."
+    )
+    elevenlabs_warm_sockets: int = Field(
+        1, description="ElevenLabs: sockets kept open and initialised per voice, so no sentence waits on a handshake."
+    )
+    elevenlabs_socket_max_idle_s: float = Field(
+        15.0, description="ElevenLabs: a warm socket older than this is replaced (the server closes idle ones at 20 s)."
+    )
+    openai_tts_api_key: str = Field(
+        "",
+        validation_alias=AliasChoices("VOXLINE_OPENAI_TTS_API_KEY", "OPENAI_API_KEY"),
+        description="OpenAI TTS: API key (never logged).",
+    )
+    openai_tts_base_url: str = Field("", description="OpenAI TTS: API base URL; empty = api.openai.com.")
+    openai_tts_model: str = Field("gpt-4o-mini-tts", description="OpenAI TTS: gpt-4o-mini-tts, tts-1 or tts-1-hd.")
+    openai_tts_voice: str = Field("alloy", description="OpenAI TTS: voice used when the agent names none it knows.")
+    openai_tts_instructions: str = Field("", description="OpenAI TTS: speaking style (gpt-4o-mini-tts only).")
+    openai_tts_timeout_s: float = Field(
+        2.0, description="OpenAI TTS: connect, first audio and gap between audio pieces before a timeout error."
+    )
 
 
 class LlmServerSettings(CommonSettings):

@@ -7,10 +7,11 @@ broadcast that every service (and the gateway, last) applies to whatever it stil
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
+
+import msgspec
 
 from proto import call_headers, subjects
 from proto.messages import (
@@ -35,9 +36,11 @@ from proto.messages import (
     TurnCancel,
 )
 from proto.records import CallRecord
+from services.orchestrator.timers import Timers
 from services.orchestrator.turn import Turn
 from voxline.agents import Agent
 from voxline.bus import Bus
+from voxline.config import OrchestratorSettings
 from voxline.telemetry import current_call_id, now_us
 
 log = logging.getLogger("voxline.orchestrator.call")
@@ -61,16 +64,20 @@ class Call:
         bus: Bus,
         start: CallStart,
         agent: Agent,
-        history_turns: int,
+        settings: OrchestratorSettings,
         traceparent: str,
         save: Callable[[CallRecord], Awaitable[None]],
+        reassign_stt: Callable[[], Awaitable[bool]],
     ) -> None:
         self.bus = bus
         self.call_id = start.call_id
         self.agent = agent
         self.state = CallState.LISTENING
         self.history: list[ChatTurn] = []
-        self.history_turns = history_turns
+        self.settings = settings
+        self.history_turns = settings.history_turns
+        self._reassign_stt = reassign_stt
+        self.timers = Timers()
         self.turns: list[Turn] = []
         self.current: Turn | None = None
         self._next_turn_id = 1
@@ -83,7 +90,6 @@ class Call:
         self._stt_provider_ms = 0.0
         self._speech_ended = False
         self._final_since_speech = False
-        self._eot_timer: asyncio.Task[None] | None = None
         self._latency_pending: float | None = None
         self.record = CallRecord(
             call_id=start.call_id,
@@ -134,6 +140,21 @@ class Call:
             greeting=turn.kind == "greeting",
             requested_at_us=at,
         )
+        await self._send_synthesize(turn, msg, retry=True)
+
+    async def _send_synthesize(self, turn: Turn, msg: Synthesize, retry: bool) -> None:
+        async def on_timeout() -> None:
+            if not turn.active:
+                return
+            if retry:
+                log.error("no TTS result for turn %d sentence %d; asking another worker", turn.turn_id, msg.seq)
+                await self._send_synthesize(turn, msg, retry=False)
+            else:
+                log.error("TTS failed twice on turn %d sentence %d; skipping it", turn.turn_id, msg.seq)
+                skip = Synthesize(**{**msgspec.structs.asdict(msg), "text": ""})
+                await self.bus.publish(subjects.TTS_SYNTHESIZE, skip, self._headers(turn.turn_id))
+
+        self.timers.start(("tts", turn.turn_id, msg.seq), self.settings.tts_timeout_s, on_timeout)
         await self.bus.publish(subjects.TTS_SYNTHESIZE, msg, self._headers(turn.turn_id))
 
     async def _speak(self, kind: str, text: str) -> Turn:
@@ -149,7 +170,11 @@ class Call:
         turn = await self._speak("greeting", self.agent.greeting)
         turn.mark("call_start", call_start_us)
 
+    def _stop_timers(self, turn_id: int) -> None:
+        self.timers.cancel_where(lambda key: isinstance(key, tuple) and key[1] == turn_id)
+
     async def _cancel(self, turn: Turn, reason: str) -> None:
+        self._stop_timers(turn.turn_id)
         turn.cancelled = True
         turn.cancel_reason = reason
         await self.bus.publish(
@@ -216,8 +241,7 @@ class Call:
     async def _on_speech_started(self, msg: SpeechStarted) -> None:
         self._speech_ended = False
         self._final_since_speech = False
-        if self._eot_timer:
-            self._eot_timer.cancel()
+        self.timers.cancel("final_transcript")
         turn = self.current
         if turn is not None and turn.active and self.state in (CallState.THINKING, CallState.SPEAKING):
             await self._cancel(turn, "barge_in")
@@ -241,19 +265,18 @@ class Call:
         if self._final_since_speech:
             await self._end_of_turn()
         else:
-            self._eot_timer = asyncio.create_task(self._end_of_turn_after(FINAL_TRANSCRIPT_WAIT_S))
+            self.timers.start("final_transcript", FINAL_TRANSCRIPT_WAIT_S, self._end_of_turn_without_final)
 
-    async def _end_of_turn_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        log.warning("no final transcript %.1fs after speech end; ending the turn with what was heard", seconds)
+    async def _end_of_turn_without_final(self) -> None:
+        log.warning(
+            "no final transcript %.1fs after speech end; ending the turn with what was heard", FINAL_TRANSCRIPT_WAIT_S
+        )
         self._stt_final_us = now_us()
         self._stt_provider_ms = 0.0
         await self._end_of_turn()
 
     async def _end_of_turn(self) -> None:
-        if self._eot_timer and self._eot_timer is not asyncio.current_task():
-            self._eot_timer.cancel()
-        self._eot_timer = None
+        self.timers.cancel("final_transcript")
         self._speech_ended = False
         self._final_since_speech = False
         text = " ".join(t for t in self._caller_text if t)
@@ -278,12 +301,18 @@ class Call:
             requested_at_us=at,
         )
         turn.mark("brain_request", at)
+
+        async def brain_timeout() -> None:
+            await self._on_error(ReplyError(call_id=self.call_id, turn_id=turn.turn_id, message="brain timed out"))
+
+        self.timers.start(("brain", turn.turn_id), self.settings.brain_timeout_s, brain_timeout)
         await self.bus.publish(subjects.BRAIN_TURN, request, self._headers(turn.turn_id))
 
     async def _on_sentence(self, msg: ReplySentence) -> None:
         turn = self._turn(msg.turn_id)
         if turn is None or turn.closed:
             return
+        self.timers.cancel(("brain", turn.turn_id))
         if msg.seq == 0:
             turn.mark("first_token", msg.first_token_us or msg.at_us)
             turn.mark("first_sentence", msg.at_us)
@@ -294,6 +323,7 @@ class Call:
         turn = self._turn(msg.turn_id)
         if turn is None or turn.closed:
             return
+        self.timers.cancel(("brain", turn.turn_id))
         turn.brain_done = True
         turn.action, turn.action_arg = msg.action, msg.action_arg
         await self._synthesize(turn, "", last=True)
@@ -303,11 +333,29 @@ class Call:
         if isinstance(msg, ReplyError):
             turn = self._turn(msg.turn_id)
             if turn is not None and not turn.closed:
+                self.timers.cancel(("brain", turn.turn_id))
                 turn.brain_done = True
+                turn.kind = "apology" if not turn.sentences else turn.kind
                 await self._synthesize(turn, self.agent.apology)
                 await self._synthesize(turn, "", last=True)
+        elif isinstance(msg, TtsError):
+            self.timers.cancel(("tts", msg.turn_id, msg.seq))
+        elif isinstance(msg, SttError):
+            # The STT worker let the call go: find another, or end the call politely.
+            if not await self._reassign_stt():
+                await self.fail("speech recognition unavailable")
+
+    async def fail(self, reason: str) -> None:
+        """Tell the caller we cannot go on, then hang up once they heard it."""
+        log.error("ending the call: %s", reason)
+        turn = self.current
+        if turn is not None and turn.active:
+            await self._cancel(turn, reason)
+        turn = await self._speak("failure", self.agent.failure_message)
+        turn.action = "hangup"
 
     def _on_synthesized(self, msg: SentenceSynthesized) -> None:
+        self.timers.cancel(("tts", msg.turn_id, msg.seq))
         turn = self._turn(msg.turn_id)
         if turn is None:
             return
@@ -358,8 +406,7 @@ class Call:
         """The media stream is gone: cancel what is in flight and write the final record."""
         if self.state is CallState.ENDED:
             return
-        if self._eot_timer:
-            self._eot_timer.cancel()
+        self.timers.cancel_all()
         turn = self.current
         if turn is not None and turn.active:
             turn.cancelled = True

@@ -122,14 +122,15 @@ class Orchestrator:
             keywords=agent.keywords,
             custom_parameters=start.custom_parameters,
         )
-        try:
-            reply = await self.bus.request(subjects.STT_ASSIGN, assign, timeout=self.settings.stt_assign_timeout_s)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return "no speech-to-text worker available"
-        if not isinstance(reply, SttAssigned):
-            return f"unexpected STT reply {type(reply).__name__}"
+        refusal = await self._assign_stt(assign)
+        if refusal:
+            return refusal
+
+        async def reassign() -> bool:
+            return await self._assign_stt(assign) is None
+
         call = Call(
-            self.bus, start, agent, self.settings.history_turns, traceparent or new_traceparent(None, "call"), self.save
+            self.bus, start, agent, self.settings, traceparent or new_traceparent(None, "call"), self.save, reassign
         )
         self.calls[start.call_id] = call
         ACTIVE_CALLS.set(len(self.calls))
@@ -144,8 +145,19 @@ class Orchestrator:
             )
         ]
         await call.save_initial()
-        log.info("call taken: agent %s, stt worker %s", agent.id, reply.worker_id)
+        log.info("call taken: agent %s", agent.id)
         return ""
+
+    async def _assign_stt(self, assign: SttAssign) -> str | None:
+        """Ask the STT queue group for a worker; None when one took the call."""
+        try:
+            reply = await self.bus.request(subjects.STT_ASSIGN, assign, timeout=self.settings.stt_assign_timeout_s)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return "no speech-to-text worker available"
+        if not isinstance(reply, SttAssigned):
+            return f"speech-to-text worker refused the call ({type(reply).__name__})"
+        log.info("stt worker %s (%s) listens to the call", reply.worker_id, reply.provider)
+        return None
 
     def _route(self, call_id: str) -> MessageHandler:
         async def handler(message: Message, _msg: Msg) -> None:

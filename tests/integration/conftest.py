@@ -25,6 +25,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         "VOXLINE_FAKE_TTFT_MS": "80",
         "VOXLINE_FAKE_TTFB_MS": "40",
         "VOXLINE_FAKE_STT_LATENCY_MS": "20",
+        "VOXLINE_BRAIN_TIMEOUT_S": "2",
     }
     s = DevStack(
         profile="fake",

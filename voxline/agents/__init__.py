@@ -23,6 +23,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     keywords: list[str] = []
     goodbye: str = "Thank you for calling. Goodbye."
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    failure_message: str = "I'm sorry, we're having technical difficulties. Please call back later. Goodbye."
 
 
 class UnknownAgent(LookupError):

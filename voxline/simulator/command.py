@@ -174,3 +174,8 @@ def print_aggregate(summary: dict[str, Any]) -> None:
         print(f"  {label}: p50 {_fmt(s['p50'])} ms, p95 {_fmt(s['p95'])} ms (n={s['n']})")
     if summary["stale_audio_ms_total"]:
         print(f"  stale audio heard after barge-ins: {summary['stale_audio_ms_total']:.0f} ms in total")
+    stages = summary.get("stages_ms") or {}
+    if stages:
+        print("  per stage, from the call records (ms):")
+        for stage, s in stages.items():
+            print(f"    {stage:<22} p50 {_fmt(s['p50']):>8}   p95 {_fmt(s['p95']):>8}   (n={s['n']})")

@@ -95,6 +95,12 @@ def aggregate(results: list[CallResult]) -> dict[str, Any]:
     heard = [t.first_played_latency_ms for r in results for t in r.turns if t.first_played_latency_ms is not None]
     barge = [b.latency_ms for r in results for b in r.barge_ins if b.latency_ms is not None]
     greet = [r.greeting_latency_ms for r in results if r.greeting_latency_ms is not None]
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        for rec_turn in (r.record or {}).get("turns", []):
+            if rec_turn.get("kind") == "reply":
+                for stage, ms in (rec_turn.get("latency") or {}).items():
+                    stages.setdefault(stage, []).append(float(ms))
 
     def stats(values: list[float]) -> dict[str, Any]:
         return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
@@ -110,4 +116,5 @@ def aggregate(results: list[CallResult]) -> dict[str, Any]:
         "first_played_latency_ms": stats(heard),
         "barge_in_latency_ms": stats(barge),
         "stale_audio_ms_total": sum(b.cancelled_audio_heard_after_ms for r in results for b in r.barge_ins),
+        "stages_ms": {stage: stats(values) for stage, values in stages.items()},
     }
