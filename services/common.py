@@ -19,6 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
 from proto.headers import TRACEPARENT, call_headers
 from voxline.telemetry import current_call_id, current_turn_id, new_traceparent
@@ -184,3 +185,44 @@ def resolve_provider(kind: str, name: str, profile: str, by_profile: dict[str, s
             f"unknown {kind} provider {chosen!r} (profile {profile!r}); choose one of {', '.join(known)}"
         )
     return chosen
+
+
+PROVIDER_ERRORS = Counter(
+    "voxline_provider_errors_total", "Errors of cloud/local providers, by provider and kind.", ["provider", "kind"]
+)
+
+# What a provider error is, and whether trying again soon may help.
+RETRYABLE_KINDS = frozenset({"rate_limited", "server", "dropped"})
+
+
+class ProviderError(RuntimeError):
+    """A provider failed in a way the caller of the provider can act on.
+
+    `kind` is one of auth, rate_limited, server, timeout, dropped, bad_request; the
+    message carries the provider and the HTTP status or close code, never a key, because
+    it ends up in logs and in TtsError/SttError messages on the bus.
+    """
+
+    def __init__(self, provider: str, kind: str, detail: str, status: int | None = None) -> None:
+        self.provider, self.kind, self.status = provider, kind, status
+        where = f" (status {status})" if status is not None else ""
+        super().__init__(f"{provider} {kind}{where}: {detail}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
+
+
+def kind_of_status(status: int) -> str:
+    """The error kind of an HTTP status from a provider."""
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server"
+    return "bad_request"
+
+
+def count_provider_error(error: ProviderError) -> None:
+    PROVIDER_ERRORS.labels(provider=error.provider, kind=error.kind).inc()

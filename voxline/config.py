@@ -137,7 +137,9 @@ class BrainSettings(WorkerSettings):
 
 
 class TtsSettings(WorkerSettings):
-    tts_provider: str = Field("", description="fake | local | elevenlabs | openai; empty = the profile's choice.")
+    tts_provider: str = Field(
+        "", description="fake | local | elevenlabs | openai, or a fallback chain like elevenlabs,openai; empty = profile."
+    )
     tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
     fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")
     fake_ms_per_char: float = Field(55.0, description="Fake TTS: audio length per character of text.")
