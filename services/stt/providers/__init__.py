@@ -22,4 +22,8 @@ def make_provider(name: str, settings: SttSettings) -> SttProvider:
         from services.stt.providers.local import LocalSttProvider
 
         return LocalSttProvider(settings)
+    if chosen == "deepgram":
+        from services.stt.providers.deepgram import DeepgramSttProvider
+
+        return DeepgramSttProvider(settings)
     raise ProviderUnavailable(f"stt provider {chosen!r} not available yet")

@@ -1,0 +1,319 @@
+"""Deepgram live STT (Nova) through the official SDK (deepgram-sdk 7, the generated client).
+
+One WebSocket per call, opened when the call is assigned, so the first turn pays no
+handshake. The caller's 8 kHz mu-law goes out as is. Deepgram's events become ours:
+SpeechStarted at once (it drives barge-in), interim Results as partial transcripts, is_final
+Results accumulate until speech_final (or UtteranceEnd when no speech_final came), which
+ends the utterance: SpeechEnded, then the final Transcript.
+
+A socket that drops, stalls or is refused with 429/5xx is replaced with backoff, and the
+audio Deepgram had not finalized is sent again first (see deepgram_ledger), so the caller's
+words survive. 401/403 and 400 are not retried. A fatal error is reported as one SttError on
+the call's stt subject; if it happens before the first audio frame it waits for that frame,
+because the orchestrator subscribes to the call's events only after the assignment.
+
+Times. `SpeechEnded.speech_end_us` is the wall clock of the end of the last word (audio time
+mapped through frame arrivals); `at_us` is when the confirming silence had elapsed (speech
+end + endpointing, or + utterance_end_ms on the UtteranceEnd path). `Transcript.provider_ms`
+is Deepgram's own time beyond that silence: arrival of the final result minus speech end
+minus the silence. So end-of-turn silence + provider_ms = speech end -> final, counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import websockets
+from deepgram import AsyncDeepgramClient
+from deepgram.core.api_error import ApiError
+from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.socket_client import AsyncV1SocketClient
+from deepgram.listen.v1.types import (
+    ListenV1Error,
+    ListenV1Metadata,
+    ListenV1Results,
+    ListenV1SpeechStarted,
+    ListenV1UtteranceEnd,
+)
+
+from proto.audio_frame import AudioFrame
+from proto.messages import Message, SpeechEnded, SpeechStarted, SttAssign, SttError, Transcript
+from services.common import ProviderError, ProviderUnavailable, count_provider_error, kind_of_status
+from services.stt.providers.base import Emit
+from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
+from voxline.config import SttSettings
+from voxline.telemetry import now_us
+
+log = logging.getLogger("voxline.stt.deepgram")
+
+PROVIDER = "deepgram"
+FATAL_KINDS = frozenset({"auth", "bad_request"})  # trying again cannot help
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
+TICK_S = 0.25  # an idle socket is checked this often for keep-alive and stalls
+REPLAY_CHUNK = BYTES_PER_S // 2  # replayed audio goes out in 500 ms messages
+CLOSE_WAIT_S = 2.0  # for Deepgram's last results after CloseStream
+
+
+class DeepgramSttProvider:
+    name = PROVIDER
+
+    def __init__(self, settings: SttSettings) -> None:
+        if not settings.deepgram_api_key:
+            raise ProviderUnavailable("stt provider deepgram needs an API key (DEEPGRAM_API_KEY)")
+        self.settings = settings
+        ws = settings.deepgram_url.rstrip("/")
+        http = ws.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        env = DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
+        self.client = AsyncDeepgramClient(api_key=settings.deepgram_api_key, environment=env)
+
+    def connect_params(self, assign: SttAssign) -> dict[str, Any]:
+        """Query parameters of /v1/listen; agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
+        s = self.settings
+        params: dict[str, Any] = {
+            "model": s.deepgram_model,
+            "encoding": "mulaw",
+            "sample_rate": 8000,
+            "channels": 1,
+            "interim_results": True,
+            "endpointing": s.deepgram_endpointing_ms,
+            "utterance_end_ms": s.deepgram_utterance_end_ms,
+            "vad_events": True,
+            "smart_format": True,
+        }
+        if assign.language:
+            params["language"] = assign.language
+        words = [k.strip() for k in assign.keywords if k.strip()]
+        if words:
+            params["keyterm" if s.deepgram_model.startswith("nova-3") else "keywords"] = words
+        return params
+
+    async def open(self, assign: SttAssign, emit: Emit) -> DeepgramSession:
+        session = DeepgramSession(assign.call_id, self.client, self.connect_params(assign), self.settings, emit)
+        session.start()
+        return session
+
+    async def close(self) -> None:
+        pass  # sessions own their sockets; the SDK's idle HTTP client holds nothing open
+
+
+class DeepgramSession:
+    def __init__(
+        self, call_id: str, client: AsyncDeepgramClient, params: dict[str, Any], settings: SttSettings, emit: Emit
+    ) -> None:
+        self.call_id, self.client, self.params, self.settings = call_id, client, params, settings
+        self._emit = emit
+        self.ledger = AudioLedger(settings.deepgram_replay_max_s)
+        self.connections = 0  # sockets opened so far (tests and logs)
+        self._socket: AsyncV1SocketClient | None = None
+        self._live = False  # connected and caught up: frames go straight out
+        self._base = 0  # call offset where the current connection's audio starts
+        self._closing = False
+        self._fed = False
+        self._failure: str | None = None  # fatal error, reported once
+        self._answered = False  # the current connection sent something back
+        self._last_sent = time.monotonic()
+        self._unanswered_since: float | None = None  # first audio sent after the last message
+        self._task: asyncio.Task[None] | None = None
+        self._in_speech = False
+        self._words: list[str] = []  # finalized text of the current utterance
+        self._speech_end = 0  # call offset of the end of its last word
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.call_id}")
+
+    async def emit(self, event: Message) -> None:
+        if not self._closing:  # results flushed by CloseStream belong to a call that ended
+            await self._emit(event)
+
+    # --- audio in ----------------------------------------------------------------------
+
+    async def feed(self, frame: AudioFrame) -> None:
+        if self._closing or not frame.payload:
+            return
+        self._fed = True
+        if self._failure is not None:
+            await self._report_failure()
+            return
+        self.ledger.append(frame.payload, frame.timestamp_us or now_us())
+        if self._live and self._socket is not None:
+            try:
+                await self._socket.send_media(frame.payload)
+            except Exception:
+                self._live = False  # the reader sees the close; the frame waits in the ledger
+                return
+            self._mark_sent()
+
+    def _mark_sent(self) -> None:
+        self._last_sent = time.monotonic()
+        if self._unanswered_since is None:
+            self._unanswered_since = self._last_sent
+
+    # --- connection lifecycle ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            error = await self._connect_once()
+            if error is None or self._closing:
+                return
+            count_provider_error(error)
+            failures = 1 if self._answered else failures + 1
+            if error.kind in FATAL_KINDS or failures > self.settings.deepgram_max_retries:
+                log.error("stt provider %s failed, giving up: %s", PROVIDER, error)
+                await self._fail(str(error))
+                return
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
+            log.warning("stt provider %s: %s; reconnecting in %.1fs (try %d)", PROVIDER, error, delay, failures)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> ProviderError | None:
+        """One socket from handshake to close; None when we closed it, else why it ended."""
+        self._answered = False
+        timeout = self.settings.deepgram_connect_timeout_s
+        connect = self.client.listen.v1.connect(**self.params)
+        try:
+            socket = await asyncio.wait_for(connect.__aenter__(), timeout)
+        except ApiError as exc:  # never str(exc) into a log line: the SDK keeps request headers on it
+            status = exc.status_code or 0
+            return ProviderError(PROVIDER, kind_of_status(status), "handshake refused", status)
+        except TimeoutError:
+            return ProviderError(PROVIDER, "timeout", f"no handshake within {timeout:.1f}s")
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            return ProviderError(PROVIDER, "dropped", f"cannot connect ({type(exc).__name__})")
+        self.connections += 1
+        self._socket = socket
+        try:
+            await self._replay(socket)
+            return await self._read(socket)
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            if self._closing:
+                return None
+            return ProviderError(PROVIDER, "dropped", f"socket failed ({type(exc).__name__})")
+        finally:
+            self._socket, self._live = None, False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connect.__aexit__(None, None, None), 1.0)
+
+    async def _replay(self, socket: AsyncV1SocketClient) -> None:
+        """Send what Deepgram has not finalized, then go live; results are offset by its start."""
+        self._base = cursor = self.ledger.replay_start()
+        if self.connections > 1 and self.ledger.end > cursor:
+            log.info("deepgram: replaying %.2fs of unacknowledged audio", (self.ledger.end - cursor) / BYTES_PER_S)
+        while cursor < self.ledger.end:  # frames arriving meanwhile are appended and sent here too
+            chunk = self.ledger.read(cursor, REPLAY_CHUNK)
+            await socket.send_media(chunk)
+            cursor += len(chunk)
+            self._mark_sent()
+        self._live = True
+
+    async def _read(self, socket: AsyncV1SocketClient) -> ProviderError | None:
+        while True:
+            try:
+                message = await asyncio.wait_for(socket.recv(), TICK_S)
+            except TimeoutError:
+                message = None
+            except websockets.exceptions.ConnectionClosed as exc:
+                if self._closing:
+                    return None
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                return ProviderError(PROVIDER, "dropped", f"socket closed (code {code})")
+            if message is not None:
+                self._answered, self._unanswered_since = True, None
+                try:
+                    await self._on_message(message)
+                except Exception:
+                    log.exception("deepgram: could not handle a %s message", type(message).__name__)
+            now = time.monotonic()
+            stall_s = self.settings.deepgram_stall_timeout_s
+            if self._unanswered_since is not None and now - self._unanswered_since > stall_s:
+                return ProviderError(PROVIDER, "timeout", "no results while audio flows (stall)")
+            if self._live and now - self._last_sent >= self.settings.deepgram_keepalive_s:
+                await socket.send_keep_alive()
+                self._last_sent = now
+
+    # --- Deepgram events -> ours ------------------------------------------------------
+
+    def _offset(self, seconds: float) -> int:
+        return self._base + seconds_to_offset(seconds)
+
+    async def _on_message(self, message: object) -> None:
+        if isinstance(message, ListenV1SpeechStarted):
+            await self._speech_started(self._offset(message.timestamp))
+        elif isinstance(message, ListenV1Results):
+            await self._on_results(message)
+        elif isinstance(message, ListenV1UtteranceEnd):
+            if self._in_speech:  # no speech_final came for this utterance
+                end = self._offset(message.last_word_end) if self._words else self._speech_end
+                await self._end_utterance(end, self.settings.deepgram_utterance_end_ms)
+        elif isinstance(message, ListenV1Metadata):
+            log.debug("deepgram: metadata (request %s, %.1fs)", message.request_id, message.duration)
+        elif isinstance(message, ListenV1Error):
+            log.warning("deepgram: error message %s: %s", message.variant, message.description)
+
+    async def _speech_started(self, offset: int) -> None:
+        if self._in_speech:  # e.g. replayed audio of an utterance already reported
+            return
+        self._in_speech = True
+        self._speech_end = offset
+        at = min(now_us(), self.ledger.wall_us(offset)) if self.ledger.end else now_us()
+        await self.emit(SpeechStarted(call_id=self.call_id, at_us=at))
+
+    async def _on_results(self, results: ListenV1Results) -> None:
+        alternatives = results.channel.alternatives
+        text = alternatives[0].transcript.strip() if alternatives else ""
+        end = self._offset(results.start + results.duration)
+        if text and not self._in_speech:  # words imply speech, also without vad_events
+            await self._speech_started(self._offset(results.start))
+        if not results.is_final:
+            if text:
+                partial = " ".join([*self._words, text])
+                await self.emit(Transcript(call_id=self.call_id, text=partial, is_final=False, at_us=now_us()))
+            return
+        if text:
+            self._words.append(text)
+            words = alternatives[0].words
+            self._speech_end = self._offset(words[-1].end) if words else end
+        self.ledger.ack(end)
+        if (results.speech_final or results.from_finalize) and self._in_speech and self._words:
+            await self._end_utterance(self._speech_end, self.settings.deepgram_endpointing_ms)
+
+    async def _end_utterance(self, speech_end: int, silence_ms: int) -> None:
+        arrived = now_us()
+        end_us = self.ledger.wall_us(speech_end)
+        text = " ".join(self._words)
+        self._words, self._in_speech = [], False
+        provider_ms = max(0.0, (arrived - end_us) / 1000.0 - silence_ms)
+        confirmed = min(arrived, end_us + silence_ms * 1000)
+        await self.emit(SpeechEnded(call_id=self.call_id, at_us=confirmed, speech_end_us=end_us))
+        final = Transcript(call_id=self.call_id, text=text, is_final=True, at_us=arrived, provider_ms=provider_ms)
+        await self.emit(final)
+
+    # --- failure and close --------------------------------------------------------------
+
+    async def _fail(self, message: str) -> None:
+        self._failure = message
+        if self._fed:
+            await self._report_failure()
+
+    async def _report_failure(self) -> None:
+        message, self._failure = self._failure, ""  # "" = reported: later frames are ignored
+        if message:
+            await self.emit(SttError(call_id=self.call_id, message=message))
+
+    async def close(self) -> None:
+        """CloseStream lets Deepgram flush and close; the task is cancelled if it takes long."""
+        self._closing = True
+        socket, task = self._socket, self._task
+        if socket is not None:
+            with contextlib.suppress(Exception):
+                await socket.send_close_stream()
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S if socket is not None else 0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
