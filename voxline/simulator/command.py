@@ -49,9 +49,13 @@ def build_script(args: argparse.Namespace) -> CallScript:
             utterances.append(Utterance(text=value, barge_in_after_ms=barge))
         else:
             utterances.append(Utterance(wav=Path(value), barge_in_after_ms=barge))
+    said = [value for kind, value in lines if kind == "say"]
     return CallScript(
         agent_id=args.agent,
         utterances=utterances,
+        # The fake STT cannot hear; it reads its script from this stream parameter. Real
+        # recognisers ignore it.
+        extra_parameters={"fake_transcripts": "|".join(said)} if said and len(said) == len(lines) else {},
         stream_token_override=args.stream_token,
         drop_stream_token=args.no_stream_token,
         malformed_frame_after_ms=args.malformed_after_ms,
