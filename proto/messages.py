@@ -64,6 +64,7 @@ class SttAssign(_Msg, kw_only=True, frozen=True):
     language: str = "en"
     keywords: list[str] = []
     custom_parameters: dict[str, str] = {}
+    pause_ms: int = 0  # report the end of speech after this much silence; 0 = provider default
 
 
 class SttAssigned(_Msg, kw_only=True, frozen=True):
@@ -88,6 +89,9 @@ class SpeechEnded(_Msg, kw_only=True, frozen=True):
 
     at_us: int
     speech_end_us: int
+    # The acoustic end-of-turn model's probability that the caller has finished (Smart
+    # Turn on the utterance's audio); -1 when the provider has no such model.
+    end_of_turn_probability: float = -1.0
 
 
 class SttError(_Msg, kw_only=True, frozen=True):
@@ -200,6 +204,22 @@ class CallStopped(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
+class PlaybackPause(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> gateway: the caller started talking over the reply. Stop the voice now
+    (`clear`) but keep what was not heard, because it may be a backchannel."""
+
+    turn_id: int
+    at_us: int
+
+
+class PlaybackResume(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> gateway: it was a backchannel or noise; play on from the last chunk
+    Twilio confirmed, nothing skipped."""
+
+    turn_id: int
+    at_us: int
+
+
 class TurnCancel(_Msg, kw_only=True, frozen=True):
     """orchestrator -> brain, tts, gateway: drop everything of this turn (and older)."""
 
@@ -232,4 +252,6 @@ Message = (
     | Dtmf
     | CallStopped
     | TurnCancel
+    | PlaybackPause
+    | PlaybackResume
 )

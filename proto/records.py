@@ -17,6 +17,8 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     heard_text: str = ""  # what Twilio's mark echoes confirm the caller heard
     interrupted: bool = False
     cancel_reason: str = ""
+    paused: int = 0  # times the caller talked over it without interrupting (backchannel, noise)
+    preemptive: bool = False  # the brain started before the end of turn was confirmed
     latency: dict[str, float] = {}  # stage -> ms, in pipeline order
 
 

@@ -121,6 +121,7 @@ class Orchestrator:
             language=agent.language,
             keywords=agent.keywords,
             custom_parameters=start.custom_parameters,
+            pause_ms=agent.turn.stt_pause_ms,
         )
         refusal = await self._assign_stt(assign)
         if refusal:

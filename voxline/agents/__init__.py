@@ -9,6 +9,8 @@ from pathlib import Path
 
 import msgspec
 
+from voxline.agents.turn_options import TurnOptions
+
 BUNDLED_DIR = Path(__file__).parent
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -24,9 +26,14 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     goodbye: str = "Thank you for calling. Goodbye."
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     failure_message: str = "I'm sorry, we're having technical difficulties. Please call back later. Goodbye."
+    turn: TurnOptions = msgspec.field(default_factory=TurnOptions)
 
 
 class UnknownAgent(LookupError):
+    pass
+
+
+class InvalidAgent(ValueError):
     pass
 
 
@@ -50,7 +57,10 @@ class AgentStore:
         if cached and cached[0] == mtime:
             return cached[1]
         with path.open("rb") as f:
-            agent = msgspec.convert({"id": agent_id, **tomllib.load(f)}, Agent)
+            try:
+                agent = msgspec.convert({"id": agent_id, **tomllib.load(f)}, Agent)
+            except (msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
+                raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
         self._cache[agent_id] = (mtime, agent)
         return agent
 
