@@ -130,10 +130,15 @@ class SttWorker:
             held.failed = True
             log.exception("stt provider %s failed; releasing the call", self.provider.name)
             await self._emit(held, SttError(call_id=held.call_id, message=f"{self.provider.name}: {exc}"))
-            # Unsubscribing from inside the subscription's own callback would cancel it.
-            release = asyncio.create_task(self._release(held.call_id), name=f"stt-release-{held.call_id}")
-            self._releases.add(release)
-            release.add_done_callback(self._releases.discard)
+            self._release_soon(held)
+
+    def _release_soon(self, held: HeldCall) -> None:
+        """Let a failed call go, so the orchestrator can assign it again (maybe to us)."""
+        held.failed = True
+        # Unsubscribing from inside the subscription's own callback would cancel it.
+        release = asyncio.create_task(self._release(held.call_id), name=f"stt-release-{held.call_id}")
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
 
     async def _emit(self, held: HeldCall, event: Message) -> None:
         """Publish a session event; a bus failure is logged, never raised into the provider."""
@@ -148,6 +153,8 @@ class SttWorker:
             await self.bus.publish(subjects.stt_events(held.call_id), event, held.headers)
         except Exception:
             log.exception("could not publish %s", type(event).__name__)
+        if isinstance(event, SttError) and not held.failed:
+            self._release_soon(held)  # the session reported its own failure: it is finished
 
     async def on_call_ended(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, CallEnded):

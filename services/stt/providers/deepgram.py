@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -56,6 +57,7 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
 TICK_S = 0.25  # an idle socket is checked this often for keep-alive and stalls
 REPLAY_CHUNK = BYTES_PER_S // 2  # replayed audio goes out in 500 ms messages
 CLOSE_WAIT_S = 2.0  # for Deepgram's last results after CloseStream
+AUTH_HOLD_S = 60.0  # after a refused key, new sessions fail at once instead of dialling again
 
 
 class DeepgramSttProvider:
@@ -69,6 +71,7 @@ class DeepgramSttProvider:
         http = ws.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
         env = DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
         self.client = AsyncDeepgramClient(api_key=settings.deepgram_api_key, environment=env)
+        self._auth_refused_at: float | None = None
 
     def connect_params(self, assign: SttAssign) -> dict[str, Any]:
         """Query parameters of /v1/listen; agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
@@ -92,9 +95,20 @@ class DeepgramSttProvider:
         return params
 
     async def open(self, assign: SttAssign, emit: Emit) -> DeepgramSession:
+        """Start connecting and return at once (the assignment must be answered quickly);
+        fail at once while the key was refused recently, so that a reassignment of a call
+        whose session hit 401 ends in the orchestrator's polite hang-up, not in a loop."""
+        refused = self._auth_refused_at
+        if refused is not None and time.monotonic() - refused < AUTH_HOLD_S:
+            ago = time.monotonic() - refused
+            raise ProviderError(PROVIDER, "auth", f"API key refused {ago:.0f}s ago; not retried yet", 401)
         session = DeepgramSession(assign.call_id, self.client, self.connect_params(assign), self.settings, emit)
+        session.on_auth_refused = self._note_auth_refused
         session.start()
         return session
+
+    def _note_auth_refused(self) -> None:
+        self._auth_refused_at = time.monotonic()
 
     async def close(self) -> None:
         pass  # sessions own their sockets; the SDK's idle HTTP client holds nothing open
@@ -121,6 +135,7 @@ class DeepgramSession:
         self._in_speech = False
         self._words: list[str] = []  # finalized text of the current utterance
         self._speech_end = 0  # call offset of the end of its last word
+        self.on_auth_refused: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.call_id}")
@@ -162,6 +177,8 @@ class DeepgramSession:
                 return
             count_provider_error(error)
             failures = 1 if self._answered else failures + 1
+            if error.kind == "auth":
+                self.on_auth_refused()
             if error.kind in FATAL_KINDS or failures > self.settings.deepgram_max_retries:
                 log.error("stt provider %s failed, giving up: %s", PROVIDER, error)
                 await self._fail(str(error))

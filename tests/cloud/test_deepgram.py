@@ -1,0 +1,179 @@
+"""Deepgram live STT in the real stack: the official SDK in the STT service talks to the
+Deepgram emulator over a real WebSocket; brain and TTS stay fake; calls come from the
+Twilio caller simulator through the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.cloud.conftest import (
+    BackgroundLoop,
+    all_logs,
+    counter_value,
+    metrics,
+    start_emulator,
+    start_stack,
+)
+from tests.emulators.deepgram import FRAME_MS, DeepgramEmulator
+from tests.integration.conftest import AUTH_TOKEN, service_log, wait_until
+from voxline.audio import FRAME_SAMPLES, rms_dbfs
+from voxline.devstack import DevStack
+from voxline.simulator import CallResult, CallScript, Utterance, run_call
+from voxline.simulator.voice import synthesize
+
+pytestmark = pytest.mark.integration
+
+KEY = "dg-test-key-4f1c9a77"
+DEMO_KEYWORDS = ["Bright Smile", "cleaning", "whitening", "Delta Dental", "Aetna", "Cigna"]
+ERRORS = "voxline_provider_errors_total"
+
+
+@pytest.fixture(scope="module")
+def deepgram(emulator_loop: BackgroundLoop) -> Iterator[DeepgramEmulator]:
+    emulator = start_emulator(emulator_loop, DeepgramEmulator(api_key=KEY))
+    yield emulator
+    emulator_loop.run(emulator.stop())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, deepgram: DeepgramEmulator) -> Iterator[DevStack]:
+    env = {
+        "VOXLINE_STT_PROVIDER": "deepgram",
+        "VOXLINE_DEEPGRAM_URL": deepgram.url,
+        "DEEPGRAM_API_KEY": KEY,
+        "VOXLINE_DEEPGRAM_STALL_TIMEOUT_S": "1.5",
+    }
+    s = start_stack(tmp_path_factory, "deepgram", env)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def healthy(deepgram: DeepgramEmulator) -> None:
+    """Each test starts from a well-behaved Deepgram with the published ~300 ms finals."""
+    deepgram.api_key, deepgram.final_delay_ms = KEY, 300
+    deepgram.reject_next, deepgram.drop_after_speech_ms, deepgram.stall_next = [], None, 0
+
+
+async def call(stack: DevStack, deepgram: DeepgramEmulator, *texts: str, **kwargs: object) -> CallResult:
+    deepgram.transcripts = list(texts)
+    utterances = kwargs.pop("utterances", None) or [Utterance(text=t) for t in texts]
+    script = CallScript(utterances=utterances, **kwargs)  # type: ignore[arg-type]
+    return await run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN)
+
+
+def caller_texts(result: CallResult) -> list[str]:
+    assert result.record is not None
+    return [t["caller_text"] for t in result.record["turns"] if t["kind"] == "reply"]
+
+
+async def errors_of(stack: DevStack, kind: str) -> float:
+    return counter_value(await metrics(stack, "stt"), ERRORS, provider="deepgram", kind=kind)
+
+
+def voiced_span_ms(text: str) -> int:
+    """Onset to last voiced frame of the caller's audio, measured as the emulator does."""
+    pcm = synthesize(text)
+    levels = [rms_dbfs(pcm[i : i + FRAME_SAMPLES]) for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+    voiced = np.flatnonzero(np.array(levels) > -40.0)
+    return int(voiced[-1] - voiced[0] + 1) * FRAME_MS
+
+
+async def test_turns_are_heard_through_deepgram(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    before = len(deepgram.connections)
+    result = await call(stack, deepgram, "what are your opening hours", "do you take my insurance")
+    assert result.accepted and not result.errors, result.errors
+    assert [t.completed for t in result.turns] == [True, True]
+    assert caller_texts(result) == ["what are your opening hours", "do you take my insurance"]
+    new = deepgram.connections[before:]
+    assert len(new) == 1, "one warm socket for the whole call"
+    params = new[0]
+    assert (params.param("encoding"), params.param("sample_rate"), params.param("channels")) == ("mulaw", "8000", "1")
+    assert params.param("model") == "nova-3" and params.params["keyterm"] == DEMO_KEYWORDS
+    assert params.param("interim_results") == "true" and params.param("vad_events") == "true"
+    assert params.param("endpointing") == "300" and params.param("utterance_end_ms") == "1000"
+    assert params.close_streams == 1  # closed politely at hang-up
+    assert result.record is not None
+    for turn in (t for t in result.record["turns"] if t["kind"] == "reply"):
+        print(f"deepgram turn latency (final_delay 300 ms): {turn['latency']}")
+
+
+async def test_barge_in_on_deepgram_speech_started(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    first, second = "tell me everything about your clinic", "stop, I have a question"
+    utterances = [Utterance(text=first), Utterance(text=second, barge_in_after_ms=600)]
+    result = await call(stack, deepgram, first, second, utterances=utterances)
+    assert result.accepted and not result.errors, result.errors
+    assert result.clears >= 1 and len(result.barge_ins) == 1
+    assert result.barge_ins[0].stopped_by == "clear"
+    assert result.barge_ins[0].cancelled_audio_heard_after_ms == 0
+    assert caller_texts(result)[-1] == second and result.turns[-1].completed
+
+
+async def test_socket_dropped_mid_utterance_loses_no_words(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    text = "what are your opening hours on saturday"
+    dropped_before = await errors_of(stack, "dropped")
+    deepgram.drop_after_speech_ms = 500
+    before = len(deepgram.connections)
+    result = await call(stack, deepgram, text)
+    assert result.accepted and not result.errors, result.errors
+    assert caller_texts(result) == [text] and result.turns[0].completed
+    new = deepgram.connections[before:]
+    assert len(new) == 2 and new[0].dropped and not new[1].dropped
+    # The new socket heard the whole utterance: the unacknowledged audio was replayed.
+    final = deepgram.finals[-1]
+    assert final.connection == new[1].index and final.text == text
+    assert abs(final.speech_ms - voiced_span_ms(text)) <= 2 * FRAME_MS
+    assert await errors_of(stack, "dropped") == dropped_before + 1
+    assert "replaying" in service_log(stack, "stt")
+
+
+async def test_429_and_503_at_connect_are_retried(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    limited, server = await errors_of(stack, "rate_limited"), await errors_of(stack, "server")
+    deepgram.reject_next = [429, 503]
+    before = len(deepgram.rejected)
+    result = await call(stack, deepgram, "hello there")
+    assert result.accepted and not result.errors, result.errors
+    assert caller_texts(result) == ["hello there"]
+    assert deepgram.rejected[before:] == [429, 503]
+    assert await errors_of(stack, "rate_limited") == limited + 1 and await errors_of(stack, "server") == server + 1
+    log = service_log(stack, "stt")
+    assert "deepgram rate_limited (status 429)" in log and "deepgram server (status 503)" in log
+
+
+async def test_stalled_socket_is_replaced(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    timeouts = await errors_of(stack, "timeout")
+    deepgram.stall_next = 1
+    before = len(deepgram.connections)
+    result = await call(stack, deepgram, "can I book a cleaning")
+    assert result.accepted and not result.errors, result.errors
+    assert caller_texts(result) == ["can I book a cleaning"]
+    new = deepgram.connections[before:]
+    assert new[0].stalled and len(new) == 2
+    assert await errors_of(stack, "timeout") == timeouts + 1
+    assert "no results while audio flows (stall)" in service_log(stack, "stt")
+
+
+async def test_refused_key_ends_the_call_politely(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+    """401: one SttError, no retry; the orchestrator's reassignment fails at once
+    (the provider holds a refused key), so it apologises and hangs up."""
+    deepgram.api_key = "a-rotated-key-0000"  # the stack's key is no longer valid
+    before, auth = len(deepgram.rejected), await errors_of(stack, "auth")
+    try:
+        result = await call(stack, deepgram, "hello", reply_timeout_s=5.0)
+
+        async def hung_up() -> bool:
+            return "ending the call" in service_log(stack, "orchestrator")
+
+        await wait_until(hung_up, timeout=10, what="the orchestrator to end the call")
+        assert deepgram.rejected[before:] == [401]
+        assert await errors_of(stack, "auth") == auth + 1
+        assert result.closed_by_gateway
+        assert result.record is not None and result.record["turns"][-1]["kind"] == "failure"
+        assert "deepgram auth (status 401)" in service_log(stack, "stt")
+        logs = all_logs(stack)
+        assert KEY not in logs and deepgram.api_key not in logs
+    finally:
+        stack.restart("stt")  # forget the refused key for any later test
