@@ -109,36 +109,6 @@ class SttSettings(WorkerSettings):
     deepgram_replay_max_s: float = Field(
         30.0, description="Deepgram: most unacknowledged audio kept for replay after a reconnect (oldest dropped)."
     )
-    deepgram_api_key: str = Field(
-        "",
-        validation_alias=AliasChoices("VOXLINE_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY"),
-        description="Deepgram: API key (sent as 'Authorization: Token', never logged).",
-    )
-    deepgram_url: str = Field(
-        "wss://api.deepgram.com", description="Deepgram: WebSocket base URL (/v1/listen is appended)."
-    )
-    deepgram_model: str = Field(
-        "nova-3", description="Deepgram: model, nova-3 (agent keywords sent as keyterm) or nova-2 (as keywords)."
-    )
-    deepgram_endpointing_ms: int = Field(
-        300, description="Deepgram: silence after speech that makes a result speech_final (ends the caller's turn)."
-    )
-    deepgram_utterance_end_ms: int = Field(
-        1000, description="Deepgram: word gap that sends UtteranceEnd, the fallback end of turn in noise."
-    )
-    deepgram_connect_timeout_s: float = Field(3.0, description="Deepgram: handshake timeout of one connection attempt.")
-    deepgram_stall_timeout_s: float = Field(
-        5.0, description="Deepgram: audio flowing this long with no message back counts as a stall: reconnect."
-    )
-    deepgram_keepalive_s: float = Field(
-        5.0, description="Deepgram: KeepAlive after this long without audio (idle sockets close at 10 s)."
-    )
-    deepgram_max_retries: int = Field(
-        6, description="Deepgram: failed connects in a row (backoff 0.1 s doubling, max 2 s) before SttError."
-    )
-    deepgram_replay_max_s: float = Field(
-        30.0, description="Deepgram: most unacknowledged audio kept for replay after a reconnect (oldest dropped)."
-    )
 
 
 class BrainSettings(WorkerSettings):
