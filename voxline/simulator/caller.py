@@ -10,9 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 import websockets
 from websockets.exceptions import InvalidStatus, WebSocketException
 
+from voxline.audio import TELEPHONY_RATE
+from voxline.simulator.coverage import turn_coverage
 from voxline.simulator.line import PhoneLine, SpeechLog
 from voxline.simulator.placement import PlacementError, fetch_record, place_call, stream_parameters
 from voxline.simulator.playback import Chunk, measure_barge_in
@@ -33,6 +36,12 @@ class _Spoken:
 
 
 def prepare_audio(utterance: Utterance) -> SpeechFrames:
+    if utterance.parts:
+        gap = np.zeros(int(TELEPHONY_RATE * utterance.gap_ms / 1000), dtype=np.int16)
+        pieces: list[np.ndarray] = []
+        for i, part in enumerate(utterance.parts):
+            pieces.extend([gap, synthesize(part)] if i else [synthesize(part)])
+        return SpeechFrames.from_pcm(np.concatenate(pieces))
     if utterance.pcm8k is not None:
         return SpeechFrames.from_pcm(as_pcm16(utterance.pcm8k))
     if utterance.wav is not None:
@@ -121,7 +130,10 @@ async def _converse(
         nxt = utterances[i + 1] if i + 1 < len(utterances) else None
         if nxt is not None and nxt.barge_in_after_ms is not None:
             continue  # the next utterance interrupts this reply instead of waiting for it
-        if not await line.wait_turn_finished(baseline, reply_since, script.reply_timeout_s):
+        # A backchannel gets no answer of its own: wait for the reply it talked over (the
+        # newest turn at its start) to end, or for a new answer if the agent gave one.
+        after = baseline if utt.expects_reply else baseline - 1
+        if not await line.wait_turn_finished(after, reply_since, script.reply_timeout_s):
             result.errors.append(f"utterance {i}: reply not fully played within {script.reply_timeout_s:.0f}s")
     await asyncio.sleep(script.trailing_silence_ms / 1000.0)
 
@@ -158,6 +170,7 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
     chunks = line.playback.chunks
     heard = line.playback.played()
     stops = line.playback.voice_stops()
+    mark_names = [m.name for m in line.playback.marks]
     if chunks:
         result.greeting_latency_ms = ms(t0, chunks[0].received_at)
     for s in spoken:
@@ -167,6 +180,7 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
         turn, reply, early = _reply_chunks(chunks, onset or 0.0, end or 0.0, s.baseline_turn)
         keys = {(c.received_at, c.start) for c in reply}
         reply_heard = [h for h in heard if (h.received_at, h.start) in keys]
+        cov = turn_coverage(turn, heard, mark_names) if turn is not None else None
         result.turns.append(
             TurnResult(
                 utterance=s.index,
@@ -185,6 +199,8 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
                 ),
                 barge_in=s.utterance.barge_in_after_ms is not None,
                 early_replies=early,
+                lost_audio_ms=None if cov is None else round(cov.lost_ms, 1),
+                repeated_audio_ms=None if cov is None else round(cov.repeated_ms, 1),
             )
         )
         if s.utterance.barge_in_after_ms is not None and onset is not None:
@@ -199,7 +215,8 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
                     cancelled_audio_heard_after_ms=round(b.stale_audio_ms, 1),
                 )
             )
-    result.played = [PlayedEntry(rel(c.start) or 0.0, rel(c.end) or 0.0, c.turn_id, c.cut) for c in heard]
+    result.played = [PlayedEntry(rel(c.start) or 0.0, rel(c.end) or 0.0, c.turn_id, c.cut, c.mark) for c in heard]
+    result.send_lateness_ms = dict(line.send_lateness_ms)
     result.clears = line.clears
     result.marks_received = line.marks_received
     result.marks_echoed = [m.name for m in line.echoed]

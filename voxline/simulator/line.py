@@ -10,6 +10,7 @@ echoes leave at the moment playback reaches them, not at the next 20 ms tick.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from voxline.simulator.twilio_stream import (
 from voxline.simulator.voice import SpeechFrames
 
 SILENT_FRAME = bytes([MULAW_SILENCE]) * FRAME_SAMPLES
+SILENT_FRAME_B64 = base64.b64encode(SILENT_FRAME).decode("ascii")
 MALFORMED_JSON = '{"event": "media", "media": {"payload": '
 
 
@@ -63,6 +65,9 @@ class PhoneLine:
         self.max_turn_seen = -1
         self.echoed: list[PendingMark] = []
         self.gateway_errors: list[str] = []
+        # How late each frame left vs its deadline, in whole ms -> frames: a loaded
+        # simulator sends late, which a reader of its numbers must be able to see.
+        self.send_lateness_ms: dict[int, int] = {}
         self._speech: deque[SpeechLog] = deque()
         self._controls: deque[tuple[str, str]] = deque()
         self._send_lock = asyncio.Lock()
@@ -164,26 +169,31 @@ class PhoneLine:
             self.closed_by_gateway = True
         self._changed.set()
 
-    def _next_frame(self) -> tuple[bytes, SpeechLog | None, bool]:
+    def _next_frame(self) -> tuple[str, SpeechLog | None, bool]:
+        """The next frame's base64 payload, whose utterance it belongs to, and if voiced."""
         if not self._speech:
-            return SILENT_FRAME, None, False
+            return SILENT_FRAME_B64, None, False
         log = self._speech[0]
         i = log._next
         log._next += 1
         if log._next >= len(log.frames.frames):
             self._speech.popleft()
-        return log.frames.frames[i], log, log.frames.voiced[i]
+        return log.frames.frames_b64[i], log, log.frames.voiced[i]
 
     async def _sender(self) -> None:
         n = 0
+        lateness = self.send_lateness_ms
         while self._sending and not self.closed:
             n += 1
-            await self.sleep_until(self.t0 + n * FRAME_MS / 1000.0)
+            deadline = self.t0 + n * FRAME_MS / 1000.0
+            await self.sleep_until(deadline)
             if not self._sending:
                 break
-            frame, log, voiced = self._next_frame()
-            await self._emit(partial(self.stream.media, frame, (n - 1) * FRAME_MS))
+            payload, log, voiced = self._next_frame()
+            await self._emit(partial(self.stream.media_json, payload, (n - 1) * FRAME_MS))
             now = self.clock()
+            late = int((now - deadline) * 1000.0)
+            lateness[late] = lateness.get(late, 0) + 1
             if log is not None:
                 self._note_speech(log, now, voiced)
             if self.malformed_after_ms is not None and n * FRAME_MS >= self.malformed_after_ms:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proto.marks import MarkName
 from voxline.audio import TELEPHONY_RATE
@@ -30,6 +30,8 @@ class Chunk:
     samples: int
     turn_id: int | None = None
     cut: bool = False  # truncated (or dropped entirely) by a clear or the call's end
+    mark: str | None = None  # the mark that followed it: which piece of the reply it is
+    sentence_end_ms: float | None = None  # where its audio ends in its sentence, per the mark
 
     @property
     def duration(self) -> float:
@@ -66,6 +68,7 @@ class PlaybackBuffer:
         self.clear_times: list[tuple[float, bool]] = []  # (time, buffer was non-empty)
         self._tail: float | None = None  # when the last queued audio finishes
         self._unattributed: list[Chunk] = []
+        self._unmarked: list[Chunk] = []  # like _unattributed, but a clear orphans them
 
     # -- input from the gateway ---------------------------------------------------------
 
@@ -77,6 +80,7 @@ class PlaybackBuffer:
         self._tail = chunk.end
         self.chunks.append(chunk)
         self._unattributed.append(chunk)
+        self._unmarked.append(chunk)
         return chunk
 
     def add_mark(self, name: str) -> list[PendingMark]:
@@ -90,6 +94,14 @@ class PlaybackBuffer:
             for chunk in self._unattributed:
                 chunk.turn_id = parsed.turn_id
             self._unattributed.clear()
+            # The mark's end_ms places the audio queued before it inside its sentence, so a
+            # chunk played twice (pause, resend) or never is known exactly, not by guessing.
+            pos = float(parsed.end_ms)
+            for chunk in reversed(self._unmarked):
+                chunk.mark = name
+                chunk.sentence_end_ms = pos
+                pos -= chunk.samples * 1000.0 / TELEPHONY_RATE
+        self._unmarked.clear()
         return self.due_marks()
 
     def clear(self) -> list[PendingMark]:
@@ -98,6 +110,7 @@ class PlaybackBuffer:
         was_playing = self.is_playing(now)
         self.clear_times.append((now, was_playing))
         self._cut_at(now)
+        self._unmarked.clear()  # their mark, if it ever comes, names audio sent after the clear
         released = [m for m in self.marks if m.echoed_at is None]
         for mark in released:
             mark.echoed_at = now
@@ -152,7 +165,7 @@ class PlaybackBuffer:
             if c.start >= now or c.end <= c.start:
                 continue
             end = min(c.end, now)
-            heard.append(Chunk(c.received_at, c.start, end, c.samples, c.turn_id, c.cut or end < c.end))
+            heard.append(replace(c, end=end, cut=c.cut or end < c.end))
         return heard
 
     def voice_stops(self, now: float | None = None) -> list[VoiceStop]:

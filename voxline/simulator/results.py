@@ -25,6 +25,8 @@ class TurnResult:
     completed: bool = False  # the reply's turn-end mark was echoed
     barge_in: bool = False
     early_replies: int = 0  # replies that started before the caller finished (false endpoints)
+    lost_audio_ms: float | None = None  # reply audio announced by marks but never played
+    repeated_audio_ms: float | None = None  # reply audio played more than once (bad resume)
 
     @property
     def speech_end(self) -> float | None:
@@ -47,6 +49,7 @@ class PlayedEntry:
     end_ms: float
     turn_id: int | None
     cut: bool
+    mark: str | None = None  # the mark that followed this audio: its identity in the reply
 
 
 @dataclass
@@ -72,6 +75,7 @@ class CallResult:
     media_sent: int = 0
     played: list[PlayedEntry] = field(default_factory=list)
     duration_ms: float = 0.0
+    send_lateness_ms: dict[int, int] = field(default_factory=dict)  # ms late -> frames sent
     record: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -17,6 +17,11 @@ class Utterance:
     `barge_in_after_ms` makes the caller start talking that long after the agent's
     previous reply started playing, instead of politely waiting for it to finish.
     `dtmf` digits are keyed before the speech, one every 200 ms.
+    `parts` is one request said in pieces with `gap_ms` of silence between them (a slow
+    speaker: "I need to cancel my..." ... "appointment on Tuesday"); a speech recogniser
+    sees each piece as an utterance, so the fake STT needs one transcript per part.
+    `expects_reply=False` (a backchannel like "uh-huh") waits for the reply being played
+    to finish instead of for a new answer.
     """
 
     text: str | None = None
@@ -25,12 +30,23 @@ class Utterance:
     pause_ms: int = 300
     barge_in_after_ms: int | None = None
     dtmf: str | None = None
+    parts: list[str] | None = None
+    gap_ms: int = 700
+    expects_reply: bool = True
 
     @property
     def has_speech(self) -> bool:
-        return self.text is not None or self.wav is not None or self.pcm8k is not None
+        return self.text is not None or self.wav is not None or self.pcm8k is not None or bool(self.parts)
+
+    def transcripts(self) -> list[str]:
+        """What a (fake) recogniser should hear, one entry per utterance it will detect."""
+        if self.parts:
+            return list(self.parts)
+        return [self.text] if self.text is not None else []
 
     def label(self) -> str:
+        if self.parts:
+            return " ... ".join(self.parts)
         if self.text is not None:
             return self.text
         if self.wav is not None:

@@ -8,12 +8,14 @@ stands in (the agent will not understand it, but the timing paths are exercised)
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
 import tempfile
 import wave
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,11 @@ class SpeechFrames:
     @property
     def duration_ms(self) -> int:
         return len(self.frames) * 20
+
+    @cached_property
+    def frames_b64(self) -> list[str]:
+        """Base64 of each frame, computed once: the send loop must not encode per frame."""
+        return [base64.b64encode(f).decode("ascii") for f in self.frames]
 
     @classmethod
     def from_pcm(cls, pcm: np.ndarray) -> SpeechFrames:
