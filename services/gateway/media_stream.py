@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -28,6 +29,8 @@ from proto.messages import (
     Hangup,
     MarkPlayed,
     Message,
+    PlaybackPause,
+    PlaybackResume,
     ReplyAudioSent,
     TurnCancel,
 )
@@ -88,7 +91,11 @@ class MediaStream:
         self._headers: dict[str, str] = {}
         self._order: _ReplyOrder | None = None
         self._cancelled_upto = 0
-        self._unplayed_turns: set[int] = set()  # audio sent, end-of-turn mark not yet echoed
+        # Chunks sent to Twilio whose mark has not been echoed: what a `clear` drops.
+        self._inflight: deque[tuple[AudioFrame, MarkName]] = deque()
+        self._flushing: set[str] = set()  # marks Twilio echoes because of our `clear`, not playback
+        self._paused_turn = 0
+        self._held: list[tuple[AudioFrame, MarkName]] = []  # what a resume plays
         self._first_media_sent: set[int] = set()
         self._sentence_ms: dict[tuple[int, int], float] = {}
         self._closing = False
@@ -248,29 +255,41 @@ class MediaStream:
         mark = MarkName(frame.turn_id, frame.seq, frame.chunk, int(order.sentence_ms), sentence_end, turn_end)
         if sentence_end:
             order.sentence_ms = 0.0
+        if frame.turn_id == self._paused_turn:
+            self._held.append((frame, mark))
+            return
+        await self._send_to_twilio([(frame, mark)])
+
+    async def _send_to_twilio(self, chunks: list[tuple[AudioFrame, MarkName]]) -> None:
+        """Each chunk goes out as media followed by its mark, so the echo says it was heard."""
         async with self._send_lock:
-            if frame.turn_id <= self._cancelled_upto or self._closing:
-                return
-            if frame.payload:
-                await self.ws.send_text(self.serializer.media(frame.payload))
-                self._unplayed_turns.add(frame.turn_id)
-            await self.ws.send_text(self.serializer.mark(mark.encode()))
+            for frame, mark in chunks:
+                if frame.turn_id <= self._cancelled_upto or self._closing:
+                    return
+                if frame.payload:
+                    await self.ws.send_text(self.serializer.media(frame.payload))
+                await self.ws.send_text(self.serializer.mark(mark.encode()))
+                self._inflight.append((frame, mark))
         sent_us = now_us()
-        if frame.timestamp_us:
-            FORWARD_LATENCY.observe(max(0, sent_us - frame.timestamp_us) / 1e6)
-        if frame.payload and frame.turn_id not in self._first_media_sent:
-            self._first_media_sent.add(frame.turn_id)
-            await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=frame.turn_id, at_us=sent_us))
+        for frame, _ in chunks:
+            if frame.timestamp_us:
+                FORWARD_LATENCY.observe(max(0, sent_us - frame.timestamp_us) / 1e6)
+            if frame.payload and frame.turn_id not in self._first_media_sent:
+                self._first_media_sent.add(frame.turn_id)
+                await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=frame.turn_id, at_us=sent_us))
 
     async def _on_mark_echo(self, name: str) -> None:
+        if name in self._flushing:
+            self._flushing.discard(name)
+            return  # Twilio flushes pending marks on `clear`: not played audio
         mark = MarkName.parse(name)
         if mark is None:
             log.warning("mark echo with a name we did not send: %r", name[:80])
             return
-        if mark.turn_id <= self._cancelled_upto:
-            return  # Twilio flushes pending marks on `clear`: not played audio
-        if mark.turn_end:
-            self._unplayed_turns.discard(mark.turn_id)
+        while self._inflight:
+            _, sent = self._inflight.popleft()
+            if sent == mark:
+                break
         await self._publish(
             MarkPlayed(
                 call_id=self.call_id,
@@ -289,24 +308,53 @@ class MediaStream:
     async def _on_control(self, message: Message, _msg: Msg) -> None:
         if isinstance(message, TurnCancel):
             await self._cancel(message.turn_id)
+        elif isinstance(message, PlaybackPause):
+            await self._pause(message.turn_id)
+        elif isinstance(message, PlaybackResume):
+            await self._resume(message.turn_id)
         elif isinstance(message, Hangup):
             log.info("hanging up: %s", message.reason)
             await self._close(1000, message.reason)
+
+    async def _clear(self, turn_upto: int) -> list[tuple[AudioFrame, MarkName]]:
+        """Send `clear` if Twilio holds audio of these turns; return the chunks it dropped."""
+        dropped = [(f, m) for f, m in self._inflight if f.turn_id <= turn_upto]
+        if not dropped:
+            return []
+        async with self._send_lock:
+            if self._closing:
+                return []
+            await self.ws.send_text(self.serializer.clear())
+        CLEARS.inc()
+        self._flushing.update(m.encode() for _, m in self._inflight)
+        self._inflight.clear()
+        return dropped
+
+    async def _pause(self, turn_id: int) -> None:
+        if turn_id <= self._cancelled_upto:
+            return
+        self._paused_turn = turn_id
+        dropped = await self._clear(turn_id)
+        self._held[:0] = [(f, m) for f, m in dropped if f.turn_id == turn_id]
+        log.info("paused turn %d (%d chunks held)", turn_id, len(self._held))
+
+    async def _resume(self, turn_id: int) -> None:
+        if self._paused_turn != turn_id:
+            return
+        self._paused_turn = 0
+        held, self._held = self._held, []
+        log.info("resuming turn %d (%d chunks)", turn_id, len(held))
+        await self._send_to_twilio(held)
 
     async def _cancel(self, turn_id: int) -> None:
         self._cancelled_upto = max(self._cancelled_upto, turn_id)
         if self._order is not None and self._order.turn_id <= turn_id:
             self._order = None
-        playing = {t for t in self._unplayed_turns if t <= turn_id}
-        if not playing:
-            return
-        async with self._send_lock:
-            if self._closing:
-                return
-            await self.ws.send_text(self.serializer.clear())
-        CLEARS.inc()
-        self._unplayed_turns -= playing
-        log.info("cleared Twilio's buffer for turn %d", turn_id)
+        if self._paused_turn and self._paused_turn <= turn_id:
+            self._paused_turn = 0
+            self._held = []
+        if await self._clear(turn_id):
+            log.info("cleared Twilio's buffer for turn %d", turn_id)
 
     def status(self) -> dict[str, object]:
         return {"subscriptions": len(self._subs), "malformed": self.malformed}

@@ -1,13 +1,12 @@
-"""Per-call state: turn-taking, barge-in, what the caller heard, the call's lifecycle.
+"""Per-call state: the reply side of turn-taking, what the caller heard, the lifecycle.
 
-The call moves listening -> caller_speaking -> thinking -> speaking -> listening. Turn ids
-only grow; everything of a reply carries its turn id, so cancelling a turn is one
-broadcast that every service (and the gateway, last) applies to whatever it still holds.
+Turn ids only grow; everything of a reply carries its turn id, so cancelling a turn is
+one broadcast that every service (and the gateway, last) applies to whatever it still
+holds. The caller's side (end of turn, barge-in) lives in `turn_taking.py`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +21,8 @@ from proto.messages import (
     Hangup,
     MarkPlayed,
     Message,
+    PlaybackPause,
+    PlaybackResume,
     ReplyAudioSent,
     ReplyDone,
     ReplyError,
@@ -36,8 +37,10 @@ from proto.messages import (
     TurnCancel,
 )
 from proto.records import CallRecord
+from services.orchestrator.states import CallState
 from services.orchestrator.timers import Timers
 from services.orchestrator.turn import Turn
+from services.orchestrator.turn_taking import TurnTaking
 from voxline.agents import Agent
 from voxline.bus import Bus
 from voxline.config import OrchestratorSettings
@@ -45,17 +48,7 @@ from voxline.telemetry import current_call_id, now_us
 
 log = logging.getLogger("voxline.orchestrator.call")
 
-# If the STT reports the end of speech but no final transcript follows, end the turn
-# with what was heard so far rather than leave the caller in silence.
-FINAL_TRANSCRIPT_WAIT_S = 2.0
-
-
-class CallState(enum.StrEnum):
-    LISTENING = "listening"
-    CALLER_SPEAKING = "caller_speaking"
-    THINKING = "thinking"
-    SPEAKING = "speaking"
-    ENDED = "ended"
+__all__ = ["Call", "CallState"]
 
 
 class Call:
@@ -72,25 +65,19 @@ class Call:
         self.bus = bus
         self.call_id = start.call_id
         self.agent = agent
+        self.settings = settings
         self.state = CallState.LISTENING
         self.history: list[ChatTurn] = []
-        self.settings = settings
-        self.history_turns = settings.history_turns
-        self._reassign_stt = reassign_stt
-        self.timers = Timers()
         self.turns: list[Turn] = []
         self.current: Turn | None = None
+        self.timers = Timers()
+        self.stt_provider_ms = 0.0
         self._next_turn_id = 1
         self._traceparent = traceparent
         self._save = save
-        self._caller_text: list[str] = []
-        self._speech_end_us = 0
-        self._speech_ended_at_us = 0
-        self._stt_final_us = 0
-        self._stt_provider_ms = 0.0
-        self._speech_ended = False
-        self._final_since_speech = False
+        self._reassign_stt = reassign_stt
         self._latency_pending: float | None = None
+        self.caller = TurnTaking(self)
         self.record = CallRecord(
             call_id=start.call_id,
             call_sid=start.call_sid,
@@ -114,6 +101,10 @@ class Call:
 
     def _headers(self, turn_id: int | None = None) -> dict[str, str]:
         return call_headers(self.call_id, turn_id, self._traceparent)
+
+    async def publish_control(self, message: PlaybackPause | PlaybackResume | Hangup) -> None:
+        turn_id = getattr(message, "turn_id", None)
+        await self.bus.publish(subjects.control(self.call_id), message, self._headers(turn_id))
 
     def _new_turn(self, kind: str, caller_text: str = "") -> Turn:
         turn = Turn(turn_id=self._next_turn_id, kind=kind, caller_text=caller_text)
@@ -158,7 +149,7 @@ class Call:
         await self.bus.publish(subjects.TTS_SYNTHESIZE, msg, self._headers(turn.turn_id))
 
     async def _speak(self, kind: str, text: str) -> Turn:
-        """A turn that needs no brain: greeting, apology, goodbye."""
+        """A turn that needs no brain: greeting, reprompt, apology, goodbye."""
         turn = self._new_turn(kind)
         turn.brain_done = True
         self.state = CallState.THINKING
@@ -170,10 +161,47 @@ class Call:
         turn = await self._speak("greeting", self.agent.greeting)
         turn.mark("call_start", call_start_us)
 
+    async def start_reply(self, caller_text: str, tentative: bool) -> Turn:
+        """Ask the brain for an answer; a tentative one is held until `commit_reply`."""
+        turn = self._new_turn("reply", caller_text=caller_text)
+        turn.committed = not tentative
+        turn.preemptive = tentative
+        at = now_us()
+        turn.mark("brain_request", at)
+        request = BrainTurn(
+            call_id=self.call_id,
+            turn_id=turn.turn_id,
+            agent_id=self.agent.id,
+            history=list(self.history),
+            user_text=caller_text,
+            requested_at_us=at,
+        )
+
+        async def brain_timeout() -> None:
+            await self._on_error(ReplyError(call_id=self.call_id, turn_id=turn.turn_id, message="brain timed out"))
+
+        self.timers.start(("brain", turn.turn_id), self.settings.brain_timeout_s, brain_timeout)
+        await self.bus.publish(subjects.BRAIN_TURN, request, self._headers(turn.turn_id))
+        return turn
+
+    async def commit_reply(self, turn: Turn, caller: TurnTaking) -> None:
+        """The caller's turn ended: timings for the record, then release held sentences."""
+        turn.committed = True
+        turn.mark("speech_end", caller.speech_end_us)
+        turn.mark("stt_final", caller.stt_final_us)
+        turn.mark("end_of_turn", now_us())
+        turn.provider_ms["stt"] = self.stt_provider_ms
+        self.state = CallState.THINKING
+        held, turn.held = turn.held, []
+        for text in held:
+            await self._synthesize(turn, text)
+        if turn.brain_done and not turn.closed:
+            await self._synthesize(turn, "", last=True)
+
     def _stop_timers(self, turn_id: int) -> None:
         self.timers.cancel_where(lambda key: isinstance(key, tuple) and key[1] == turn_id)
 
-    async def _cancel(self, turn: Turn, reason: str) -> None:
+    async def cancel_turn(self, turn: Turn, reason: str, carry_text: bool) -> None:
         self._stop_timers(turn.turn_id)
         turn.cancelled = True
         turn.cancel_reason = reason
@@ -183,11 +211,13 @@ class Call:
             self._headers(turn.turn_id),
         )
         log.info("turn %d cancelled: %s", turn.turn_id, reason)
-        heard = turn.heard_text()
-        if turn.kind == "reply" and not heard:
+        if not turn.committed:
+            return  # never heard, never an answer: the caller's words are still pending
+        if turn.kind == "reply" and not turn.heard_text():
             # The caller never heard an answer: the question is still open, merge it
             # with what they say next.
-            self._caller_text.insert(0, turn.caller_text)
+            if carry_text:
+                self.caller.parts.insert(0, turn.caller_text)
         else:
             await self._conclude(turn)
 
@@ -198,7 +228,7 @@ class Call:
         heard = turn.heard_text()
         if heard:
             self.history.append(ChatTurn(role="assistant", content=heard))
-        self.history = self.history[-2 * self.history_turns :]
+        self.history = self.history[-2 * self.settings.history_turns :]
         self.record.turns.append(turn.record())
         await self._save(self.record)
 
@@ -210,11 +240,13 @@ class Call:
             return
         match message:
             case SpeechStarted():
-                await self._on_speech_started(message)
+                await self.caller.on_speech_started(message)
             case Transcript():
-                await self._on_transcript(message)
+                await self.caller.on_transcript(message)
             case SpeechEnded():
-                await self._on_speech_ended(message)
+                await self.caller.on_speech_ended(message)
+            case Dtmf():
+                await self.caller.on_dtmf(message)
             case ReplySentence():
                 await self._on_sentence(message)
             case ReplyDone():
@@ -227,8 +259,6 @@ class Call:
                 self._on_audio_sent(message)
             case MarkPlayed():
                 await self._on_mark(message)
-            case Dtmf():
-                await self._on_dtmf(message)
             case _:
                 log.debug("ignored %s", type(message).__name__)
 
@@ -237,76 +267,6 @@ class Call:
         if turn is not None and turn.turn_id == turn_id and not turn.cancelled:
             return turn
         return None
-
-    async def _on_speech_started(self, msg: SpeechStarted) -> None:
-        self._speech_ended = False
-        self._final_since_speech = False
-        self.timers.cancel("final_transcript")
-        turn = self.current
-        if turn is not None and turn.active and self.state in (CallState.THINKING, CallState.SPEAKING):
-            await self._cancel(turn, "barge_in")
-        self.state = CallState.CALLER_SPEAKING
-
-    async def _on_transcript(self, msg: Transcript) -> None:
-        if not msg.is_final:
-            return
-        if msg.text.strip():
-            self._caller_text.append(msg.text.strip())
-        self._final_since_speech = True
-        self._stt_final_us = msg.at_us
-        self._stt_provider_ms = msg.provider_ms
-        if self._speech_ended:
-            await self._end_of_turn()
-
-    async def _on_speech_ended(self, msg: SpeechEnded) -> None:
-        self._speech_ended = True
-        self._speech_end_us = msg.speech_end_us
-        self._speech_ended_at_us = msg.at_us
-        if self._final_since_speech:
-            await self._end_of_turn()
-        else:
-            self.timers.start("final_transcript", FINAL_TRANSCRIPT_WAIT_S, self._end_of_turn_without_final)
-
-    async def _end_of_turn_without_final(self) -> None:
-        log.warning(
-            "no final transcript %.1fs after speech end; ending the turn with what was heard", FINAL_TRANSCRIPT_WAIT_S
-        )
-        self._stt_final_us = now_us()
-        self._stt_provider_ms = 0.0
-        await self._end_of_turn()
-
-    async def _end_of_turn(self) -> None:
-        self.timers.cancel("final_transcript")
-        self._speech_ended = False
-        self._final_since_speech = False
-        text = " ".join(t for t in self._caller_text if t)
-        self._caller_text = []
-        if not text:
-            self.state = CallState.LISTENING
-            return
-        turn = self._new_turn("reply", caller_text=text)
-        at = now_us()
-        turn.mark("speech_end", self._speech_end_us)
-        turn.mark("stt_final", self._stt_final_us)
-        turn.mark("end_of_turn", at)
-        turn.provider_ms["end_of_turn_silence"] = (self._speech_ended_at_us - self._speech_end_us) / 1000.0
-        turn.provider_ms["stt"] = self._stt_provider_ms
-        self.state = CallState.THINKING
-        request = BrainTurn(
-            call_id=self.call_id,
-            turn_id=turn.turn_id,
-            agent_id=self.agent.id,
-            history=list(self.history),
-            user_text=text,
-            requested_at_us=at,
-        )
-        turn.mark("brain_request", at)
-
-        async def brain_timeout() -> None:
-            await self._on_error(ReplyError(call_id=self.call_id, turn_id=turn.turn_id, message="brain timed out"))
-
-        self.timers.start(("brain", turn.turn_id), self.settings.brain_timeout_s, brain_timeout)
-        await self.bus.publish(subjects.BRAIN_TURN, request, self._headers(turn.turn_id))
 
     async def _on_sentence(self, msg: ReplySentence) -> None:
         turn = self._turn(msg.turn_id)
@@ -317,7 +277,10 @@ class Call:
             turn.mark("first_token", msg.first_token_us or msg.at_us)
             turn.mark("first_sentence", msg.at_us)
             turn.provider_ms["llm"] = msg.provider_ms
-        await self._synthesize(turn, msg.text)
+        if turn.committed:
+            await self._synthesize(turn, msg.text)
+        else:
+            turn.held.append(msg.text)
 
     async def _on_reply_done(self, msg: ReplyDone) -> None:
         turn = self._turn(msg.turn_id)
@@ -326,7 +289,8 @@ class Call:
         self.timers.cancel(("brain", turn.turn_id))
         turn.brain_done = True
         turn.action, turn.action_arg = msg.action, msg.action_arg
-        await self._synthesize(turn, "", last=True)
+        if turn.committed:
+            await self._synthesize(turn, "", last=True)
 
     async def _on_error(self, msg: ReplyError | SttError | TtsError) -> None:
         log.error("%s: %s", type(msg).__name__, msg.message)
@@ -335,9 +299,12 @@ class Call:
             if turn is not None and not turn.closed:
                 self.timers.cancel(("brain", turn.turn_id))
                 turn.brain_done = True
-                turn.kind = "apology" if not turn.sentences else turn.kind
-                await self._synthesize(turn, self.agent.apology)
-                await self._synthesize(turn, "", last=True)
+                turn.kind = "apology" if not turn.sentences and not turn.held else turn.kind
+                if turn.committed:
+                    await self._synthesize(turn, self.agent.apology)
+                    await self._synthesize(turn, "", last=True)
+                else:
+                    turn.held.append(self.agent.apology)  # goes out with the commit
         elif isinstance(msg, TtsError):
             self.timers.cancel(("tts", msg.turn_id, msg.seq))
         elif isinstance(msg, SttError):
@@ -350,7 +317,7 @@ class Call:
         log.error("ending the call: %s", reason)
         turn = self.current
         if turn is not None and turn.active:
-            await self._cancel(turn, reason)
+            await self.cancel_turn(turn, reason, carry_text=False)
         turn = await self._speak("failure", self.agent.failure_message)
         turn.action = "hangup"
 
@@ -381,26 +348,42 @@ class Call:
         turn.heard_ms[msg.seq] = max(turn.heard_ms.get(msg.seq, 0), msg.end_ms)
         if msg.sentence_end:
             turn.sentence_heard.add(msg.seq)
-        if msg.turn_end and not turn.cancelled:
-            turn.finished = True
-            await self._conclude(turn)
-            if self.current is turn and self.state is CallState.SPEAKING:
-                self.state = CallState.LISTENING
-            if turn.action == "hangup":
-                await self.hang_up("agent ended the call")
+        if not msg.turn_end:
+            return
+        turn.finished = True
+        await self._conclude(turn)
+        if turn.action == "hangup":
+            await self.hang_up("agent ended the call")
+            return
+        if self.current is turn and self.state in (CallState.SPEAKING, CallState.THINKING):
+            self.state = CallState.LISTENING
+            self.start_idle_timer()
 
-    async def _on_dtmf(self, msg: Dtmf) -> None:
-        log.info("dtmf %s", msg.digit)
-        if self.state is CallState.LISTENING:
-            self._caller_text.append(f"(The caller pressed {msg.digit} on the keypad.)")
-            self._speech_end_us = self._speech_ended_at_us = self._stt_final_us = msg.at_us
-            self._stt_provider_ms = 0.0
-            await self._end_of_turn()
+    # --- idle caller -----------------------------------------------------------------
+
+    def start_idle_timer(self) -> None:
+        options = self.agent.turn
+        if self.caller.reprompted:
+            self.timers.start("idle", max(0.0, options.idle_hangup_s - options.idle_reprompt_s), self._idle_hangup)
+        else:
+            self.timers.start("idle", options.idle_reprompt_s, self._idle_reprompt)
+
+    async def _idle_reprompt(self) -> None:
+        if self.state is CallState.LISTENING and not self.caller.speech_active:
+            log.info("caller silent for %.0fs: reprompt", self.agent.turn.idle_reprompt_s)
+            self.caller.reprompted = True
+            await self._speak("reprompt", self.agent.turn.reprompt)
+
+    async def _idle_hangup(self) -> None:
+        if self.state is CallState.LISTENING and not self.caller.speech_active:
+            log.info("caller silent for %.0fs: goodbye", self.agent.turn.idle_hangup_s)
+            turn = await self._speak("goodbye", self.agent.goodbye)
+            turn.action = "hangup"
+
+    # --- lifecycle -------------------------------------------------------------------
 
     async def hang_up(self, reason: str) -> None:
-        await self.bus.publish(
-            subjects.control(self.call_id), Hangup(call_id=self.call_id, reason=reason), self._headers()
-        )
+        await self.publish_control(Hangup(call_id=self.call_id, reason=reason))
 
     async def end(self, reason: str) -> None:
         """The media stream is gone: cancel what is in flight and write the final record."""
@@ -408,7 +391,7 @@ class Call:
             return
         self.timers.cancel_all()
         turn = self.current
-        if turn is not None and turn.active:
+        if turn is not None and turn.active and turn.committed:
             turn.cancelled = True
             turn.cancel_reason = "call_ended"
             self.record.turns.append(turn.record())

@@ -21,6 +21,10 @@ class Turn:
     finished: bool = False  # Twilio played the whole reply
     cancelled: bool = False
     cancel_reason: str = ""
+    committed: bool = True  # False while a preemptive reply waits for the end of turn
+    preemptive: bool = False
+    held: list[str] = field(default_factory=list)  # sentences of an uncommitted reply
+    paused: int = 0  # times the caller talked over it without interrupting
     action: str = ""
     action_arg: str = ""
     times_us: dict[str, int] = field(default_factory=dict)
@@ -82,9 +86,14 @@ class Turn:
             span("first_media_sent", "speech_end", "first_media")
         else:
             span("first_media_sent", "call_start", "first_media")
-        if "first_media" in t and (start is not None):
-            providers = sum(self.provider_ms.values())
-            out["pipeline_overhead"] = round(out["first_media_sent"] - providers, 1)
+        if start is not None and {"first_media", "end_of_turn", "brain_request"} <= t.keys():
+            # What the reply would have taken if every hop were free: the end-of-turn wait
+            # (silence, STT, policy) or the brain's own time from its request, whichever
+            # ends later (a preemptive brain overlaps the wait), then TTS's own time.
+            eot_wait = (t["end_of_turn"] - start) / 1000
+            brain_ready = (t["brain_request"] - start) / 1000 + self.provider_ms.get("llm", 0.0)
+            ideal = max(eot_wait, brain_ready) + self.provider_ms.get("tts", 0.0)
+            out["pipeline_overhead"] = round(out["first_media_sent"] - ideal, 1)
         return out
 
     def record(self) -> TurnRecord:
@@ -96,5 +105,7 @@ class Turn:
             heard_text=self.heard_text(),
             interrupted=self.cancelled,
             cancel_reason=self.cancel_reason,
+            paused=self.paused,
+            preemptive=self.preemptive,
             latency=self.latency_ms(),
         )

@@ -49,4 +49,5 @@ def test_latency_breakdown_and_overhead() -> None:
     latency = turn.latency_ms()
     assert latency["first_media_sent"] == 702.0
     assert latency["llm_first_token"] == 169.0
-    assert latency["pipeline_overhead"] == 702.0 - 687.0
+    # Ideal: brain ready at 331 + 268 = 599 (after the 330 ms end-of-turn wait), + 99 TTS = 698.
+    assert latency["pipeline_overhead"] == 4.0
