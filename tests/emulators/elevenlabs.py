@@ -3,7 +3,7 @@
 It speaks the documented protocol (first message `text: " "` with settings, text with
 `flush`, `{"text": ""}` to end, audio as base64 JSON with `normalizedAlignment`,
 `isFinal` last) and records every session, so tests can assert what went over the wire.
-Audio is mu-law 8 kHz (the tests ask for `ulaw_8000`): a tone, 40 ms per character.
+Audio is mu-law 8 kHz (the tests ask for `ulaw_8000`): a tone, `ms_per_char` per character.
 Failures are injected per handshake (HTTP status), per stream (drop after N audio
 messages, stall) and as latency (handshake, first audio after a flush).
 """
@@ -56,6 +56,8 @@ class ElevenLabsEmulator:
         self.handshake_failures: list[int] = []  # statuses for the next handshakes, consumed in order
         self.drop_after_audio: int | None = None  # abort the TCP connection after N audio messages
         self.stall = False  # accept text, never answer
+        self.realtime = False  # pace audio at real time (barge-in tests need synthesis in flight)
+        self.ms_per_char = MS_PER_CHAR
         self.sessions: list[Session] = []
         self.handshakes: list[int] = []  # status of every handshake answered
         self._loop = asyncio.new_event_loop()
@@ -94,8 +96,8 @@ class ElevenLabsEmulator:
 
     def reset(self) -> None:
         self.ttfb_ms = self.handshake_ms = 0.0
-        self.handshake_failures, self.drop_after_audio, self.stall = [], None, False
-        self.sessions, self.handshakes = [], []
+        self.handshake_failures, self.drop_after_audio, self.stall, self.realtime = [], None, False, False
+        self.sessions, self.handshakes, self.ms_per_char = [], [], MS_PER_CHAR
 
     def text_sessions(self) -> list[Session]:
         """Sessions that carried text (warm sockets never used are left out)."""
@@ -173,7 +175,7 @@ class ElevenLabsEmulator:
         if self.stall:
             await ws.wait_closed()  # until the client gives up and closes
         await asyncio.sleep(self.ttfb_ms / 1000)
-        audio = pcm16_to_mulaw(tone_pcm16(len(text.strip()) * MS_PER_CHAR, freq=210))
+        audio = pcm16_to_mulaw(tone_pcm16(len(text.strip()) * self.ms_per_char, freq=210))
         piece = TELEPHONY_RATE * PIECE_MS // 1000
         for offset in range(0, len(audio), piece):
             if self.drop_after_audio is not None and session.audio_messages >= self.drop_after_audio:
@@ -185,9 +187,9 @@ class ElevenLabsEmulator:
                 chars = list(text.strip())
                 message["normalizedAlignment"] = {
                     "chars": chars,
-                    "charStartTimesMs": [i * MS_PER_CHAR for i in range(len(chars))],
-                    "charDurationsMs": [MS_PER_CHAR] * len(chars),
+                    "charStartTimesMs": [i * self.ms_per_char for i in range(len(chars))],
+                    "charDurationsMs": [self.ms_per_char] * len(chars),
                 }
             await ws.send(json.dumps(message))
             session.audio_messages += 1
-            await asyncio.sleep(PIECE_INTERVAL_S)
+            await asyncio.sleep(PIECE_MS / 1000 if self.realtime else PIECE_INTERVAL_S)

@@ -43,6 +43,7 @@ class OpenAiSpeechEmulator:
         self.failures: list[int] = []  # statuses for the next speech requests, consumed in order
         self.drop_after_chunks: int | None = None
         self.stall = False
+        self.ms_per_char = MS_PER_CHAR
         self.requests: list[SpeechRequest] = []
         self.model_lists = 0
         self._loop = asyncio.new_event_loop()
@@ -77,7 +78,7 @@ class OpenAiSpeechEmulator:
 
     def reset(self) -> None:
         self.ttfb_ms, self.failures, self.drop_after_chunks, self.stall = 0.0, [], None, False
-        self.requests, self.model_lists = [], 0
+        self.requests, self.model_lists, self.ms_per_char = [], 0, MS_PER_CHAR
 
     def _error(self, status: int, message: str) -> web.Response:
         kind, code = _ERRORS.get(status, ("invalid_request_error", None))
@@ -119,7 +120,7 @@ class OpenAiSpeechEmulator:
         response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        audio = tone_pcm16(len(body["input"]) * MS_PER_CHAR, freq=230, rate=RATE).astype("<i2").tobytes()
+        audio = tone_pcm16(len(body["input"]) * self.ms_per_char, freq=230, rate=RATE).astype("<i2").tobytes()
         for offset in range(0, len(audio), PIECE_BYTES):
             if self.drop_after_chunks is not None and record.chunks_sent >= self.drop_after_chunks:
                 assert request.transport is not None
