@@ -135,6 +135,31 @@ async def test_reconnect_replays_unacknowledged_audio_and_keeps_wall_clock(emula
     assert ended.speech_end_us == T0 - 20_000 + (1500 + 1200) * 1000
     onset = next(e for e in events if isinstance(e, SpeechStarted))
     assert onset.at_us == T0 - 20_000 + 1500 * 1000
+    assert ended.at_us - ended.speech_end_us == 300_000  # confirmed by the endpointing silence
+
+
+async def test_utterance_end_ends_the_turn_when_no_speech_final_comes(emulator: DeepgramEmulator) -> None:
+    emulator.transcripts, emulator.speech_final = ["yes please"], False
+    audio = silence_mulaw(300) + pcm16_to_mulaw(tone_pcm16(800)) + silence_mulaw(1500)
+    events = await run_session(emulator, audio, is_final)
+    assert [e.text for e in events if isinstance(e, Transcript) and e.is_final] == ["yes please"]
+    ended = next(e for e in events if isinstance(e, SpeechEnded))
+    assert ended.speech_end_us == T0 - 20_000 + (300 + 800) * 1000
+    assert ended.at_us - ended.speech_end_us == 1_000_000  # confirmed by utterance_end_ms
+
+
+async def test_keep_alive_while_no_audio_flows(emulator: DeepgramEmulator) -> None:
+    async def ignore(_: Message) -> None:
+        pass
+
+    provider = DeepgramSttProvider(settings(emulator, deepgram_keepalive_s=0.3))
+    session = await provider.open(SttAssign(call_id="c2", agent_id="demo"), ignore)
+    await session.feed(AudioFrame(silence_mulaw(20), timestamp_us=T0))
+    deadline = asyncio.get_running_loop().time() + 5
+    while not (emulator.connections and emulator.connections[0].keepalives >= 2):
+        assert asyncio.get_running_loop().time() < deadline, "no KeepAlive within 5 s"
+        await asyncio.sleep(0.05)  # polls what the emulator observed
+    await session.close()
 
 
 async def test_rejected_key_is_one_stt_error_and_never_retried(emulator: DeepgramEmulator) -> None:

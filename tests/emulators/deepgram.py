@@ -67,6 +67,7 @@ class DeepgramEmulator:
     reject_next: list[int] = field(default_factory=list)  # HTTP statuses for the next handshakes
     drop_after_speech_ms: int | None = None  # one shot: abort the socket this far into an utterance
     stall_next: int = 0  # the next N connections take audio and never answer
+    speech_final: bool = True  # False: endpoints are plain is_final Results; UtteranceEnd ends the turn
     connections: list[ConnectionLog] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     finals: list[FinalLog] = field(default_factory=list)
@@ -212,7 +213,8 @@ class _Listener:
     def _final(self, from_finalize: bool) -> None:
         text = self.em.transcripts.pop(0) if self.em.transcripts else "hello"
         self.em.finals.append(FinalLog(self.log.index, text, self.voice_end_ms - self.onset_ms))
-        message = self._results(text, is_final=True, speech_final=not from_finalize, from_finalize=from_finalize)
+        speech_final = self.em.speech_final and not from_finalize
+        message = self._results(text, is_final=True, speech_final=speech_final, from_finalize=from_finalize)
         self._send(message, delay_ms=self.em.final_delay_ms)
         self.in_speech, self.utterance_end_at = False, self.voice_end_ms
 

@@ -1,0 +1,282 @@
+"""One call's Deepgram socket: connection lifecycle, replay, and Deepgram's events -> ours.
+
+Times. `SpeechEnded.speech_end_us` is the wall clock of the end of the last word (audio time
+mapped through frame arrivals); `at_us` is when the confirming silence had elapsed (speech
+end + endpointing, or + utterance_end_ms on the UtteranceEnd path). `Transcript.provider_ms`
+is Deepgram's own time beyond that silence: arrival of the final result minus speech end
+minus the silence. So end-of-turn silence + provider_ms = speech end -> final, counted once.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from deepgram import AsyncDeepgramClient
+from deepgram.core.api_error import ApiError
+from deepgram.listen.v1.socket_client import AsyncV1SocketClient
+from deepgram.listen.v1.types import (
+    ListenV1Error,
+    ListenV1Metadata,
+    ListenV1Results,
+    ListenV1SpeechStarted,
+    ListenV1UtteranceEnd,
+)
+
+from proto.audio_frame import AudioFrame
+from proto.messages import Message, SpeechEnded, SpeechStarted, SttError, Transcript
+from services.common import ProviderError, count_provider_error, kind_of_status
+from services.stt.providers.base import Emit
+from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
+from voxline.config import SttSettings
+from voxline.telemetry import now_us
+
+log = logging.getLogger("voxline.stt.deepgram")
+
+PROVIDER = "deepgram"
+FATAL_KINDS = frozenset({"auth", "bad_request"})  # trying again cannot help
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 2.0
+TICK_S = 0.25  # an idle socket is checked this often for keep-alive and stalls
+REPLAY_CHUNK = BYTES_PER_S // 2  # replayed audio goes out in 500 ms messages
+CLOSE_WAIT_S = 2.0  # for Deepgram's last results after CloseStream
+
+
+class DeepgramSession:
+    def __init__(
+        self, call_id: str, client: AsyncDeepgramClient, params: dict[str, Any], settings: SttSettings, emit: Emit
+    ) -> None:
+        self.call_id, self.client, self.params, self.settings = call_id, client, params, settings
+        self._emit = emit
+        self.ledger = AudioLedger(settings.deepgram_replay_max_s)
+        self.connections = 0  # sockets opened so far (tests and logs)
+        self._socket: AsyncV1SocketClient | None = None
+        self._live = False  # connected and caught up: frames go straight out
+        self._base = 0  # call offset where the current connection's audio starts
+        self._closing = False
+        self._fed = False
+        self._failure: str | None = None  # fatal error, reported once
+        self._answered = False  # the current connection sent something back
+        self._last_sent = time.monotonic()
+        self._unanswered_since: float | None = None  # first audio sent after the last message
+        self._unanswered_bytes = 0  # audio sent since; a pause in the audio is no stall
+        self._task: asyncio.Task[None] | None = None
+        self._in_speech = False
+        self._words: list[str] = []  # finalized text of the current utterance
+        self._speech_end = 0  # call offset of the end of its last word
+        self.on_auth_refused: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.call_id}")
+
+    async def emit(self, event: Message) -> None:
+        if not self._closing:  # results flushed by CloseStream belong to a call that ended
+            await self._emit(event)
+
+    # --- audio in ----------------------------------------------------------------------
+
+    async def feed(self, frame: AudioFrame) -> None:
+        if self._closing or not frame.payload:
+            return
+        self._fed = True
+        if self._failure is not None:
+            await self._report_failure()
+            return
+        self.ledger.append(frame.payload, frame.timestamp_us or now_us())
+        if self._live and self._socket is not None:
+            try:
+                await self._socket.send_media(frame.payload)
+            except Exception:
+                self._live = False  # the reader sees the close; the frame waits in the ledger
+                return
+            self._mark_sent(len(frame.payload))
+
+    def _mark_sent(self, size: int) -> None:
+        self._last_sent = time.monotonic()
+        self._unanswered_bytes += size
+        if self._unanswered_since is None:
+            self._unanswered_since = self._last_sent
+
+    # --- connection lifecycle ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            error = await self._connect_once()
+            if error is None or self._closing:
+                return
+            count_provider_error(error)
+            failures = 1 if self._answered else failures + 1
+            if error.kind == "auth":
+                self.on_auth_refused()
+            if error.kind in FATAL_KINDS or failures > self.settings.deepgram_max_retries:
+                log.error("stt provider %s failed, giving up: %s", PROVIDER, error)
+                await self._fail(str(error))
+                return
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
+            log.warning("stt provider %s: %s; reconnecting in %.1fs (try %d)", PROVIDER, error, delay, failures)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> ProviderError | None:
+        """One socket from handshake to close; None when we closed it, else why it ended."""
+        self._answered = False
+        timeout = self.settings.deepgram_connect_timeout_s
+        connect = self.client.listen.v1.connect(**self.params)
+        try:
+            socket = await asyncio.wait_for(connect.__aenter__(), timeout)
+        except ApiError as exc:  # never str(exc) into a log line: the SDK keeps request headers on it
+            status = exc.status_code or 0
+            return ProviderError(PROVIDER, kind_of_status(status), "handshake refused", status)
+        except TimeoutError:
+            return ProviderError(PROVIDER, "timeout", f"no handshake within {timeout:.1f}s")
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            return ProviderError(PROVIDER, "dropped", f"cannot connect ({type(exc).__name__})")
+        self.connections += 1
+        self._socket = socket
+        try:
+            await self._replay(socket)
+            return await self._read(socket)
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            if self._closing:
+                return None
+            return ProviderError(PROVIDER, "dropped", f"socket failed ({type(exc).__name__})")
+        finally:
+            self._socket, self._live = None, False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connect.__aexit__(None, None, None), 1.0)
+
+    async def _replay(self, socket: AsyncV1SocketClient) -> None:
+        """Send what Deepgram has not finalized, then go live; results are offset by its start."""
+        self._base = cursor = self.ledger.replay_start()
+        if self.connections > 1 and self.ledger.end > cursor:
+            log.info("deepgram: replaying %.2fs of unacknowledged audio", (self.ledger.end - cursor) / BYTES_PER_S)
+        while cursor < self.ledger.end:  # frames arriving meanwhile are appended and sent here too
+            chunk = self.ledger.read(cursor, REPLAY_CHUNK)
+            await socket.send_media(chunk)
+            cursor += len(chunk)
+            self._mark_sent(len(chunk))
+        self._live = True
+
+    async def _read(self, socket: AsyncV1SocketClient) -> ProviderError | None:
+        while True:
+            try:
+                message = await asyncio.wait_for(socket.recv(), TICK_S)
+            except TimeoutError:
+                message = None
+            except websockets.exceptions.ConnectionClosed as exc:
+                if self._closing:
+                    return None
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                return ProviderError(PROVIDER, "dropped", f"socket closed (code {code})")
+            if message is not None:
+                self._answered, self._unanswered_since, self._unanswered_bytes = True, None, 0
+                try:
+                    await self._on_message(message)
+                except Exception:
+                    log.exception("deepgram: could not handle a %s message", type(message).__name__)
+            now = time.monotonic()
+            stall_s = self.settings.deepgram_stall_timeout_s
+            waited = now - self._unanswered_since if self._unanswered_since is not None else 0.0
+            if waited > stall_s and self._unanswered_bytes >= stall_s * BYTES_PER_S / 2:
+                return ProviderError(PROVIDER, "timeout", "no results while audio flows (stall)")
+            if self._live and now - self._last_sent >= self.settings.deepgram_keepalive_s:
+                await socket.send_keep_alive()
+                self._last_sent = now
+
+    # --- Deepgram events -> ours ------------------------------------------------------
+
+    def _offset(self, seconds: float) -> int:
+        return self._base + seconds_to_offset(seconds)
+
+    async def _on_message(self, message: object) -> None:
+        if isinstance(message, ListenV1SpeechStarted):
+            await self._speech_started(self._offset(message.timestamp))
+        elif isinstance(message, ListenV1Results):
+            await self._on_results(message)
+        elif isinstance(message, ListenV1UtteranceEnd):
+            if self._in_speech:  # no speech_final came for this utterance
+                end = self._offset(message.last_word_end) if self._words else self._speech_end
+                await self._end_utterance(end, self.settings.deepgram_utterance_end_ms)
+        elif isinstance(message, ListenV1Metadata):
+            log.debug("deepgram: metadata (request %s, %.1fs)", message.request_id, message.duration)
+        elif isinstance(message, ListenV1Error):
+            log.warning("deepgram: error message %s: %s", message.variant, message.description)
+
+    async def _speech_started(self, offset: int) -> None:
+        if self._in_speech:  # e.g. replayed audio of an utterance already reported
+            return
+        self._in_speech = True
+        self._speech_end = offset
+        at = min(now_us(), self.ledger.wall_us(offset)) if self.ledger.end else now_us()
+        await self.emit(SpeechStarted(call_id=self.call_id, at_us=at))
+
+    async def _on_results(self, results: ListenV1Results) -> None:
+        alternatives = results.channel.alternatives
+        text = alternatives[0].transcript.strip() if alternatives else ""
+        end = self._offset(results.start + results.duration)
+        if text and not self._in_speech:  # words imply speech, also without vad_events
+            await self._speech_started(self._offset(results.start))
+        if not results.is_final:
+            if text:
+                partial = " ".join([*self._words, text])
+                await self.emit(Transcript(call_id=self.call_id, text=partial, is_final=False, at_us=now_us()))
+            return
+        if text:
+            self._words.append(text)
+            words = alternatives[0].words
+            self._speech_end = self._offset(words[-1].end) if words else end
+        self.ledger.ack(end)
+        if (results.speech_final or results.from_finalize) and self._in_speech and self._words:
+            await self._end_utterance(self._speech_end, self.settings.deepgram_endpointing_ms)
+
+    async def _end_utterance(self, speech_end: int, silence_ms: int) -> None:
+        arrived = now_us()
+        end_us = self.ledger.wall_us(speech_end)
+        text = " ".join(self._words)
+        self._words, self._in_speech = [], False
+        provider_ms = max(0.0, (arrived - end_us) / 1000.0 - silence_ms)
+        confirmed = min(arrived, end_us + silence_ms * 1000)
+        await self.emit(SpeechEnded(call_id=self.call_id, at_us=confirmed, speech_end_us=end_us))
+        final = Transcript(call_id=self.call_id, text=text, is_final=True, at_us=arrived, provider_ms=provider_ms)
+        await self.emit(final)
+
+    # --- failure and close --------------------------------------------------------------
+
+    async def _fail(self, message: str) -> None:
+        self._failure = message
+        if self._fed:
+            await self._report_failure()
+
+    async def _report_failure(self) -> None:
+        message, self._failure = self._failure, ""  # "" = reported: later frames are ignored
+        if message:
+            await self.emit(SttError(call_id=self.call_id, message=message))
+
+    async def close(self) -> None:
+        """Returns at once (releases must not queue behind a slow provider): CloseStream lets
+        Deepgram finish the request and close the socket in the background, within a limit."""
+        self._closing = True
+        socket, task = self._socket, self._task
+        if task is None or task.done():
+            return
+        if socket is None:  # connecting or backing off: nothing to flush
+            task.cancel()
+            return
+        with contextlib.suppress(Exception):
+            await socket.send_close_stream()
+        winding = asyncio.create_task(_wind_down(task), name=f"deepgram-close-{self.call_id}")
+        _WINDING.add(winding)
+        winding.add_done_callback(_WINDING.discard)
+
+
+_WINDING: set[asyncio.Task[None]] = set()  # closing sessions, referenced until done
+
+
+async def _wind_down(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(task, CLOSE_WAIT_S)  # cancels the session's task on timeout
