@@ -31,7 +31,10 @@ class FakeSttProvider:
     async def open(self, assign: SttAssign, emit: Emit) -> FakeSttSession:
         script = assign.custom_parameters.get("fake_transcripts") or self.settings.fake_transcripts
         lines = [line.strip() for line in script.split("|") if line.strip()] or [DEFAULT_TRANSCRIPT]
-        return FakeSttSession(assign.call_id, lines, self.settings, emit)
+        session = FakeSttSession(assign.call_id, lines, self.settings, emit)
+        if assign.pause_ms > 0:  # the orchestrator's early pause report wins over the fake's own default
+            session.end_silence_ms = float(assign.pause_ms)
+        return session
 
     async def close(self) -> None:
         pass

@@ -13,6 +13,12 @@ keeps moving audio meanwhile.
 
 The agent's keywords go to Whisper as a short "Glossary: ..." prompt: tiny.en hears
 "Cigna" as "signal" without one, and a business's own names are what callers ask about.
+
+An utterance ends after `SttAssign.pause_ms` of silence (the orchestrator asks for an early
+report, 200 ms by default, and decides itself whether the turn is over). SpeechEnded then
+carries Smart Turn's acoustic probability that the turn is complete, computed on its own
+one-thread executor so it never queues behind a Whisper pass; the feed waits for it
+(~25 ms), which keeps SpeechEnded ahead of the next SpeechStarted.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import numpy as np
 from proto.audio_frame import AudioFrame
 from proto.messages import SpeechEnded, SpeechStarted, SttAssign, Transcript
 from services.stt.providers.base import Emit
+from services.stt.smart_turn import NO_MODEL, SmartTurn, TurnAudio, load_smart_turn
+from voxline.agents.turn_options import TurnOptions
 from voxline.audio import TELEPHONY_RATE, mulaw_to_pcm16, pcm16_to_float, resample, tone_pcm16
 from voxline.config import SttSettings
 from voxline.models import silero_vad_path, whisper_model_dir
@@ -42,6 +50,8 @@ VAD_CONTEXT = 32  # samples of the previous window Silero expects in front of ea
 WINDOW_MS = VAD_WINDOW * 1000 / TELEPHONY_RATE
 PREROLL_MS = 200  # audio kept before the detected onset, so the first syllable is not clipped
 END_HYSTERESIS = 0.15  # speech continues until the probability falls this far below the threshold
+# Speech after a gap longer than the longest wait for an unfinished turn starts a new turn.
+TURN_GAP_MS = float(TurnOptions().incomplete_silence_ms)
 
 
 class LocalSttProvider:
@@ -53,6 +63,9 @@ class LocalSttProvider:
         self._whisper: Any = None
         self._vad: Any = None
         self._load_lock = asyncio.Lock()
+        # Smart Turn: separate from Whisper's executor, or a decision would wait out a transcription.
+        self._smart_turn: SmartTurn | None = None
+        self._turn_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
 
     async def load(self) -> None:
         """Load and warm both models once; idempotent, so open() can call it too."""
@@ -79,6 +92,7 @@ class LocalSttProvider:
             num_workers=1,
         )
         log.info("model whisper tiny.en loaded in %.0f ms", (time.monotonic() - started) * 1000)
+        self._smart_turn = load_smart_turn()  # None (warned once) when the model is absent
         started = time.monotonic()
         # The first decode allocates buffers and is the slowest; pay for it now.
         self.transcribe_pcm8k(pcm16_to_float(tone_pcm16(1000)))
@@ -111,14 +125,24 @@ class LocalSttProvider:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
+    async def end_of_turn_probability(self, audio_16k: np.ndarray) -> float:
+        """Smart Turn's probability that the turn is complete; NO_MODEL without the model."""
+        model = self._smart_turn
+        if model is None or audio_16k.size == 0:
+            return NO_MODEL
+        return await asyncio.get_running_loop().run_in_executor(self._turn_executor, model.predict, audio_16k)
+
     async def open(self, assign: SttAssign, emit: Emit) -> LocalSttSession:
         await self.load()
         session = LocalSttSession(assign.call_id, self, VadStream(self._vad), self.settings, emit)
         session.prompt = glossary(assign.keywords)
+        if assign.pause_ms > 0:
+            session.silence_ms_needed = float(assign.pause_ms)
         return session
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._turn_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def glossary(keywords: list[str]) -> str | None:
@@ -160,6 +184,7 @@ class LocalSttSession:
         self._preroll: deque[np.ndarray] = deque(maxlen=max(1, int((PREROLL_MS + self.start_ms) / WINDOW_MS)))
         self._finals: set[asyncio.Task[None]] = set()
         self._last_final: asyncio.Task[None] | None = None
+        self.turn_audio = TurnAudio(VAD_WINDOW, TELEPHONY_RATE, TURN_GAP_MS)  # what Smart Turn hears
         self._reset()
 
     def _reset(self) -> None:
@@ -182,6 +207,7 @@ class LocalSttSession:
             await self._on_window(window, self.vad.probability(window), arrived_us)
 
     async def _on_window(self, window: np.ndarray, prob: float, at_us: int) -> None:
+        self.turn_audio.push(window)
         if not self.in_speech:
             self._preroll.append(window)
             if prob < self.threshold:
@@ -196,6 +222,7 @@ class LocalSttSession:
                 self.utterance = list(self._preroll)
                 self.utterance_ms = len(self.utterance) * WINDOW_MS
                 self._preroll.clear()
+                self.turn_audio.speech_started(len(self.utterance))
                 await self.emit(SpeechStarted(call_id=self.call_id, at_us=self.run_start_us))
             return
         self.utterance.append(window)
@@ -212,7 +239,19 @@ class LocalSttSession:
         audio = np.concatenate(self.utterance)
         speech_end_us = self.speech_end_us
         self._reset()
-        await self.emit(SpeechEnded(call_id=self.call_id, at_us=now_us(), speech_end_us=speech_end_us))
+        confirmed_us = now_us()
+        self.turn_audio.speech_ended()
+        probability = await self.provider.end_of_turn_probability(self.turn_audio.audio_16k())
+        if self.closed:
+            return
+        await self.emit(
+            SpeechEnded(
+                call_id=self.call_id,
+                at_us=confirmed_us,
+                speech_end_us=speech_end_us,
+                end_of_turn_probability=round(probability, 4),
+            )
+        )
         task = asyncio.create_task(self._final(audio, self._last_final), name=f"stt-final-{self.call_id}")
         self._last_final = task
         self._finals.add(task)
