@@ -23,6 +23,7 @@ from proto.audio_frame import AudioFrame, FrameFlags
 from proto.messages import CallEnded, Message, SentenceSynthesized, Synthesize, TtsError, TurnCancel
 from services.common import (
     STOP_GRACE_S,
+    ProviderError,
     TurnTasks,
     call_context,
     close_stream,
@@ -199,6 +200,9 @@ class TtsWorker:
         except TimeoutError:
             log.error("tts provider %s stalled for %.1fs on call %s", self.provider.name, stall_s, request.call_id)
             await close_sentence(f"{self.provider.name}: no audio for {stall_s}s")
+        except ProviderError as exc:  # already logged and counted by the provider chain
+            log.error("sentence %d not spoken on call %s: %s", request.seq, request.call_id, exc)
+            await close_sentence(f"{self.provider.name}: {exc}")
         except Exception as exc:
             log.exception("tts provider %s failed on call %s", self.provider.name, request.call_id)
             await close_sentence(f"{self.provider.name}: {exc}")

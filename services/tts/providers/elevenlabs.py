@@ -39,6 +39,7 @@ from voxline.config import TtsSettings
 log = logging.getLogger("voxline.tts.elevenlabs")
 
 OUTPUT_FORMAT = "ulaw_8000"
+REFILL_PAUSE_S = 5.0
 _VOICE_ID = re.compile(r"[A-Za-z0-9]{16,40}")
 
 
@@ -74,6 +75,7 @@ class ElevenLabsTtsProvider:
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._refill_paused_until: dict[str, float] = {}
         self._closed = False
 
     def voice_for(self, voice: str) -> str:
@@ -141,7 +143,13 @@ class ElevenLabsTtsProvider:
 
     def _refill_soon(self, voice_id: str) -> None:
         running = self._refills.get(voice_id)
-        if self.settings.elevenlabs_warm_sockets > 0 and not self._closed and (running is None or running.done()):
+        paused = time.monotonic() < self._refill_paused_until.get(voice_id, 0.0)
+        if (
+            self.settings.elevenlabs_warm_sockets > 0
+            and not self._closed
+            and not paused
+            and (running is None or running.done())
+        ):
             self._refills[voice_id] = asyncio.create_task(self._refill(voice_id), name=f"elevenlabs-warm-{voice_id}")
 
     async def _refill(self, voice_id: str) -> None:
@@ -151,7 +159,10 @@ class ElevenLabsTtsProvider:
                 ws = await self._connect(voice_id)
             except ProviderError as exc:
                 log.warning("could not pre-open a socket: %s", exc)
-                return  # the next sentence connects inline and reports the error properly
+                # A bad key or an outage: sentences connect inline (and report it) for a
+                # while, rather than every sentence paying for a second refused handshake.
+                self._refill_paused_until[voice_id] = time.monotonic() + REFILL_PAUSE_S
+                return
             if self._closed:
                 await ws.close()
                 return
