@@ -106,6 +106,9 @@ class LlamaServer:
             *("-c", str(self.ctx), "--threads", str(self.threads), "--threads-batch", str(self.threads)),
             *("-np", str(self.parallel), "--cache-reuse", str(self.cache_reuse)),
             *("--device", "none", "--no-webui"),
+            # Threads sleep instead of polling for work: Piper and Whisper run beside the
+            # server on the same few cores, and a spinning thread starves them (and itself).
+            *("--poll", "0"),
         ]
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -81,6 +81,7 @@ class LocalSttProvider:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see piper.py
         self._vad = ort.InferenceSession(str(silero_vad_path()), sess_options=opts, providers=["CPUExecutionProvider"])
         log.info("model silero-vad loaded in %.0f ms", (time.monotonic() - started) * 1000)
         started = time.monotonic()
