@@ -50,6 +50,10 @@ log = logging.getLogger("voxline.orchestrator.call")
 
 __all__ = ["Call", "CallState"]
 
+# Replies in a row that TTS could not speak before the call is ended: a line that stays
+# silent is worse than a clean hang-up.
+MAX_SILENT_TURNS = 2
+
 
 class Call:
     def __init__(
@@ -77,6 +81,7 @@ class Call:
         self._save = save
         self._reassign_stt = reassign_stt
         self._latency_pending: float | None = None
+        self._silent_turns = 0
         self.caller = TurnTaking(self)
         self.record = CallRecord(
             call_id=start.call_id,
@@ -307,6 +312,9 @@ class Call:
                     turn.held.append(self.agent.apology)  # goes out with the commit
         elif isinstance(msg, TtsError):
             self.timers.cancel(("tts", msg.turn_id, msg.seq))
+            failed = next((t for t in reversed(self.turns) if t.turn_id == msg.turn_id), None)
+            if failed is not None:
+                failed.failed.add(msg.seq)
         elif isinstance(msg, SttError):
             # The STT worker let the call go: find another, or end the call politely.
             if not await self._reassign_stt():
@@ -352,6 +360,11 @@ class Call:
             return
         turn.finished = True
         await self._conclude(turn)
+        self._silent_turns = self._silent_turns + 1 if turn.unspoken() else 0
+        if self._silent_turns >= MAX_SILENT_TURNS:
+            log.error("%d replies in a row could not be spoken: hanging up", self._silent_turns)
+            await self.hang_up("text to speech unavailable")
+            return
         if turn.action == "hangup":
             await self.hang_up("agent ended the call")
             return

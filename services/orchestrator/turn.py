@@ -16,6 +16,7 @@ class Turn:
     audio_ms: dict[int, float] = field(default_factory=dict)  # per sentence, from TTS
     heard_ms: dict[int, int] = field(default_factory=dict)  # per sentence, from mark echoes
     sentence_heard: set[int] = field(default_factory=set)  # sentences played to the end
+    failed: set[int] = field(default_factory=set)  # sentences TTS could not speak
     brain_done: bool = False
     closed: bool = False  # the end-of-turn marker was sent to TTS
     finished: bool = False  # Twilio played the whole reply
@@ -41,6 +42,11 @@ class Turn:
     def mark(self, name: str, at_us: int) -> None:
         self.times_us.setdefault(name, at_us)
 
+    def unspoken(self) -> bool:
+        """Every sentence with words failed in TTS: the caller heard silence."""
+        spoken = [seq for seq, text in self.sentences.items() if text]
+        return bool(spoken) and all(seq in self.failed for seq in spoken)
+
     def reply_text(self) -> str:
         return " ".join(self.sentences[s] for s in sorted(self.sentences) if self.sentences[s])
 
@@ -53,6 +59,8 @@ class Turn:
         heard: list[str] = []
         for seq in sorted(self.sentences):
             text = self.sentences[seq]
+            if seq in self.failed:
+                continue  # its closing mark echoes, but no voice was ever played
             if seq in self.sentence_heard:
                 if text:
                     heard.append(text)

@@ -5,20 +5,46 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterator
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
+import msgspec
+import nats
 import pytest
+from nats.aio.msg import Msg
 
+from proto import decode, subjects
+from proto.messages import Message
+from voxline.agents import BUNDLED_DIR
 from voxline.devstack import DevStack, free_port
+from voxline.simulator import CallScript, Utterance
 
 AUTH_TOKEN = "test-twilio-auth-token-0001"
+
+# An agent that gives up on silent callers quickly, for the idle tests.
+QUICK_IDLE_AGENT = """
+name = "Quick idle"
+greeting = "Hello."
+system_prompt = "You are a test agent."
+goodbye = "Goodbye."
+
+[turn]
+idle_reprompt_s = 1.5
+idle_hangup_s = 3.0
+reprompt = "Are you still there?"
+"""
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     logs = tmp_path_factory.mktemp("logs")
+    agents = tmp_path_factory.mktemp("agents")
+    shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
+    (agents / "quick-idle.toml").write_text(QUICK_IDLE_AGENT)
     env = {
+        "VOXLINE_AGENTS_DIR": str(agents),
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "VOXLINE_LOG_LEVEL": "INFO",
         # Fixed, short provider latencies keep the suite quick; benchmarks set their own.
@@ -60,3 +86,40 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+T = TypeVar("T")
+
+
+class BusSpy:
+    """Watches real bus traffic from the test, like `nats sub` would: nothing is mocked."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, Message]] = []
+
+    def of_type(self, kind: type[T]) -> list[T]:
+        return [m for _, m in self.messages if isinstance(m, kind)]
+
+
+@pytest.fixture
+async def bus_spy(stack: DevStack) -> AsyncIterator[BusSpy]:
+    spy = BusSpy()
+    nc = await nats.connect(stack.nats_url)
+
+    async def on_message(msg: Msg) -> None:
+        try:
+            spy.messages.append((msg.subject, decode(msg.data)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass  # binary audio frames
+
+    for subject in (subjects.BRAIN_TURN, "vx1.call.*.cancel", "vx1.call.*.control"):
+        await nc.subscribe(subject, cb=on_message)
+    await nc.flush()
+    yield spy
+    await nc.drain()
+
+
+def script_for(*utterances: Utterance, **kwargs: Any) -> CallScript:
+    """A call whose fake STT hears exactly what each utterance says, in order."""
+    heard = [t for u in utterances for t in u.transcripts()]
+    return CallScript(utterances=list(utterances), extra_parameters={"fake_transcripts": "|".join(heard)}, **kwargs)

@@ -51,3 +51,13 @@ def test_latency_breakdown_and_overhead() -> None:
     assert latency["llm_first_token"] == 169.0
     # Ideal: brain ready at 331 + 268 = 599 (after the 330 ms end-of-turn wait), + 99 TTS = 698.
     assert latency["pipeline_overhead"] == 4.0
+
+
+def test_sentences_tts_failed_on_are_not_heard() -> None:
+    turn = _turn()
+    turn.sentence_heard.update({0, 1, 2})
+    turn.failed.add(0)
+    assert turn.heard_text() == "We close at six in the evening."
+    assert not turn.unspoken()
+    turn.failed.add(1)
+    assert turn.heard_text() == "" and turn.unspoken()

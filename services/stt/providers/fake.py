@@ -30,7 +30,8 @@ class FakeSttProvider:
 
     async def open(self, assign: SttAssign, emit: Emit) -> FakeSttSession:
         script = assign.custom_parameters.get("fake_transcripts") or self.settings.fake_transcripts
-        lines = [line.strip() for line in script.split("|") if line.strip()] or [DEFAULT_TRANSCRIPT]
+        # An empty line is an utterance with no words in it (a cough, noise).
+        lines = [line.strip() for line in script.split("|")] if script.strip() else [DEFAULT_TRANSCRIPT]
         session = FakeSttSession(assign.call_id, lines, self.settings, emit)
         if assign.pause_ms > 0:  # the orchestrator's early pause report wins over the fake's own default
             session.end_silence_ms = float(assign.pause_ms)
@@ -106,7 +107,10 @@ class FakeSttSession:
         if self.partial_sent or self.speech_ms < PARTIAL_AFTER_MS:
             return
         self.partial_sent = True
-        first_word = self.current_text.split()[0]
+        words = self.current_text.split()
+        if not words:
+            return
+        first_word = words[0]
         await self.emit(Transcript(call_id=self.call_id, text=first_word, is_final=False, at_us=now_us()))
 
     async def _end_utterance(self) -> None:
