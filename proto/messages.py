@@ -204,6 +204,14 @@ class CallStopped(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
+class Transfer(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> gateway: hand the caller to a human at `to` (Twilio `<Dial>` through
+    the REST API), after the agent's last words were heard."""
+
+    to: str
+    reason: str = ""
+
+
 class PlaybackPause(_Msg, kw_only=True, frozen=True):
     """orchestrator -> gateway: the caller started talking over the reply. Stop the voice now
     (`clear`) but keep what was not heard, because it may be a backchannel."""
@@ -254,4 +262,5 @@ Message = (
     | TurnCancel
     | PlaybackPause
     | PlaybackResume
+    | Transfer
 )

@@ -34,6 +34,7 @@ from proto.messages import (
     Synthesize,
     Transcript,
     TtsError,
+    Transfer,
     TurnCancel,
 )
 from proto.records import CallRecord
@@ -107,7 +108,7 @@ class Call:
     def _headers(self, turn_id: int | None = None) -> dict[str, str]:
         return call_headers(self.call_id, turn_id, self._traceparent)
 
-    async def publish_control(self, message: PlaybackPause | PlaybackResume | Hangup) -> None:
+    async def publish_control(self, message: PlaybackPause | PlaybackResume | Hangup | Transfer) -> None:
         turn_id = getattr(message, "turn_id", None)
         await self.bus.publish(subjects.control(self.call_id), message, self._headers(turn_id))
 
@@ -367,6 +368,9 @@ class Call:
             return
         if turn.action == "hangup":
             await self.hang_up("agent ended the call")
+            return
+        if turn.action == "transfer" and turn.action_arg:
+            await self.publish_control(Transfer(call_id=self.call_id, to=turn.action_arg, reason="agent transfer"))
             return
         if self.current is turn and self.state in (CallState.SPEAKING, CallState.THINKING):
             self.state = CallState.LISTENING
