@@ -56,4 +56,5 @@ async def test_piper_voice_is_understood_after_the_phone_line(
     pcm = await speak(piper, "We open at 9 a.m. on Saturday, and we accept Cigna.")
     assert 2.0 < len(pcm) / 8000 < 6.0
     text = await whisper.transcribe(pcm16_to_float(pcm), "Glossary: Cigna.")
-    assert {"open", "9", "saturday", "cigna"} <= words(text[0]), text
+    heard = words(text[0])  # Piper samples its prosody, so "open" is sometimes "opened"
+    assert {"9", "saturday", "cigna"} <= heard and any(w.startswith("open") for w in heard), text
