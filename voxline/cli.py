@@ -22,6 +22,12 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return asyncio.run(run_call_command(args))
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from voxline.bench.command import run_bench
+
+    return run_bench(args)
+
+
 def _cmd_settings(_: argparse.Namespace) -> int:
     from voxline.config import ALL_SETTINGS
 
@@ -49,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_call_arguments(call)
     call.set_defaults(func=_cmd_call)
+
+    bench = sub.add_parser("bench", help="caller simulator at 1..200 concurrent calls: latency table, JSON, plots")
+    from voxline.bench.command import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     settings = sub.add_parser("settings", help="print every setting, its default and meaning")
     settings.set_defaults(func=_cmd_settings)

@@ -57,11 +57,17 @@ async def run_call(
     *,
     auth_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    prepared: list[SpeechFrames] | None = None,
 ) -> CallResult:
+    """Place one call. `prepared` is the utterances' audio made in advance (one per
+    utterance, shareable between calls): a load generator must not synthesise per call."""
     call_sid = script.call_sid or ""
     result = CallResult(call_sid=call_sid, agent_id=script.agent_id)
     try:
-        audio = await asyncio.to_thread(lambda: [prepare_audio(u) for u in script.utterances])
+        if prepared is not None and len(prepared) == len(script.utterances):
+            audio = prepared
+        else:
+            audio = await asyncio.to_thread(lambda: [prepare_audio(u) for u in script.utterances])
     except (OSError, ValueError, EOFError, subprocess.CalledProcessError, wave.Error) as exc:
         result.errors.append(f"could not prepare the caller's audio: {exc!r}")
         return result
@@ -213,6 +219,9 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
                     latency_ms=None if b.latency_ms is None else round(b.latency_ms, 1),
                     stopped_by=b.stopped_by,
                     cancelled_audio_heard_after_ms=round(b.stale_audio_ms, 1),
+                    interrupted_played_ms={}
+                    if b.interrupted_turn is None
+                    else turn_coverage(b.interrupted_turn, heard, mark_names).by_sentence(),
                 )
             )
     result.played = [PlayedEntry(rel(c.start) or 0.0, rel(c.end) or 0.0, c.turn_id, c.cut, c.mark) for c in heard]

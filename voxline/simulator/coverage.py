@@ -39,6 +39,11 @@ class Coverage:
         """Audio heard more than once (a resumed reply that went back too far)."""
         return max(0.0, self.played_ms - sum(self.union_ms(s) for s in self.played))
 
+    def by_sentence(self) -> dict[int, tuple[float, float]]:
+        """seq -> (ms played at least once, sentence ms as far as the marks told)."""
+        seqs = sorted(set(self.total_ms) | set(self.played))
+        return {s: (round(self.union_ms(s), 1), self.total_ms.get(s, 0.0)) for s in seqs}
+
     @property
     def lost_ms(self) -> float:
         """Audio the marks announced (up to each sentence's end) that never played."""
@@ -86,14 +91,16 @@ def turn_coverage(turn_id: int, heard: list[Chunk], mark_names: list[str]) -> Co
     return cov
 
 
-def estimate_heard_words(reply_text: str, cov: Coverage, tolerance_ms: float = 1.0) -> int:
+def estimate_heard_words(
+    reply_text: str, by_sentence: dict[int, tuple[float, float]], tolerance_ms: float = 1.0
+) -> int:
     """How many words of the reply the caller heard, by the orchestrator's own rule
-    (whole sentences, then a share of the first partly played one), from *played* audio."""
+    (whole sentences, then a share of the first partly played one), from *played* audio.
+    `by_sentence` is Coverage.by_sentence(): seq -> (played ms, sentence ms)."""
     words = 0
     for seq, sentence in enumerate(_SENTENCE_SPLIT.split(reply_text.strip())):
         n = len(sentence.split())
-        total = cov.total_ms.get(seq, 0.0)
-        played = cov.union_ms(seq)
+        played, total = by_sentence.get(seq, (0.0, 0.0))
         if total > 0 and played >= total - tolerance_ms:
             words += n
             continue

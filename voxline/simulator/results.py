@@ -41,6 +41,9 @@ class BargeInResult:
     latency_ms: float | None  # caller onset -> agent voice stops as heard
     stopped_by: str | None  # "clear" or "dry"
     cancelled_audio_heard_after_ms: float  # interrupted (or older) audio heard after the stop
+    # seq -> (ms of it played, its length per the marks) for the interrupted turn: lets a
+    # reader check the call record's heard_text against what really played.
+    interrupted_played_ms: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass

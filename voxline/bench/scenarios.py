@@ -1,0 +1,79 @@
+"""The benchmark's callers: each scenario is a CallScript family probing one behaviour.
+
+Calls are kept to a greeting plus one or two turns so that 200 of them at once finish in
+about a minute. The fake STT cannot hear words, so every script also carries the
+transcripts the recogniser should "hear", one per utterance it will detect, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from voxline.simulator.script import CallScript, Utterance
+
+QUESTION = "what are your opening hours"
+FOLLOW_UP = "do you take my insurance"
+INTERRUPTION = "actually can I book an appointment for next week instead"
+BACKCHANNELS = ("uh-huh", "okay")
+SLOW_PARTS = ["I need to cancel my", "appointment on Tuesday"]
+SLOW_GAP_MS = 700
+BARGE_AFTER_MS = 800  # into the reply: mid first sentence of the fake brain's answer
+BACKCHANNEL_AFTER_MS = 1200
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    build: Callable[[int], CallScript]  # call index -> script (index varies the wording)
+    cdf_metric: str  # which latency its CDF plot shows: "turn" | "barge_in"
+
+
+def _script(utterances: list[Utterance]) -> CallScript:
+    heard = [t for u in utterances for t in u.transcripts()]
+    return CallScript(
+        utterances=utterances,
+        extra_parameters={"fake_transcripts": "|".join(heard)},
+        trailing_silence_ms=300,
+        reply_timeout_s=15.0,
+        greeting_timeout_s=10.0,
+        record_timeout_s=5.0,
+    )
+
+
+def _turns(_: int) -> CallScript:
+    return _script([Utterance(text=QUESTION), Utterance(text=FOLLOW_UP)])
+
+
+def _barge_in(_: int) -> CallScript:
+    return _script([Utterance(text=QUESTION), Utterance(text=INTERRUPTION, barge_in_after_ms=BARGE_AFTER_MS)])
+
+
+def _backchannel(i: int) -> CallScript:
+    word = BACKCHANNELS[i % len(BACKCHANNELS)]
+    return _script(
+        [
+            Utterance(text=QUESTION),
+            Utterance(text=word, barge_in_after_ms=BACKCHANNEL_AFTER_MS, expects_reply=False),
+        ]
+    )
+
+
+def _slow_speaker(_: int) -> CallScript:
+    return _script([Utterance(parts=list(SLOW_PARTS), gap_ms=SLOW_GAP_MS)])
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("turns", "two questions, each answered in full", _turns, "turn"),
+        Scenario("barge_in", "a full sentence over the reply, 800 ms in", _barge_in, "barge_in"),
+        Scenario("backchannel", '"uh-huh"/"okay" 1.2 s into the reply: pause, resume', _backchannel, "barge_in"),
+        Scenario("slow_speaker", "one request in two parts, 700 ms apart", _slow_speaker, "turn"),
+    ]
+}
+
+
+def is_backchannel(text: str) -> bool:
+    return text.strip().lower() in BACKCHANNELS
