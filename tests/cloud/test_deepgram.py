@@ -19,6 +19,7 @@ from tests.cloud.conftest import (
 )
 from tests.emulators.deepgram import FRAME_MS, DeepgramEmulator
 from tests.integration.conftest import AUTH_TOKEN, service_log, wait_until
+from voxline.agents.turn_options import TurnOptions
 from voxline.audio import FRAME_SAMPLES, rms_dbfs
 from voxline.devstack import DevStack
 from voxline.simulator import CallResult, CallScript, Utterance, run_call
@@ -94,7 +95,8 @@ async def test_turns_are_heard_through_deepgram(stack: DevStack, deepgram: Deepg
     assert (params.param("encoding"), params.param("sample_rate"), params.param("channels")) == ("mulaw", "8000", "1")
     assert params.param("model") == "nova-3" and params.params["keyterm"] == DEMO_KEYWORDS
     assert params.param("interim_results") == "true" and params.param("vad_events") == "true"
-    assert params.param("endpointing") == "300" and params.param("utterance_end_ms") == "1000"
+    # The orchestrator's early pause report (the agent's stt_pause_ms) is Deepgram's endpointing.
+    assert params.param("endpointing") == str(TurnOptions().stt_pause_ms) and params.param("utterance_end_ms") == "1000"
     assert params.close_streams == 1  # closed politely at hang-up
     assert result.record is not None
     for turn in (t for t in result.record["turns"] if t["kind"] == "reply"):

@@ -85,6 +85,9 @@ def test_keywords_go_out_as_keyterm_for_nova3_and_keywords_for_nova2() -> None:
     assert nova3["keyterm"] == ["Bright Smile", "Aetna"] and "keywords" not in nova3
     assert nova2["keywords"] == ["Bright Smile", "Aetna"] and "keyterm" not in nova2
     assert nova3["encoding"] == "mulaw" and nova3["sample_rate"] == 8000 and nova3["channels"] == 1
+    assert nova3["endpointing"] == 300
+    paused = SttAssign(call_id="c", agent_id="demo", pause_ms=180)
+    assert DeepgramSttProvider(settings(emulator)).connect_params(paused)["endpointing"] == 180
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ class DeepgramSttProvider:
         self._auth_refused_at: float | None = None
 
     def connect_params(self, assign: SttAssign) -> dict[str, Any]:
-        """Query parameters of /v1/listen; agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
+        """Query parameters of /v1/listen: the orchestrator's pause_ms as endpointing when set,
+        agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
         s = self.settings
         params: dict[str, Any] = {
             "model": s.deepgram_model,
@@ -52,7 +53,7 @@ class DeepgramSttProvider:
             "sample_rate": 8000,
             "channels": 1,
             "interim_results": True,
-            "endpointing": s.deepgram_endpointing_ms,
+            "endpointing": assign.pause_ms if assign.pause_ms > 0 else s.deepgram_endpointing_ms,
             "utterance_end_ms": s.deepgram_utterance_end_ms,
             "vad_events": True,
             "smart_format": True,

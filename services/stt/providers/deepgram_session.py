@@ -232,7 +232,7 @@ class DeepgramSession:
             self._speech_end = self._offset(words[-1].end) if words else end
         self.ledger.ack(end)
         if (results.speech_final or results.from_finalize) and self._in_speech and self._words:
-            await self._end_utterance(self._speech_end, self.settings.deepgram_endpointing_ms)
+            await self._end_utterance(self._speech_end, int(self.params["endpointing"]))
 
     async def _end_utterance(self, speech_end: int, silence_ms: int) -> None:
         arrived = now_us()
