@@ -24,6 +24,12 @@ CALL_ENDED = f"{PREFIX}.calls.ended"  # orchestrator -> all (release per-call re
 ALL_TURN_CANCELS = f"{PREFIX}.call.*.cancel"
 
 
+def stt_ping(worker_id: str) -> str:
+    """Liveness of one STT worker (request with an empty body, empty reply): the worker
+    holding a call's audio is sticky, so its owner must notice when it dies."""
+    return f"{PREFIX}.stt.ping.{worker_id}"
+
+
 def call_prefix(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}"
 

@@ -7,6 +7,7 @@ Every setting is `VOXLINE_<NAME>` unless a provider's own convention is stronger
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Literal
 
@@ -17,7 +18,8 @@ Profile = Literal["fake", "local", "cloud"]
 
 
 def _default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # It becomes a NATS subject token: no dots, spaces or wildcards.
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{os.getpid()}")
 
 
 class CommonSettings(BaseSettings):
@@ -45,6 +47,23 @@ class GatewaySettings(CommonSettings):
         "",
         validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "VOXLINE_TWILIO_AUTH_TOKEN"),
         description="When set, X-Twilio-Signature is checked on webhooks (403 otherwise).",
+    )
+    twilio_account_sid: str = Field(
+        "",
+        validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "VOXLINE_TWILIO_ACCOUNT_SID"),
+        description="Twilio REST API (transfers, outbound calls): the account SID, with TWILIO_AUTH_TOKEN.",
+    )
+    twilio_from_number: str = Field(
+        "",
+        validation_alias=AliasChoices("TWILIO_FROM_NUMBER", "VOXLINE_TWILIO_FROM_NUMBER"),
+        description="Caller ID of outbound calls (POST /v1/calls) when the request names none.",
+    )
+    twilio_api_base: str = Field(
+        "", description="Twilio REST base URL; empty = https://api.twilio.com (tests point it at an emulator)."
+    )
+    twilio_timeout_s: float = Field(5.0, description="Timeout of one Twilio REST request.")
+    api_key: str = Field(
+        "", description="When set, every /v1/* request needs 'Authorization: Bearer <key>' (401 otherwise)."
     )
 
 
@@ -134,11 +153,33 @@ class BrainSettings(WorkerSettings):
         "demo", description="Comma-separated agents whose system prompt is pre-filled into the LLM cache at start."
     )
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
+    openai_api_key: str = Field(
+        "",
+        validation_alias=AliasChoices("VOXLINE_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        description="Brain 'openai': API key of the endpoint (sent as a bearer token, never logged).",
+    )
+    openai_base_url: str = Field(
+        "", description="Brain 'openai': any OpenAI-compatible base URL (Groq, vLLM, Azure v1); empty = OpenAI."
+    )
+    openai_model: str = Field("gpt-4o", description="Brain 'openai': model name sent to the endpoint.")
+    openai_timeout_s: float = Field(
+        5.0, description="Brain 'openai': connect timeout, and longest wait for the next streamed byte (a stall)."
+    )
+    brain_attempts: int = Field(
+        2, description="Tries per brain provider on 429/5xx/dropped stream, before the reply's first words."
+    )
+    brain_retry_backoff_s: float = Field(0.25, description="Wait before a brain retry, doubled per try.")
+    brain_retry_budget_s: float = Field(
+        1.5, description="No retry or fallback starts later than this after the turn arrived (the caller waits)."
+    )
+    knowledge_top_k: int = Field(3, description="Knowledge paragraphs put into the system prompt per turn.")
+    tool_rounds: int = Field(3, description="Most webhook tool calls the model may chain within one reply.")
 
 
 class TtsSettings(WorkerSettings):
     tts_provider: str = Field(
-        "", description="fake | local | elevenlabs | openai, or a fallback chain like elevenlabs,openai; empty = profile."
+        "",
+        description="fake | local | elevenlabs | openai, or a fallback chain like elevenlabs,openai; empty = profile.",
     )
     tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
     fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")

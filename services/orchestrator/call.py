@@ -33,8 +33,8 @@ from proto.messages import (
     SttError,
     Synthesize,
     Transcript,
-    TtsError,
     Transfer,
+    TtsError,
     TurnCancel,
 )
 from proto.records import CallRecord

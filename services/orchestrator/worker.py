@@ -45,6 +45,9 @@ ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this o
 TURN_LATENCY = stage_histogram(
     "voxline_orchestrator_turn_latency_seconds", "Caller speech end to first reply audio sent, per turn"
 )
+STT_PING_INTERVAL_S = 1.0
+MAX_STT_REASSIGNMENTS = 2
+STT_PING_TIMEOUT_S = 0.5
 REFUSED = Gauge("voxline_orchestrator_refused_calls", "Calls refused since start")
 
 
@@ -58,6 +61,10 @@ class Orchestrator:
         self._kv: KeyValue | None = None
         self._own: list[Subscription] = []
         self._ending: set[asyncio.Task[None]] = set()
+        self._assigns: dict[str, SttAssign] = {}
+        self._stt_worker: dict[str, str] = {}  # call id -> the STT worker holding its audio
+        self._stt_misses: dict[str, int] = {}
+        self._liveness: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         js = self.bus.nc.jetstream()
@@ -65,6 +72,7 @@ class Orchestrator:
         self._own.append(
             await self.bus.nc.subscribe(subjects.CALL_START, queue=subjects.QUEUE_ORCHESTRATOR, cb=self._on_call_start)
         )
+        self._liveness = asyncio.create_task(self._watch_stt_workers())
 
     def ready(self) -> bool:
         return self._kv is not None
@@ -77,6 +85,8 @@ class Orchestrator:
         }
 
     async def stop(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
         for call_id in list(self.calls):
             await self._end_call(call_id, "orchestrator shutting down")
 
@@ -127,8 +137,15 @@ class Orchestrator:
         if refusal:
             return refusal
 
+        reassignments = 0
+
         async def reassign() -> bool:
-            return await self._assign_stt(assign) is None
+            # A provider that keeps failing would otherwise bounce the call forever.
+            nonlocal reassignments
+            reassignments += 1
+            return reassignments <= MAX_STT_REASSIGNMENTS and await self._assign_stt(assign) is None
+
+        self._assigns[start.call_id] = assign
 
         call = Call(
             self.bus, start, agent, self.settings, traceparent or new_traceparent(None, "call"), self.save, reassign
@@ -157,8 +174,44 @@ class Orchestrator:
             return "no speech-to-text worker available"
         if not isinstance(reply, SttAssigned):
             return f"speech-to-text worker refused the call ({type(reply).__name__})"
+        self._stt_worker[assign.call_id] = reply.worker_id
         log.info("stt worker %s (%s) listens to the call", reply.worker_id, reply.provider)
         return None
+
+    async def _watch_stt_workers(self) -> None:
+        """Ping every STT worker that holds a call; two missed pings and its calls move.
+
+        Brain and TTS requests go to queue groups and have per-request watchdogs; only the
+        STT is sticky, so only its death would leave a caller unheard."""
+        while True:
+            await asyncio.sleep(STT_PING_INTERVAL_S)
+            for worker_id in set(self._stt_worker.values()):
+                try:
+                    await self.bus.nc.request(subjects.stt_ping(worker_id), b"", timeout=STT_PING_TIMEOUT_S)
+                    self._stt_misses.pop(worker_id, None)
+                    continue
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    misses = self._stt_misses[worker_id] = self._stt_misses.get(worker_id, 0) + 1
+                except Exception as exc:  # the bus itself is reconnecting: not the worker's fault
+                    log.warning("stt ping failed: %s", exc)
+                    continue
+                if misses >= 2:
+                    self._stt_misses.pop(worker_id, None)
+                    await self._move_calls_of(worker_id)
+
+    async def _move_calls_of(self, worker_id: str) -> None:
+        moved = [cid for cid, wid in self._stt_worker.items() if wid == worker_id]
+        log.error("stt worker %s is gone; moving its %d calls", worker_id, len(moved))
+        for call_id in moved:
+            self._stt_worker.pop(call_id, None)
+            assign, call = self._assigns.get(call_id), self.calls.get(call_id)
+            if assign is None or call is None:
+                continue
+            refusal = await self._assign_stt(assign)
+            if refusal:
+                await call.fail(refusal)
+            else:
+                log.info("call reassigned to another stt worker", extra={"call_id": call_id})
 
     def _route(self, call_id: str) -> MessageHandler:
         async def handler(message: Message, _msg: Msg) -> None:
@@ -181,6 +234,8 @@ class Orchestrator:
 
     async def _end_call(self, call_id: str, reason: str) -> None:
         call = self.calls.pop(call_id, None)
+        self._assigns.pop(call_id, None)
+        self._stt_worker.pop(call_id, None)
         ACTIVE_CALLS.set(len(self.calls))
         if call is not None:
             await call.end(reason)
