@@ -142,6 +142,7 @@ def pick_waterfall_turn(calls: list[CallResult]) -> dict[str, Any] | None:
             lat = t.get("latency") or {}
             if t.get("kind") == "reply" and "first_media_sent" in lat:
                 entry = {"call_sid": r.call_sid, "turn_id": t.get("turn_id"), "latency": lat}
+                entry["preemptive"] = bool(t.get("preemptive"))
                 entry["first_played_ms"] = heard.get(t.get("turn_id"))
                 found.append((float(lat["first_media_sent"]), entry))
     if not found:
@@ -157,7 +158,8 @@ def _plots(bench: Bench) -> list[Path]:
     if bench.waterfall:
         w = bench.waterfall
         title = f"One turn across the services (call {w['call_sid'][:12]}..., turn {w['turn_id']})"
-        paths.append(plot_waterfall(w["latency"], bench.out / "waterfall.png", title, w.get("first_played_ms")))
+        png = bench.out / "waterfall.png"
+        paths.append(plot_waterfall(w["latency"], png, title, w.get("first_played_ms"), w.get("preemptive", False)))
     return paths
 
 

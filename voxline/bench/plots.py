@@ -36,7 +36,8 @@ def plot_cdfs(rows: list[dict[str, Any]], path: Path) -> Path:
             if not values:
                 continue
             ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.step(values, ys, where="post", label=f"{row['level']} calls (n={len(values)})")
+            calls = f"{row['level']} call" + ("s" if row["level"] > 1 else "")
+            ax.step(values, ys, where="post", label=f"{calls} (n={len(values)})")
         if metric in TARGETS_MS:
             ax.axvline(TARGETS_MS[metric], color="red", linestyle="--", linewidth=1, label="target p95")
         ax.axhline(0.95, color="grey", linestyle=":", linewidth=0.8)
@@ -54,35 +55,45 @@ def plot_cdfs(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def waterfall_bars(latency: dict[str, float]) -> list[tuple[str, float, float]]:
+def waterfall_bars(latency: dict[str, float], preemptive: bool = False) -> list[tuple[str, float, float]]:
     """(label, start, length) in ms from the caller's speech end.
 
-    The record times the LLM from its request and TTS from its request; the request is
-    placed at the end of turn (the LLM) and after the first sentence (TTS), which is where
-    the orchestrator sends them unless it started the brain early (preemptive reply).
+    The record times the LLM and TTS from their own requests, not from speech end. A
+    normal turn requests the LLM at the end of turn and TTS at the first sentence, so the
+    bars are laid forward from there and any gap before "first media sent" is overhead. A
+    preemptive turn asked the LLM before the end of turn, at a moment the record does not
+    keep, so its bars are laid backwards from the first media sent (the critical path).
     """
     eot = latency.get("end_of_turn", 0.0)
+    first_sentence = latency.get("llm_first_sentence", 0.0)
+    tts = latency.get("tts_first_audio", 0.0)
+    llm_start = eot
+    if preemptive and "first_media_sent" in latency:
+        llm_start = latency["first_media_sent"] - tts - first_sentence
+    llm_tag = " (preemptive)" if preemptive else ""
     bars: list[tuple[str, float, float]] = []
     if "end_of_turn" in latency:
         bars.append(("end of turn decided", 0.0, eot))
     if "stt_final" in latency:
         bars.append(("STT final transcript", 0.0, latency["stt_final"]))
     if "llm_first_token" in latency:
-        bars.append(("LLM first token", eot, latency["llm_first_token"]))
+        bars.append(("LLM first token" + llm_tag, llm_start, latency["llm_first_token"]))
     if "llm_first_sentence" in latency:
-        bars.append(("LLM first sentence", eot, latency["llm_first_sentence"]))
+        bars.append(("LLM first sentence" + llm_tag, llm_start, first_sentence))
     if "tts_first_audio" in latency:
-        tts_start = eot + latency.get("llm_first_sentence", 0.0)
-        bars.append(("TTS first audio", tts_start, latency["tts_first_audio"]))
+        bars.append(("TTS first audio", llm_start + first_sentence, tts))
     if "first_media_sent" in latency:
         bars.append(("gateway: first media sent", 0.0, latency["first_media_sent"]))
     return bars
 
 
-def plot_waterfall(latency: dict[str, float], path: Path, title: str, heard_ms: float | None = None) -> Path:
-    bars = waterfall_bars(latency)
+def plot_waterfall(
+    latency: dict[str, float], path: Path, title: str, heard_ms: float | None = None, preemptive: bool = False
+) -> Path:
+    bars = waterfall_bars(latency, preemptive)
     if heard_ms is not None:
-        bars.append(("caller: first reply audio heard", 0.0, heard_ms))
+        # The simulator's own clock and speech-end (its last voiced frame), not the STT's.
+        bars.append(("caller: first audio heard (sim clock)", 0.0, heard_ms))
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(bars) + 1.8))
     colors = plt.get_cmap("tab10")
     for i, (_label, start, length) in enumerate(bars):
@@ -91,7 +102,9 @@ def plot_waterfall(latency: dict[str, float], path: Path, title: str, heard_ms: 
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=9)
     ax.invert_yaxis()
     right = max((s + n for _, s, n in bars), default=1.0)
-    ax.set_xlim(0, right * 1.15 + 10)
+    left = min((s for _, s, _ in bars), default=0.0)
+    ax.set_xlim(min(0.0, left * 1.1), right * 1.15 + 10)
+    ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("ms after the caller stopped speaking")
     overhead = latency.get("pipeline_overhead")
     sub = f"  (pipeline overhead {overhead:.1f} ms)" if overhead is not None else ""

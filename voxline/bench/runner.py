@@ -13,6 +13,7 @@ import asyncio
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -99,13 +100,24 @@ async def _run_share(spec: ShareSpec, scripts: list[CallScript], audio: list[lis
     return out
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when present (uvicorn[standard] brings it): its C transports roughly halve
+    the per-frame cost of the send loop; the stdlib loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_share(spec: ShareSpec) -> ShareResult:
     """Worker entry point (module-level so a spawned process can import it)."""
     build = SCENARIOS[spec.scenario].build
     scripts = [build(spec.first_index + i) for i in range(spec.calls)]
     audio = _prepare(scripts)
     cpu0, wall0 = time.process_time(), time.monotonic()
-    out = asyncio.run(_run_share(spec, scripts, audio))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        out = runner.run(_run_share(spec, scripts, audio))
     out.cpu_s = time.process_time() - cpu0
     out.wall_s = time.monotonic() - wall0
     return out

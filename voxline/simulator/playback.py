@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from proto.marks import MarkName
 from voxline.audio import TELEPHONY_RATE
@@ -46,8 +47,9 @@ class PendingMark:
     echoed_at: float | None = None
     by_clear: bool = False
 
-    @property
+    @cached_property
     def parsed(self) -> MarkName | None:
+        """Parsed once: waits re-check every echoed mark on each event of the call."""
         return MarkName.parse(self.name)
 
 
@@ -69,6 +71,7 @@ class PlaybackBuffer:
         self._tail: float | None = None  # when the last queued audio finishes
         self._unattributed: list[Chunk] = []
         self._unmarked: list[Chunk] = []  # like _unattributed, but a clear orphans them
+        self._first_pending = 0  # marks before this index are all echoed (skip them)
 
     # -- input from the gateway ---------------------------------------------------------
 
@@ -135,7 +138,8 @@ class PlaybackBuffer:
         """Marks that playback has reached by now and that were not echoed yet, in order."""
         now = self.clock()
         due: list[PendingMark] = []
-        for mark in self.marks:
+        self._skip_echoed()
+        for mark in self.marks[self._first_pending :]:
             if mark.echoed_at is not None:
                 continue
             if mark.due > now + _EPS:
@@ -146,10 +150,17 @@ class PlaybackBuffer:
 
     def next_due(self) -> float | None:
         """When the next pending mark falls due; the caller sleeps until then."""
-        for mark in self.marks:
+        self._skip_echoed()
+        for mark in self.marks[self._first_pending :]:
             if mark.echoed_at is None:
                 return mark.due
         return None
+
+    def _skip_echoed(self) -> None:
+        """Marks echo in order (or all at once on clear), so a long call's echoed prefix
+        need not be rescanned on every playback event."""
+        while self._first_pending < len(self.marks) and self.marks[self._first_pending].echoed_at is not None:
+            self._first_pending += 1
 
     def is_playing(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
