@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROFILE ?= fake
+PROFILE ?= local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps clean
@@ -34,6 +34,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy proto voxline services
+
+# The caller simulator at 1, 10, 50, 100 and 200 concurrent calls against a fake-provider
+# stack: a table, bench-results/<time>/results.json and PNG plots. Nothing is asserted.
+# BENCH_ARGS="--quick" for 1, 10, 50 calls only.
+bench: system-deps $(STAMP)
+	$(BIN)/voxline bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -29,13 +29,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(_: argparse.Namespace) -> int:
+    from pydantic import AliasChoices
+
     from voxline.config import ALL_SETTINGS
 
     for service, cls in ALL_SETTINGS.items():
         print(f"[{service}]")
         for name, info in cls.model_fields.items():
             default = info.default if info.default_factory is None else "(computed)"
-            print(f"  VOXLINE_{name.upper():<28} {default!r:<28} {info.description or ''}")
+            alias = info.validation_alias
+            env = (
+                " | ".join(str(c) for c in alias.choices)
+                if isinstance(alias, AliasChoices)
+                else f"VOXLINE_{name.upper()}"
+            )
+            print(f"  {env:<36} {default!r:<28} {info.description or ''}")
     return 0
 
 
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start nats-server and the five services; Ctrl-C stops them")
-    up.add_argument("--profile", default=os.environ.get("VOXLINE_PROFILE", "fake"), choices=["fake", "local", "cloud"])
+    up.add_argument("--profile", default=os.environ.get("VOXLINE_PROFILE", "local"), choices=["fake", "local", "cloud"])
     up.add_argument("--port", type=int, default=int(os.environ.get("VOXLINE_HTTP_PORT", "8080")))
     up.add_argument("--nats-url", default=os.environ.get("VOXLINE_NATS_URL", ""), help="use this NATS server")
     up.add_argument("--data-dir", default="var/nats", help="JetStream storage of the embedded server")
