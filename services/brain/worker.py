@@ -18,10 +18,11 @@ from prometheus_client import Gauge
 
 from proto import subjects
 from proto.messages import BrainTurn, CallEnded, Message, ReplyDone, ReplyError, ReplySentence, TurnCancel
-from services.brain.providers import BrainProvider, make_provider
+from services.brain.providers import BrainProvider, ReplyAction, make_provider
 from services.brain.sentences import SentenceSplitter
 from services.common import (
     STOP_GRACE_S,
+    ProviderError,
     TurnTasks,
     call_context,
     close_stream,
@@ -105,6 +106,7 @@ class BrainWorker:
         splitter = SentenceSplitter()
         sent = 0
         first_token_us = 0
+        action = ReplyAction("")
 
         async def send(text: str) -> None:
             nonlocal sent
@@ -131,13 +133,23 @@ class BrainWorker:
             # (before the first token or between two) fails the turn.
             async with asyncio.timeout(stall_s) as deadline:
                 async for delta in stream:
+                    if isinstance(delta, ReplyAction):
+                        action = delta  # sent with ReplyDone: acted on once the reply was heard
+                        continue
                     first_token_us = first_token_us or now_us()
                     for text in splitter.feed(delta):
                         await send(text)
                     deadline.reschedule(loop.time() + stall_s)
             for text in splitter.flush():
                 await send(text)
-            done = ReplyDone(call_id=turn.call_id, turn_id=turn.turn_id, sentences=sent, at_us=now_us())
+            done = ReplyDone(
+                call_id=turn.call_id,
+                turn_id=turn.turn_id,
+                sentences=sent,
+                at_us=now_us(),
+                action=action.action,
+                action_arg=action.arg,
+            )
             await self._publish(subject, done, headers)
         except asyncio.CancelledError:
             if self._stopping and not self.tasks.is_cancelled(turn.call_id, turn.turn_id):
@@ -146,6 +158,9 @@ class BrainWorker:
         except TimeoutError:
             log.error("brain provider %s stalled for %.1fs on call %s", self.provider.name, stall_s, turn.call_id)
             await self._fail(turn, headers, f"{self.provider.name}: no output for {stall_s}s")
+        except ProviderError as exc:  # already logged with its outcome; no traceback needed
+            log.error("brain provider failed on call %s: %s", turn.call_id, exc)
+            await self._fail(turn, headers, str(exc))
         except Exception as exc:
             log.exception("brain provider %s failed on call %s", self.provider.name, turn.call_id)
             await self._fail(turn, headers, f"{self.provider.name}: {exc}")

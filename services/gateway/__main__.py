@@ -25,6 +25,7 @@ async def main(settings: GatewaySettings) -> None:
     else:
         log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked")
     await serve_http(create_app(gateway), settings.http_host, settings.http_port, stop)
+    await gateway.stop()
     await bus.close()
 
 

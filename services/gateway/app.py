@@ -11,8 +11,10 @@ from fastapi.responses import Response
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from proto.records import CALL_RECORDS_BUCKET
+from services.gateway import rest_api
 from services.gateway.media_stream import MediaStream
 from services.gateway.stream_token import StreamTokens
+from services.gateway.twilio_rest import TwilioRest
 from services.gateway.webhook import voice_webhook
 from voxline.agents import AgentStore
 from voxline.bus import Bus
@@ -31,6 +33,7 @@ class Gateway:
         self.agents = AgentStore(settings.agents_dir)
         self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s)
         self.streams: set[MediaStream] = set()
+        self.twilio = TwilioRest(settings)
 
     def ready(self) -> bool:
         return True
@@ -43,7 +46,7 @@ class Gateway:
         }
 
     async def stop(self) -> None:
-        return None
+        await self.twilio.close()
 
     async def call_record(self, call_id: str) -> dict[str, Any]:
         if not call_id.isalnum():
@@ -68,7 +71,8 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
-        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens)
+        transfer = gateway.twilio.transfer if gateway.twilio.configured else None
+        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens, transfer)
         gateway.streams.add(stream)
         try:
             await stream.run()
@@ -83,6 +87,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def list_agents() -> dict[str, Any]:
         return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
 
+    rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio)
     for route in probe_routes(gateway.bus, lambda: gateway):
         app.router.routes.append(route)
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -32,6 +33,7 @@ from proto.messages import (
     PlaybackPause,
     PlaybackResume,
     ReplyAudioSent,
+    Transfer,
     TurnCancel,
 )
 from services.gateway import twilio_protocol as tp
@@ -53,6 +55,8 @@ FORWARD_LATENCY = stage_histogram("voxline_gateway_reply_forward_seconds", "TTS 
 CLOSE_POLICY = 1008
 CLOSE_UNAVAILABLE = 1011
 START_TIMEOUT_S = 10.0
+
+TransferCall = Callable[[str, str], Awaitable[None]]  # (call sid, number): Twilio REST <Dial>
 
 
 @dataclass
@@ -79,8 +83,17 @@ class _ReplyOrder:
 
 
 class MediaStream:
-    def __init__(self, ws: WebSocket, bus: Bus, settings: GatewaySettings, tokens: StreamTokens) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        bus: Bus,
+        settings: GatewaySettings,
+        tokens: StreamTokens,
+        transfer: TransferCall | None = None,
+    ) -> None:
         self.ws = ws
+        self.transfer = transfer
+        self._end_reason = ""
         self.bus = bus
         self.settings = settings
         self.tokens = tokens
@@ -184,8 +197,8 @@ class MediaStream:
                 text = await self.ws.receive_text()
             except WebSocketDisconnect:
                 return "stream closed"
-            except RuntimeError:  # the socket was closed by us (Hangup)
-                return "agent hung up"
+            except RuntimeError:  # the socket was closed by us (Hangup, Transfer)
+                return self._end_reason or "agent hung up"
             event = self._parse(text)
             if isinstance(event, tp.Media):
                 frame = AudioFrame(event.payload, seq=event.chunk, timestamp_us=now_us())
@@ -315,6 +328,26 @@ class MediaStream:
         elif isinstance(message, Hangup):
             log.info("hanging up: %s", message.reason)
             await self._close(1000, message.reason)
+        elif isinstance(message, Transfer):
+            await self._transfer(message.to)
+
+    async def _transfer(self, to: str) -> None:
+        """Hand the call to Twilio's `<Dial>`, then leave: Twilio ends the stream anyway, and
+        closing it ourselves frees the call's resources now. A failed transfer ends the call
+        (logged) rather than leaving the caller on a line nobody answers."""
+        masked = f"...{to[-4:]}" if len(to) > 4 else "***"
+        if self.transfer is None:
+            log.error("cannot transfer to %s: the Twilio REST API is not configured", masked)
+            self._end_reason = "transfer unavailable"
+        else:
+            try:
+                await self.transfer(self.call_id, to)
+                log.info("call transferred to %s", masked)
+                self._end_reason = "transferred"
+            except Exception as exc:
+                log.error("transfer to %s failed: %s", masked, exc)
+                self._end_reason = "transfer failed"
+        await self._close(1000, self._end_reason)
 
     async def _clear(self, turn_upto: int) -> list[tuple[AudioFrame, MarkName]]:
         """Send `clear` if Twilio holds audio of these turns; return the chunks it dropped."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import msgspec
 
+from voxline.agents.knowledge import KnowledgeEntry
+from voxline.agents.tools import Tool
 from voxline.agents.turn_options import TurnOptions
 
 BUNDLED_DIR = Path(__file__).parent
@@ -27,6 +29,10 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     failure_message: str = "I'm sorry, we're having technical difficulties. Please call back later. Goodbye."
     turn: TurnOptions = msgspec.field(default_factory=TurnOptions)
+    # Files (relative to the agent's directory) or inline `[[knowledge]]` entries; the
+    # brain puts the paragraphs that match the caller's words into the system prompt.
+    knowledge: list[str | KnowledgeEntry] = []
+    tools: list[Tool] = []  # `[[tools]]`, see voxline/agents/tools.py
 
 
 class UnknownAgent(LookupError):

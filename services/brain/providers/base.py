@@ -8,16 +8,26 @@ HTTP stream there: no tokens keep flowing for a reply nobody will hear.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from proto.messages import BrainTurn
 
 
+@dataclass(frozen=True)
+class ReplyAction:
+    """What to do once the reply was heard (a tool call of the model): it travels in
+    ReplyDone, so the orchestrator acts only after the last words were played."""
+
+    action: str  # "hangup" | "transfer"
+    arg: str = ""
+
+
 class BrainProvider(Protocol):
     name: str
 
-    def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
-        """The reply to `turn` as text deltas, in order."""
+    def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
+        """The reply to `turn` as text deltas, in order; at most one ReplyAction, last."""
         ...
 
     async def close(self) -> None:

@@ -1,9 +1,16 @@
-"""Any OpenAI-compatible chat endpoint: GPT-4o in the cloud, llama-server on this machine.
+"""Any OpenAI-compatible chat endpoint: GPT-4o in the cloud (or Groq, vLLM, Azure's v1
+API), llama-server on this machine.
 
 One code path for both (the `openai` SDK with a base_url), so the offline stack exercises
 exactly what production runs. What the model writes is reshaped into at most two
-speakable sentences (see speakable.py); once the reply is full the HTTP stream is closed,
-as it is when the turn is cancelled, so the model stops generating for nobody.
+speakable sentences per round (see speakable.py); once the reply is full the HTTP stream
+is closed, as it is when the turn is cancelled, so the model stops generating for nobody.
+
+Tool calls: a webhook's result goes back to the model, which then streams the spoken
+answer (a new round); transfer_call and end_call end the reply with a ReplyAction after
+whatever was said. Endpoint failures become ProviderError (the fallback chain retries or
+moves on); the message carries the provider and HTTP status, never the body, because
+OpenAI echoes a masked key in its 401 body.
 """
 
 from __future__ import annotations
@@ -14,12 +21,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import httpx
+import httpx2
+import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
 from proto.messages import BrainTurn
+from services.brain.prompt import PromptBuilder
+from services.brain.providers.base import ReplyAction
+from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
-from voxline.agents import AgentStore
+from services.common import ProviderError, kind_of_status
+from voxline.agents import Agent, AgentStore
 from voxline.config import BrainSettings
 
 log = logging.getLogger("voxline.brain.openai_chat")
@@ -28,6 +42,7 @@ log = logging.getLogger("voxline.brain.openai_chat")
 # few tokens of answer, exercises the cached-prefix and decode paths the first turn takes.
 WARMUP_REQUESTS = (("Hello.", 1), ("What are your opening hours?", 16))
 WARMUP_RETRY_S = 30.0  # the endpoint may still be starting (the dev stack starts it first)
+TOOL_MAX_TOKENS = 256  # tool arguments count as tokens; the reply cap would cut them off
 
 
 class OpenAIChatProvider:
@@ -35,72 +50,134 @@ class OpenAIChatProvider:
         self.name = name
         self.settings = settings
         self.agents = AgentStore(settings.agents_dir)
-        if name == "local" and not settings.llm_base_url:
+        self.prompts = PromptBuilder(self.agents, settings.knowledge_top_k)
+        self.local = name == "local"
+        if self.local and not settings.llm_base_url:
             raise ValueError("the local brain needs VOXLINE_LLM_BASE_URL (the dev stack sets it to its llama-server)")
-        # No SDK retries: a retried request would answer long after the caller gave up;
-        # the worker turns a failure into an apology instead.
+        base_url = settings.llm_base_url if self.local else settings.openai_base_url
+        api_key = settings.llm_api_key if self.local else settings.openai_api_key
+        self.model = settings.llm_model if self.local else settings.openai_model
+        # Local: a long prefill may pass between bytes. Cloud: a silence this long is a stall.
+        wait = self.wait_s = settings.llm_timeout_s if self.local else settings.openai_timeout_s
+        # No SDK retries: the fallback chain owns retrying, bounded by what a caller waits.
         self.client = AsyncOpenAI(
-            base_url=settings.llm_base_url or None,
-            api_key=settings.llm_api_key,
-            timeout=settings.llm_timeout_s,
+            base_url=base_url or None,
+            api_key=api_key or "missing-key",
+            timeout=httpx2.Timeout(wait, connect=min(wait, 3.0)),
             max_retries=0,
-        )
-        # llama-server keeps the KV of the longest common prefix (the agent's system
-        # prompt), so a turn only pre-fills the new words; OpenAI rejects unknown fields.
-        self._extra_body: dict[str, Any] = {"cache_prompt": True} if name == "local" else {}
-
-    def messages(self, turn: BrainTurn) -> list[dict[str, str]]:
-        """System prompt first and unchanged, so every turn of every call shares the cached prefix."""
-        agent = self.agents.get(turn.agent_id)
-        messages = [{"role": "system", "content": agent.system_prompt.strip()}]
-        messages += [{"role": t.role, "content": t.content} for t in turn.history if t.role in ("user", "assistant")]
-        messages.append({"role": "user", "content": turn.user_text})
-        return messages
-
-    async def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
-        started = time.monotonic()
-        reply = SpeakableReply()
-        create = self.client.chat.completions.create
-        response = cast(
-            AsyncStream[ChatCompletionChunk],
-            await create(
-                model=self.settings.llm_model,
-                messages=self.messages(turn),  # type: ignore[arg-type]
-                stream=True,
-                temperature=self.settings.llm_temperature,
-                max_tokens=self.settings.llm_max_tokens,
-                extra_body=self._extra_body,
+            # Idle connections are kept a minute (not 5 s), so a quiet moment in a call
+            # does not cost the next turn a TLS handshake.
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=60.0)
             ),
         )
-        first_token_ms = 0.0
-        try:
-            async for chunk in response:
-                delta = chunk.choices[0].delta.content if chunk.choices else None
-                if not delta:
-                    continue
-                if not first_token_ms:
-                    first_token_ms = (time.monotonic() - started) * 1000
-                for sentence in reply.feed(delta):
-                    yield sentence + " "  # the trailing space lets the worker cut at once
-                if reply.full:
-                    break
-            else:
-                for sentence in reply.flush():
-                    yield sentence + " "
-        finally:
-            # Also on cancellation (barge-in): closing the response ends the HTTP stream,
-            # and llama-server stops decoding when its client goes away.
-            await response.close()
-        log.info(
-            "reply of %d sentences: first token %.0f ms, done %.0f ms",
-            reply.count,
-            first_token_ms,
-            (time.monotonic() - started) * 1000,
+        self.webhooks = httpx.AsyncClient()
+        # llama-server keeps the KV of the longest common prefix (the agent's system
+        # prompt), so a turn only pre-fills the new words; OpenAI rejects unknown fields.
+        self._extra_body: dict[str, Any] = {"cache_prompt": True} if self.local else {}
+
+    def messages(self, turn: BrainTurn) -> list[dict[str, Any]]:
+        return self.prompts.messages(turn)[1]
+
+    async def _create(self, messages: list[dict[str, Any]], agent: Agent) -> AsyncStream[ChatCompletionChunk]:
+        extra: dict[str, Any] = {}
+        if agent.tools:
+            extra["tools"] = [tool.openai_schema() for tool in agent.tools]
+        max_tokens = max(self.settings.llm_max_tokens, TOOL_MAX_TOKENS) if agent.tools else self.settings.llm_max_tokens
+        create = self.client.chat.completions.create
+        return cast(
+            AsyncStream[ChatCompletionChunk],
+            await create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                temperature=self.settings.llm_temperature,
+                max_tokens=max_tokens,
+                extra_body=self._extra_body,
+                **extra,
+            ),
         )
 
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
+        try:
+            async for piece in self._rounds(turn):
+                yield piece
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            raise ProviderError(self.name, kind_of_status(status), "request refused", status) from None
+        except (openai.APITimeoutError, httpx2.TimeoutException):
+            raise ProviderError(self.name, "timeout", f"no output for {self.wait_s}s") from None
+        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+            raise ProviderError(self.name, "dropped", f"connection lost ({type(exc).__name__})") from None
+
+    async def _rounds(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
+        """One completion per round; a round that ends in webhook calls starts the next."""
+        started = time.monotonic()
+        agent, messages = self.prompts.messages(turn)
+        tools = {tool.name: tool for tool in agent.tools}
+        spoken = 0
+        for round_no in range(self.settings.tool_rounds + 1):
+            reply, calls = SpeakableReply(), ToolCallAccumulator()
+            text: list[str] = []
+            response = await self._create(messages, agent)
+            try:
+                async for chunk in response:
+                    delta = chunk.choices[0].delta if chunk.choices else None
+                    if delta is None:
+                        continue
+                    if delta.tool_calls:
+                        calls.add(delta.tool_calls)
+                    if delta.content and not reply.full:
+                        text.append(delta.content)
+                        for sentence in reply.feed(delta.content):
+                            spoken += 1
+                            yield sentence + " "  # the trailing space lets the worker cut at once
+                    if reply.full and not tools:
+                        break  # the rest would never be spoken; with tools a call may follow
+                else:
+                    for sentence in reply.flush():
+                        spoken += 1
+                        yield sentence + " "
+            finally:
+                # Also on cancellation (barge-in): closing the response ends the HTTP stream,
+                # and the endpoint stops generating when its client goes away.
+                await response.close()
+            if not calls:
+                break
+            log.info("round %d: tool calls %s", round_no, [c.name for c in calls.calls()])
+            messages.append({"role": "assistant", "content": "".join(text) or None, "tool_calls": []})
+            for call in calls.calls():
+                tool = tools.get(call.name)
+                if tool is not None and (action := call_action(tool, call)) is not None:
+                    if not spoken and (say := tool.spoken_when_silent(agent.goodbye)):
+                        yield say + " "
+                    yield action
+                    return
+                if tool is not None and tool.kind == "transfer_call":
+                    result = '{"error": "no number to transfer to"}'
+                elif tool is None:
+                    log.warning("model called unknown tool %r", call.name[:64])
+                    result = f'{{"error": "no tool named {call.name[:64]}"}}'
+                else:
+                    result = await run_webhook(self.webhooks, tool, call, turn.call_id)
+                messages[-1]["tool_calls"].append(call.message())
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        log.info("reply of %d sentences in %.0f ms", spoken, (time.monotonic() - started) * 1000)
+
     async def load(self) -> None:
-        """Pre-fill each warm-up agent's system prompt into the endpoint's prompt cache, so
-        the first caller does not wait seconds for it; also opens the connection."""
+        """Warm the endpoint before the first caller: the cloud gets a models list (opens
+        the TLS connection, checks the key); the local server pre-fills each warm-up
+        agent's system prompt into its cache, which otherwise costs the first caller seconds."""
+        if not self.local:
+            try:
+                await self.client.models.list()
+                log.info("%s endpoint reachable (%s)", self.name, self.client.base_url)
+            except openai.APIStatusError as exc:
+                error = ProviderError(self.name, kind_of_status(exc.status_code), "warm-up refused", exc.status_code)
+                log.warning("%s", error)
+            except openai.APIError as exc:
+                log.warning("%s warm-up failed: %s", self.name, type(exc).__name__)
+            return
         for agent_id in [a.strip() for a in self.settings.llm_warmup_agents.split(",") if a.strip()]:
             started = time.monotonic()
             for user_text, max_tokens in WARMUP_REQUESTS:
@@ -114,7 +191,7 @@ class OpenAIChatProvider:
         while True:
             try:
                 await self.client.chat.completions.create(
-                    model=self.settings.llm_model,
+                    model=self.model,
                     messages=self.messages(turn),  # type: ignore[arg-type]
                     max_tokens=max_tokens,
                     temperature=0.0,
@@ -129,3 +206,4 @@ class OpenAIChatProvider:
 
     async def close(self) -> None:
         await self.client.close()
+        await self.webhooks.aclose()

@@ -1,0 +1,112 @@
+"""Tool calls of a streamed chat completion: reassembled from their deltas, then run.
+
+OpenAI-compatible endpoints stream a call as pieces keyed by `index`: the id and the
+function name first, then the JSON arguments in fragments, and `finish_reason`
+"tool_calls" at the end. Only a complete call is acted on.
+
+Webhook failures (timeout, refused, non-2xx) are not errors of the turn: the failure is
+handed to the model as the tool's result, so it can tell the caller in its own words
+instead of the line going silent or an apology that explains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from services.brain.providers.base import ReplyAction
+from voxline.agents.tools import Tool
+
+log = logging.getLogger("voxline.brain.tools")
+
+MAX_RESULT_CHARS = 4000  # a chatty webhook must not blow up the context window
+
+
+@dataclass
+class ToolCall:
+    id: str = ""
+    name: str = ""
+    argument_parts: list[str] = field(default_factory=list)
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.argument_parts)
+
+    def parsed(self) -> dict[str, Any]:
+        """The arguments as an object; {} for what is not a JSON object (models slip)."""
+        try:
+            value = json.loads(self.arguments or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class ToolCallAccumulator:
+    def __init__(self) -> None:
+        self._calls: dict[int, ToolCall] = {}
+
+    def add(self, deltas: list[Any]) -> None:
+        """Feed `choices[0].delta.tool_calls` of one chunk."""
+        for delta in deltas:
+            call = self._calls.setdefault(delta.index, ToolCall())
+            if delta.id:
+                call.id = delta.id
+            function = delta.function
+            if function is not None:
+                if function.name:
+                    call.name += function.name
+                if function.arguments:
+                    call.argument_parts.append(function.arguments)
+
+    def calls(self) -> list[ToolCall]:
+        return [self._calls[i] for i in sorted(self._calls) if self._calls[i].name]
+
+    def __bool__(self) -> bool:
+        return bool(self.calls())
+
+
+def call_action(tool: Tool, call: ToolCall) -> ReplyAction | None:
+    """What ending or transferring the call means for the reply; None for a webhook (or a
+    transfer with no number to dial, which goes back to the model as an error)."""
+    if tool.kind == "end_call":
+        return ReplyAction("hangup")
+    if tool.kind == "transfer_call" and (target := transfer_target(tool, call)):
+        return ReplyAction("transfer", target)
+    return None
+
+
+def transfer_target(tool: Tool, call: ToolCall) -> str:
+    """The configured number, else the model's (first string argument, e.g. phone_number)."""
+    if tool.to:
+        return tool.to
+    args = call.parsed()
+    for key in ("phone_number", "number", "to"):
+        if isinstance(args.get(key), str) and args[key].strip():
+            return str(args[key]).strip()
+    return next((str(v).strip() for v in args.values() if isinstance(v, str) and v.strip()), "")
+
+
+async def run_webhook(client: httpx.AsyncClient, tool: Tool, call: ToolCall, call_id: str) -> str:
+    """POST the arguments to the tool's URL; the tool message content for the model."""
+    try:
+        response = await client.post(
+            tool.url, json=call.parsed(), timeout=tool.timeout_s, headers={"X-Voxline-Call-Id": call_id}
+        )
+    except httpx.TimeoutException:
+        log.error("tool %s: webhook timed out after %.1fs", tool.name, tool.timeout_s)
+        return json.dumps({"error": f"the {tool.name} service did not answer in time"})
+    except httpx.HTTPError as exc:
+        log.error("tool %s: webhook failed: %s", tool.name, type(exc).__name__)
+        return json.dumps({"error": f"the {tool.name} service is unreachable"})
+    if response.status_code >= 400:
+        log.error("tool %s: webhook answered HTTP %d", tool.name, response.status_code)
+        return json.dumps({"error": f"the {tool.name} service failed (HTTP {response.status_code})"})
+    log.info("tool %s: webhook answered in %.0f ms", tool.name, response.elapsed.total_seconds() * 1000)
+    return response.text[:MAX_RESULT_CHARS] or "{}"
