@@ -14,7 +14,7 @@ from typing import Any
 
 from proto.messages import BrainTurn
 from voxline.agents import Agent, AgentStore
-from voxline.agents.knowledge import Bm25, knowledge_prompt, load_chunks
+from voxline.agents.knowledge import Bm25, Chunk, knowledge_prompt, load_chunks
 
 log = logging.getLogger("voxline.brain.prompt")
 
@@ -27,7 +27,8 @@ class PromptBuilder:
         self._indexes: dict[str, tuple[Agent, tuple[float, ...], Bm25]] = {}
 
     def _mtimes(self, agent: Agent) -> tuple[float, ...]:
-        paths = [self.agents.directory / e if isinstance(e, str) else None for e in agent.knowledge]
+        names = [e if isinstance(e, str) else e.file for e in agent.knowledge]
+        paths = [self.agents.directory / name if name else None for name in names]
         return tuple(p.stat().st_mtime if p is not None and p.exists() else 0.0 for p in paths)
 
     def index(self, agent: Agent) -> Bm25 | None:
@@ -38,11 +39,12 @@ class PromptBuilder:
         cached = self._indexes.get(agent.id)
         if cached is not None and cached[0] is agent and cached[1] == mtimes:
             return cached[2]
-        try:
-            chunks = load_chunks(agent.knowledge, Path(self.agents.directory))
-        except OSError as exc:  # a missing file must not cost the caller the answer
-            log.error("knowledge of agent %s unreadable: %s", agent.id, exc)
-            chunks = []
+        chunks: list[Chunk] = []
+        for entry in agent.knowledge:
+            try:
+                chunks += load_chunks([entry], Path(self.agents.directory))
+            except OSError as exc:  # a missing file must not cost the caller the rest
+                log.error("knowledge of agent %s: %s unreadable: %s", agent.id, entry, type(exc).__name__)
         index = Bm25(chunks)
         self._indexes[agent.id] = (agent, mtimes, index)
         log.info("knowledge of agent %s indexed: %d chunks", agent.id, len(chunks))

@@ -30,10 +30,14 @@ STOPWORDS = frozenset(
 
 
 class KnowledgeEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """An inline `[[knowledge]]` entry of an agent's TOML."""
+    """A `[[knowledge]]` entry of an agent's TOML: inline `text`, or a `file`.
 
-    text: str
+    (TOML allows either `knowledge = ["faq.md", ...]` or `[[knowledge]]` tables in one
+    file, not both; `file` lets the table form name files too.)"""
+
+    text: str = ""
     title: str = ""
+    file: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,19 @@ class Chunk:
     text: str
 
 
+def _stem(word: str) -> str:
+    """A crude fold so callers' and documents' word forms meet ("prices" ~ "price",
+    "parking" ~ "park"); a real stemmer buys little on FAQ-sized text."""
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    if len(word) > 5 and word.endswith("ing"):
+        word = word[:-3]
+    return word
+
+
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens without stopwords, with a crude plural fold ("prices" ~ "price")."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
-    return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words]
+    """Lower-case word tokens without stopwords, folded by `_stem`."""
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
 def split_paragraphs(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
@@ -75,7 +88,9 @@ def load_chunks(entries: Iterable[str | KnowledgeEntry], base_dir: Path) -> list
     """Chunks of every knowledge file (relative to the agent's directory) and inline entry."""
     chunks: list[Chunk] = []
     for entry in entries:
-        if isinstance(entry, KnowledgeEntry):
+        if isinstance(entry, KnowledgeEntry) and entry.file:
+            chunks += load_chunks([entry.file], base_dir)
+        elif isinstance(entry, KnowledgeEntry):
             text = f"{entry.title}\n{entry.text}" if entry.title else entry.text
             chunks += [Chunk(entry.title or "inline", p) for p in split_paragraphs(text)]
         else:
