@@ -37,7 +37,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", default=None, help=f"concurrent calls per level (default {FULL_LEVELS})")
     p.add_argument("--quick", action="store_true", help=f"levels {QUICK_LEVELS}")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
-    p.add_argument("--calls-per-level", type=int, default=0, metavar="N", help="calls per run (default: the level)")
+    p.add_argument(
+        "--calls-per-level", type=int, default=0, metavar="N", help="calls per run (default: the level, at least 2)"
+    )
     p.add_argument("--duration", type=float, default=90.0, metavar="S", help="no call starts after S s of a run")
     p.add_argument("--max-minutes", type=float, default=20.0, help="cap on the whole bench")
     p.add_argument("--call-timeout", type=float, default=60.0, metavar="S", help="cap on one call")
