@@ -235,24 +235,28 @@ async def test_bad_elevenlabs_key_falls_back_to_openai(
     assert "elevenlabs auth (status 401): handshake refused; falling back to openai" in service_log(stack, "tts")
 
 
-async def test_all_providers_failing_the_turn_ends_and_the_call_goes_on(
+async def test_all_providers_failing_every_turn_concludes_then_a_clean_hang_up(
     stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator
 ) -> None:
     async with tts_with(stack, VOXLINE_ELEVENLABS_WARM_SOCKETS="0"):
         el.handshake_failures, oa.failures = [503] * 100, [500] * 100
         result = await call(stack, "hello", "are you there")
         text = await metrics(stack, "tts")
-    # Nothing could be spoken, yet nothing hangs: every turn is closed and concluded (the
-    # worker sends each sentence's closing frame), and the next utterance is answered in turn.
-    assert result.accepted and not result.errors, result.errors
-    assert all(t.reply_audio_ms == 0 for t in result.turns)
+    # Nothing can be spoken, yet nothing hangs: each turn is closed and concluded (the worker
+    # sends each sentence's closing frame), and after two unspeakable replies in a row (the
+    # greeting and the first answer) the orchestrator hangs up rather than keep a silent line.
+    assert not result.errors, result.errors
+    assert result.closed_by_gateway and result.media_received == 0
+    assert any("text to speech unavailable" in note for note in result.notes), result.notes
     assert result.record is not None and result.record["status"] == "ended"
-    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
-    assert [t["caller_text"] for t in replies] == ["hello", "are you there"]
+    kinds = [(t["kind"], t["caller_text"]) for t in result.record["turns"]]
+    assert kinds[:2] == [("greeting", ""), ("reply", "hello")], kinds
+    assert all(not t["heard_text"] for t in result.record["turns"])
     assert counter_value(text, ERRORS, provider="elevenlabs", kind="server") > 0
     assert counter_value(text, ERRORS, provider="openai", kind="server") > 0
     assert "no provider left" in service_log(stack, "tts")
     assert "openai server (status 500): request refused" in service_log(stack, "orchestrator")  # the TtsError
+    assert "replies in a row could not be spoken: hanging up" in service_log(stack, "orchestrator")
 
 
 async def test_keys_never_reach_a_log(stack: DevStack) -> None:

@@ -94,7 +94,8 @@ class OpenAiChatEmulator:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # Handlers still streaming at stop (a stalled request) are cut after a second.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -145,7 +146,10 @@ class OpenAiChatEmulator:
         await response.prepare(request)
         try:
             if failure == "stall":
-                await asyncio.Event().wait()  # until the client gives up
+                # Headers out, then nothing, until the client gives up and goes away.
+                while request.transport is not None and not request.transport.is_closing():
+                    await asyncio.sleep(0.05)
+                raise ConnectionResetError("client gave up on the stalled stream")
             await asyncio.sleep(self.ttft_ms / 1000)
             await self._stream(request, response, record, reply, failure == "drop")
         except (ConnectionResetError, ConnectionError):

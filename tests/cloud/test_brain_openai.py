@@ -1,0 +1,339 @@
+"""The OpenAI brain over the real stack: simulated Twilio calls through the gateway, the
+services and nats-server, with the brain's official SDK talking to the chat-completions
+emulator, the gateway's Twilio SDK to the Twilio REST emulator, and webhook tools to a
+small recording server. STT and TTS are the fakes (scripted per call)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.cloud.conftest import all_logs, counter_value, metrics, start_stack
+from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
+from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
+from tests.integration.conftest import AUTH_TOKEN, wait_until
+from voxline.devstack import DevStack
+from voxline.simulator import CallResult, CallScript, Utterance, run_call
+
+pytestmark = pytest.mark.integration
+
+APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
+FRONT_DESK = "+15550100123"
+FAQ = """Opening hours: Monday to Friday from 8 AM to 6 PM. Closed on Sunday.
+
+Insurance: we accept Aetna, Cigna and Delta Dental. We do not accept Medicaid.
+
+Parking is free behind the building.
+"""
+AGENT = """
+name = "Tooly"
+greeting = "Hello."
+system_prompt = "You are the receptionist of a test clinic."
+apology = "{apology}"
+
+[turn]
+preemptive_reply = false
+
+[[knowledge]]
+file = "faq.md"
+
+[[tools]]
+name = "lookup_appointment"
+description = "Find the caller's next appointment by their name."
+kind = "webhook"
+url = "{webhook}"
+parameters = {{ type = "object", properties = {{ name = {{ type = "string" }} }}, required = ["name"] }}
+
+[[tools]]
+name = "transfer_to_human"
+description = "Transfer the caller to the front desk."
+kind = "transfer_call"
+to = "{front_desk}"
+
+[[tools]]
+name = "end_call"
+description = "End the call when the caller is done."
+kind = "end_call"
+"""
+
+
+class WebhookRecorder:
+    """A business's webhook: records each POSTed JSON body, answers a fixed result."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.answer: dict[str, Any] = {"appointment": "Tuesday afternoon with Doctor Lopez"}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="webhook", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        return web.json_response(self.answer)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    def start(self) -> WebhookRecorder:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def chat() -> Iterator[OpenAiChatEmulator]:
+    emulator = OpenAiChatEmulator().start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[TwilioRestEmulator]:
+    emulator = TwilioRestEmulator(auth_token=AUTH_TOKEN).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[WebhookRecorder]:
+    recorder = WebhookRecorder().start()
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh(chat: OpenAiChatEmulator, twilio: TwilioRestEmulator, hook: WebhookRecorder) -> None:
+    chat.reset()
+    twilio.reset()
+    hook.bodies.clear()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    chat: OpenAiChatEmulator,
+    twilio: TwilioRestEmulator,
+    hook: WebhookRecorder,
+) -> Iterator[DevStack]:
+    agents = tmp_path_factory.mktemp("agents")
+    (agents / "faq.md").write_text(FAQ)
+    webhook = f"http://127.0.0.1:{hook.port}/hook"
+    (agents / "tooly.toml").write_text(AGENT.format(apology=APOLOGY, webhook=webhook, front_desk=FRONT_DESK))
+    env = {
+        "VOXLINE_AGENTS_DIR": str(agents),
+        "VOXLINE_BRAIN_PROVIDER": "openai",
+        "VOXLINE_OPENAI_API_KEY": DEFAULT_KEY,
+        "VOXLINE_OPENAI_BASE_URL": chat.base_url,
+        "VOXLINE_OPENAI_TIMEOUT_S": "1.0",
+        "VOXLINE_BRAIN_RETRY_BACKOFF_S": "0.1",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "VOXLINE_TWILIO_API_BASE": twilio.base_url,
+    }
+    s = start_stack(tmp_path_factory, "brain-openai", env)
+    yield s
+    s.stop()
+
+
+async def call(stack: DevStack, *utterances: Utterance, trailing_silence_ms: int = 200) -> CallResult:
+    heard = [t for u in utterances for t in u.transcripts()]
+    script = CallScript(
+        agent_id="tooly",
+        utterances=list(utterances),
+        extra_parameters={"fake_transcripts": "|".join(heard)},
+        trailing_silence_ms=trailing_silence_ms,
+    )
+    return await run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN)
+
+
+def replies(result: CallResult) -> list[dict[str, Any]]:
+    assert result.record is not None, result.notes
+    return [t for t in result.record["turns"] if t["kind"] != "greeting"]
+
+
+async def provider_errors(stack: DevStack, kind: str) -> float:
+    return counter_value(await metrics(stack, "brain"), "voxline_provider_errors_total", provider="openai", kind=kind)
+
+
+# --- conversation ---------------------------------------------------------------------
+
+
+async def test_reply_streams_from_the_model_with_knowledge_and_history(
+    stack: DevStack, chat: OpenAiChatEmulator
+) -> None:
+    chat.replies = [Reply("We are open Monday to Friday from eight to six."), Reply("Yes, we accept Aetna.")]
+    result = await call(stack, Utterance(text="When are you open?"), Utterance(text="Do you take Aetna insurance?"))
+    assert result.accepted and not result.errors, result.errors
+    turns = replies(result)
+    assert [t["reply_text"] for t in turns] == [
+        "We are open Monday to Friday from eight to six.",
+        "Yes, we accept Aetna.",
+    ]
+    first, second = chat.requests
+    assert first.body["model"] == "gpt-4o" and first.body["stream"] is True
+    assert {t["function"]["name"] for t in first.body["tools"]} == {"lookup_appointment", "transfer_to_human", "end_call"}
+    assert first.system.startswith("You are the receptionist of a test clinic.")
+    assert "Opening hours: Monday to Friday" in first.system and "Medicaid" not in first.system
+    assert "we accept Aetna, Cigna" in second.system
+    assert second.messages[1:] == [
+        {"role": "assistant", "content": "Hello."},  # the greeting
+        {"role": "user", "content": "When are you open?"},
+        {"role": "assistant", "content": "We are open Monday to Friday from eight to six."},
+        {"role": "user", "content": "Do you take Aetna insurance?"},
+    ]
+
+
+async def test_webhook_tool_runs_and_its_result_is_spoken(
+    stack: DevStack, chat: OpenAiChatEmulator, hook: WebhookRecorder
+) -> None:
+    chat.replies = [
+        Reply(tool_calls=[("lookup_appointment", {"name": "Ana Silva"})]),
+        Reply("Your next appointment is on Tuesday afternoon with Doctor Lopez."),
+    ]
+    # One sentence: the fake STT hears each pause in the voice as an utterance of its own.
+    result = await call(stack, Utterance(text="When is the next appointment for Ana Silva?"))
+    assert result.accepted and not result.errors, result.errors
+    assert hook.bodies == [{"name": "Ana Silva"}]
+    assert replies(result)[0]["reply_text"] == "Your next appointment is on Tuesday afternoon with Doctor Lopez."
+    follow_up = chat.requests[1].messages
+    assert follow_up[-2]["tool_calls"][0]["function"] == {
+        "name": "lookup_appointment",
+        "arguments": json.dumps({"name": "Ana Silva"}),
+    }
+    assert follow_up[-1]["role"] == "tool" and json.loads(follow_up[-1]["content"]) == hook.answer
+    assert follow_up[-1]["tool_call_id"] == follow_up[-2]["tool_calls"][0]["id"]
+
+
+async def test_transfer_tool_dials_the_front_desk_through_twilio_rest(
+    stack: DevStack, chat: OpenAiChatEmulator, twilio: TwilioRestEmulator
+) -> None:
+    chat.replies = [Reply("Let me connect you with our front desk.", tool_calls=[("transfer_to_human", {})])]
+    result = await call(stack, Utterance(text="I want to talk to a person."), trailing_silence_ms=3000)
+    assert result.accepted, result.errors
+    assert replies(result)[0]["heard_text"] == "Let me connect you with our front desk."
+    await wait_until(lambda: _true(bool(twilio.updated())), 5, "the Twilio calls.update")
+    update = twilio.updated()[0]
+    assert update.call_sid == result.call_sid
+    assert f"<Dial>{FRONT_DESK}</Dial>" in update.form["Twiml"]
+    assert result.closed_by_gateway
+
+
+async def test_end_call_tool_hangs_up_after_the_goodbye(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    chat.replies = [Reply("Thanks for calling, goodbye.", tool_calls=[("end_call", {})])]
+    result = await call(stack, Utterance(text="That is all, thank you."), trailing_silence_ms=3000)
+    assert result.accepted, result.errors
+    assert result.closed_by_gateway
+    assert replies(result)[0]["heard_text"] == "Thanks for calling, goodbye."
+
+
+async def test_barge_in_closes_the_model_stream(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    chat.tokens_per_s = 10
+    long = " ".join(["and we also offer many more services to our patients"] * 6) + "."
+    chat.replies = [Reply("We offer many dental services. Cleaning is one " + long)]
+    result = await call(
+        stack,
+        Utterance(text="What services do you offer?"),
+        Utterance(text="Sorry, what about whitening?", barge_in_after_ms=1000),
+    )
+    assert result.accepted and not result.errors, result.errors
+    assert result.barge_ins and result.barge_ins[0].cancelled_audio_heard_after_ms == 0
+    interrupted = chat.requests[0]
+    await wait_until(lambda: _true(interrupted.client_closed), 5, "the emulator to see the stream closed")
+    assert not interrupted.completed
+    first = replies(result)[0]
+    assert first["interrupted"] and first["heard_text"], first
+    assert first["reply_text"].startswith(first["heard_text"]) and first["heard_text"] != first["reply_text"]
+
+
+# --- provider errors ------------------------------------------------------------------
+
+
+async def test_bad_key_apologises_and_never_logs_the_key(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    before = await provider_errors(stack, "auth")
+    chat.api_key = "sk-the-right-one-is-elsewhere"  # so the brain's key is refused, echoed masked
+    try:
+        result = await call(stack, Utterance(text="Hello?"))
+    finally:
+        chat.api_key = DEFAULT_KEY
+    assert result.accepted and not result.errors, result.errors
+    assert [(t["kind"], t["reply_text"]) for t in replies(result)] == [("apology", APOLOGY)]
+    assert await provider_errors(stack, "auth") == before + 1
+    logs = all_logs(stack)
+    assert "openai auth (status 401)" in logs
+    assert DEFAULT_KEY not in logs and DEFAULT_KEY[-4:] not in logs
+
+
+async def test_rate_limit_is_retried_into_a_normal_reply(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    before = await provider_errors(stack, "rate_limited")
+    chat.failures = [429]
+    chat.replies = [Reply("We are open until six today.")]
+    result = await call(stack, Utterance(text="Are you open today?"))
+    assert result.accepted and not result.errors, result.errors
+    assert [t["reply_text"] for t in replies(result)] == ["We are open until six today."]
+    assert [r.status for r in chat.requests] == [429, 200]
+    assert await provider_errors(stack, "rate_limited") == before + 1
+
+
+async def test_stream_dropped_before_the_first_sentence_is_retried(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    chat.failures = ["drop"]
+    chat.replies = [Reply("This reply is cut off early, sorry."), Reply("Free parking is behind the building.")]
+    result = await call(stack, Utterance(text="Where can I park?"))
+    assert result.accepted and not result.errors, result.errors
+    assert [t["reply_text"] for t in replies(result)] == ["Free parking is behind the building."]
+    assert len(chat.requests) == 2 and not chat.requests[0].completed
+
+
+async def test_server_errors_twice_apologise(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    chat.failures = [500, 503]
+    result = await call(stack, Utterance(text="Hello there?"))
+    assert result.accepted and not result.errors, result.errors
+    assert [(t["kind"], t["reply_text"]) for t in replies(result)] == [("apology", APOLOGY)]
+    assert [r.status for r in chat.requests] == [500, 503]
+
+
+async def test_stalled_model_apologises_after_the_timeout(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    before = await provider_errors(stack, "timeout")
+    chat.failures = ["stall"]
+    result = await call(stack, Utterance(text="Is anybody there?"))
+    assert result.accepted and not result.errors, result.errors
+    assert [(t["kind"], t["reply_text"]) for t in replies(result)] == [("apology", APOLOGY)]
+    assert await provider_errors(stack, "timeout") == before + 1
+    assert chat.requests[0].client_closed or not chat.requests[0].completed
+
+
+# --- latency --------------------------------------------------------------------------
+
+
+async def test_turn_latency_at_gpt4o_time_to_first_token(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+    """Measured, not asserted: what a turn costs when the model answers like GPT-4o."""
+    chat.ttft_ms, chat.tokens_per_s = 400, 80
+    texts = ["When are you open?", "Do you take Aetna?", "Where can I park?"]
+    result = await call(stack, *[Utterance(text=t) for t in texts])
+    assert result.accepted and not result.errors, result.errors
+    latencies = [t.first_media_latency_ms for t in result.turns]
+    stages = [t.get("latency", {}) for t in replies(result)]
+    print(f"\nspeech end -> first reply audio (ms) at TTFT 400 ms: {latencies}")
+    for stage in stages:
+        print("  stages (ms):", {k: round(v) for k, v in stage.items()})
+    assert all(latency is not None for latency in latencies)
+
+
+async def _true(value: bool) -> bool:
+    return value
