@@ -188,7 +188,8 @@ async def test_reply_streams_from_the_model_with_knowledge_and_history(
     ]
     first, second = chat.requests
     assert first.body["model"] == "gpt-4o" and first.body["stream"] is True
-    assert {t["function"]["name"] for t in first.body["tools"]} == {"lookup_appointment", "transfer_to_human", "end_call"}
+    tools = {t["function"]["name"] for t in first.body["tools"]}
+    assert tools == {"lookup_appointment", "transfer_to_human", "end_call"}
     assert first.system.startswith("You are the receptionist of a test clinic.")
     assert "Opening hours: Monday to Friday" in first.system and "Medicaid" not in first.system
     assert "we accept Aetna, Cigna" in second.system

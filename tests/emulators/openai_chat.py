@@ -146,10 +146,7 @@ class OpenAiChatEmulator:
         await response.prepare(request)
         try:
             if failure == "stall":
-                # Headers out, then nothing, until the client gives up and goes away.
-                while request.transport is not None and not request.transport.is_closing():
-                    await asyncio.sleep(0.05)
-                raise ConnectionResetError("client gave up on the stalled stream")
+                await asyncio.Event().wait()  # headers out, then nothing; stop() cuts it
             await asyncio.sleep(self.ttft_ms / 1000)
             await self._stream(request, response, record, reply, failure == "drop")
         except (ConnectionResetError, ConnectionError):
