@@ -67,3 +67,23 @@ def test_espeak_speech_is_8k_and_voiced() -> None:
     frames = SpeechFrames.from_pcm(voice.synthesize("Hello, what time do you open?"))
     assert 500 < frames.duration_ms < 5000
     assert sum(frames.voiced) > len(frames.voiced) // 3
+
+
+def test_piper_voice_speaks_a_sentence_at_8k_and_espeak_stays_the_default() -> None:
+    text = "What time do you open on Saturday?"
+    assert voice._voice == "espeak"
+    voice.use_voice("piper")
+    try:
+        pcm = voice.synthesize(text)
+    finally:
+        voice.use_voice("espeak")
+    assert pcm.dtype == np.int16
+    assert 1.0 < len(pcm) / 8000 < 4.0  # a short question, seconds of 8 kHz audio
+    frames = SpeechFrames.from_pcm(pcm)
+    assert sum(frames.voiced) > len(frames.voiced) / 2  # mostly voice, not silence
+    assert voice.synthesize(text) is not pcm  # the espeak rendering is cached apart
+
+
+def test_unknown_caller_voice_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown caller voice"):
+        voice.use_voice("robot")

@@ -13,6 +13,7 @@ from typing import Any
 from voxline.simulator.caller import run_calls
 from voxline.simulator.results import CallResult, aggregate
 from voxline.simulator.script import CallScript, Utterance
+from voxline.simulator.voice import CALLER_VOICES, use_voice
 
 DEFAULT_LINES = ["Hi, I would like to know your opening hours.", "Thank you, that is all."]
 
@@ -34,6 +35,12 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-token", default=None, help="send this stream_token instead of the TwiML's")
     parser.add_argument("--no-stream-token", action="store_true", help="strip the stream_token parameter")
     parser.add_argument("--malformed-after-ms", type=int, default=None, help="inject malformed frames at N ms")
+    parser.add_argument(
+        "--voice",
+        choices=CALLER_VOICES,
+        default=os.environ.get("VOXLINE_CALLER_VOICE", "piper"),
+        help="the caller's voice for --say: piper (natural, what Whisper hears well) or espeak (robotic, cheap)",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write every result as JSON")
     parser.add_argument("--quiet", action="store_true")
 
@@ -66,6 +73,7 @@ def build_script(args: argparse.Namespace) -> CallScript:
 
 
 async def run_call_command(args: argparse.Namespace) -> int:
+    use_voice(args.voice)
     template = build_script(args)
     scripts = [template] + [
         CallScript(**{**vars(template), "call_sid": None, "account_sid": None}) for _ in range(args.calls - 1)

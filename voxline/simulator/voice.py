@@ -1,4 +1,9 @@
-"""The caller's voice: text through espeak-ng, WAV files, or raw 8 kHz PCM.
+"""The caller's voice: text through Piper or espeak-ng, WAV files, or raw 8 kHz PCM.
+
+Two voices for text. `espeak` (the default, cheap, in every test and benchmark) is robotic
+and Whisper tiny.en mishears a good part of it over 8 kHz mu-law; `piper` (the bundled
+en_US-joe-medium voice, `voxline call --voice piper`) sounds like a person, so a call
+against the offline stack shows what a real caller would get recognised.
 
 Audio is prepared before the call starts so synthesis time never leaks into the
 latencies being measured. Without espeak-ng the caller still needs something that a
@@ -17,6 +22,7 @@ import wave
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +36,25 @@ from voxline.audio import (
     rms_dbfs,
     tone_pcm16,
 )
+from voxline.models import piper_voice_paths
 
 FALLBACK_MS_PER_CHAR = 70.0
 VOICED_DBFS = -45.0  # frames louder than this count as speech for onset/end timing
 
+CALLER_VOICES = ("espeak", "piper")
+
 _warned_no_espeak = False
 _espeak_cache: dict[str, np.ndarray] = {}
+_voice = "espeak"
+_piper: Any = None
+
+
+def use_voice(name: str) -> None:
+    """Pick the voice `synthesize` speaks text with, for this process."""
+    global _voice
+    if name not in CALLER_VOICES:
+        raise ValueError(f"unknown caller voice {name!r}; choose one of {', '.join(CALLER_VOICES)}")
+    _voice = name
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -67,11 +86,30 @@ def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
+def _piper_pcm(text: str) -> np.ndarray:
+    global _piper
+    if _piper is None:
+        from piper import PiperVoice
+
+        model, config = piper_voice_paths()
+        _piper = PiperVoice.load(model, config_path=config)
+    chunks = list(_piper.synthesize(text))
+    if not chunks:
+        return np.zeros(0, np.int16)
+    audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.float32) / 32768.0
+    return float_to_pcm16(resample(audio, chunks[0].sample_rate, TELEPHONY_RATE))
+
+
 def synthesize(text: str) -> np.ndarray:
-    """Speak `text` as 8 kHz int16, with espeak-ng if present, else a speech-like tone."""
+    """Speak `text` as 8 kHz int16 in the chosen voice; espeak-ng if present, else a
+    speech-like tone."""
     global _warned_no_espeak
-    if text in _espeak_cache:
-        return _espeak_cache[text]
+    key = f"{_voice}:{text}"
+    if key in _espeak_cache:
+        return _espeak_cache[key]
+    if _voice == "piper":
+        _espeak_cache[key] = pcm = _piper_pcm(text)
+        return pcm
     if not espeak_available():
         if not _warned_no_espeak:
             print("simulator: espeak-ng not found, the caller speaks a tone instead", file=sys.stderr)
@@ -82,7 +120,7 @@ def synthesize(text: str) -> np.ndarray:
         # "--" keeps text that starts with "-" from being read as an option.
         subprocess.run(["espeak-ng", "-w", str(out), "--", text], check=True, capture_output=True)
         pcm = read_wav(out)
-    _espeak_cache[text] = pcm
+    _espeak_cache[key] = pcm
     return pcm
 
 

@@ -27,7 +27,7 @@ import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
-from proto.messages import BrainTurn
+from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
 from services.brain.providers.base import ReplyAction
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
@@ -185,8 +185,11 @@ class OpenAIChatProvider:
             log.info("llm warm-up (agent %s prompt cached) in %.0f ms", agent_id, (time.monotonic() - started) * 1000)
 
     async def _warm(self, agent_id: str, user_text: str, max_tokens: int, started: float) -> None:
+        # Every call's first turn carries the greeting as history: cache it with the prompt.
+        greeting = self.agents.get(agent_id).greeting
+        history = [ChatTurn(role="assistant", content=greeting)] if greeting else []
         turn = BrainTurn(
-            call_id="warmup", turn_id=0, agent_id=agent_id, history=[], user_text=user_text, requested_at_us=0
+            call_id="warmup", turn_id=0, agent_id=agent_id, history=history, user_text=user_text, requested_at_us=0
         )
         while True:
             try:
