@@ -90,6 +90,15 @@ class Bus:
     async def respond(self, msg: Msg, message: Message) -> None:
         await msg.respond(encode(message))
 
+    async def serve_ping(self, subject: str) -> Subscription:
+        """Answer every request on `subject` with an empty reply (a liveness check)."""
+
+        async def on_ping(msg: Msg) -> None:
+            if msg.reply:
+                await msg.respond(b"")
+
+        return await self.nc.subscribe(subject, cb=on_ping)
+
     async def subscribe(self, subject: str, handler: MessageHandler, queue: str = "") -> Subscription:
         async def on_message(msg: Msg) -> None:
             try:

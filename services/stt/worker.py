@@ -61,15 +61,12 @@ class SttWorker:
         self._subs = [
             await self.bus.subscribe(subjects.STT_ASSIGN, self.on_assign, queue=subjects.QUEUE_STT),
             await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
-            await self.bus.nc.subscribe(subjects.stt_ping(self.settings.instance_id), cb=self._on_ping),
+            await self.bus.serve_ping(subjects.stt_ping(self.settings.instance_id)),
         ]
         self._ready = True
 
     def ready(self) -> bool:
         return self._ready
-
-    async def _on_ping(self, msg: Msg) -> None:
-        await msg.respond(b"")
 
     def status(self) -> dict[str, Any]:
         return {"provider": self.provider.name, "active_calls": len(self._calls), "calls": sorted(self._calls)}
