@@ -1,10 +1,11 @@
 """The fake brain stream and the brain worker's turn handling (sentences, cancel, call
-end, provider failure, stalls) against a recording stand-in for the bus."""
+end, provider failure, stalls), the worker in-process on a real bus and a real nats-server."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,6 @@ from proto.headers import CALL_ID, TURN_ID
 from proto.messages import (
     BrainTurn,
     CallEnded,
-    Message,
     ReplyDone,
     ReplyError,
     ReplySentence,
@@ -23,6 +23,8 @@ from proto.messages import (
 from services.brain.providers import make_provider
 from services.brain.providers.fake import AGENT_LINE, REPROMPT, fake_reply
 from services.brain.worker import BrainWorker
+from tests.unit.bus_probe import Probe, settle
+from voxline.bus import Bus
 from voxline.config import BrainSettings
 
 
@@ -58,182 +60,176 @@ def no_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("services.brain.worker.STOP_GRACE_S", 0.0)
 
 
-class StubMsg:
-    def __init__(self, subject: str) -> None:
-        self.subject = subject
-        self.reply = ""
-        self.headers: dict[str, str] | None = None
-
-
-class StubBus:
-    def __init__(self) -> None:
-        self.handlers: dict[str, Callable[[Message, Any], Awaitable[None]]] = {}
-        self.published: list[tuple[str, Message, dict[str, str]]] = []
-        self.arrived = asyncio.Condition()
-
-    async def subscribe(self, subject: str, handler: Any, queue: str = "") -> Any:
-        self.handlers[subject] = handler
-        return StubSub()
-
-    async def publish(self, subject: str, message: Message, headers: dict[str, str] | None = None) -> None:
-        async with self.arrived:
-            self.published.append((subject, message, headers or {}))
-            self.arrived.notify_all()
-
-    async def deliver(self, subject: str, message: Message) -> None:
-        await self.handlers[subject](message, StubMsg(subject))
-
-    async def wait_for(self, kind: type, count: int = 1) -> list[Any]:
-        async with self.arrived:
-            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.of(kind)) >= count), timeout=5)
-        return self.of(kind)
-
-    def of(self, kind: type) -> list[Any]:
-        return [m for _, m, _ in self.published if isinstance(m, kind)]
-
-
-class StubSub:
-    async def unsubscribe(self) -> None:
-        pass
-
-
 class GatedProvider:
-    """Yields what the test pushes, so the test decides when each token exists."""
+    """Yields what the test pushes, so the test decides when each token exists; tells the
+    test when each turn's stream starts and when it is closed."""
 
     name = "gated"
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
-        self.closed = asyncio.Event()
+        self.started: defaultdict[tuple[str, int], asyncio.Event] = defaultdict(asyncio.Event)
+        self.closed: defaultdict[tuple[str, int], asyncio.Event] = defaultdict(asyncio.Event)
 
     async def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
+        key = (turn.call_id, turn.turn_id)
+        self.started[key].set()
         try:
             while (item := await self.queue.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            self.closed.set()
+            self.closed[key].set()
+
+    async def wait_started(self, call_id: str = "c1", turn_id: int = 1) -> None:
+        await asyncio.wait_for(self.started[(call_id, turn_id)].wait(), timeout=5)
+
+    async def wait_closed(self, call_id: str = "c1", turn_id: int = 1) -> None:
+        await asyncio.wait_for(self.closed[(call_id, turn_id)].wait(), timeout=5)
 
     async def close(self) -> None:
         pass
 
 
-async def make_worker(provider: Any = None, **settings: Any) -> tuple[BrainWorker, StubBus]:
-    bus = StubBus()
+async def make_worker(bus: Bus, provider: Any = None, **settings: Any) -> BrainWorker:
     config = BrainSettings(fake_ttft_ms=0, fake_tokens_per_s=0, **settings)
-    worker = BrainWorker(bus, config, provider or make_provider("fake", config))  # type: ignore[arg-type]
+    worker = BrainWorker(bus, config, provider or make_provider("fake", config))
     await worker.start()
-    return worker, bus
+    await settle(bus)
+    return worker
 
 
-@pytest.mark.asyncio
-async def test_reply_is_published_sentence_by_sentence_then_done() -> None:
-    worker, bus = await make_worker()
-    await bus.deliver(subjects.BRAIN_TURN, turn(user_text="Book a table."))
-    [done] = await bus.wait_for(ReplyDone)
+def cancel(turn_id: int, call_id: str = "c1") -> TurnCancel:
+    return TurnCancel(call_id=call_id, turn_id=turn_id, reason="barge_in", at_us=0)
 
-    sentences = bus.of(ReplySentence)
+
+async def test_reply_is_published_sentence_by_sentence_then_done(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    await probe.publish(subjects.BRAIN_TURN, turn(user_text="Book a table."))
+    [done] = await probe.wait_for(ReplyDone)
+
+    sentences = probe.of(ReplySentence)
     assert [s.text for s in sentences] == ["You said: Book a table.", AGENT_LINE]
     assert [s.seq for s in sentences] == [0, 1]
     assert done.sentences == 2 and done.turn_id == 1
     assert all(s.first_token_us == sentences[0].first_token_us > 0 for s in sentences)
-    for subject, _, headers in bus.published:
-        assert subject == subjects.reply_text("c1")
-        assert headers[CALL_ID] == "c1" and headers[TURN_ID] == "1"
+    for seen in probe.received():
+        assert seen.subject == subjects.reply_text("c1")
+        assert seen.headers[CALL_ID] == "c1" and seen.headers[TURN_ID] == "1"
     assert worker.status()["active_turns"] == 0
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_first_sentence_is_published_before_the_stream_ends() -> None:
+async def test_first_sentence_is_published_before_the_stream_ends(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn())
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn())
     for token in ["We open ", "at nine ", "tomorrow. ", "See"]:
         provider.queue.put_nowait(token)
-    [first] = await bus.wait_for(ReplySentence)
-    assert first.text == "We open at nine tomorrow." and not bus.of(ReplyDone)
+    [first] = await probe.wait_for(ReplySentence)
+    assert first.text == "We open at nine tomorrow." and not probe.of(ReplyDone)
     provider.queue.put_nowait(" you then.")
     provider.queue.put_nowait(None)
-    await bus.wait_for(ReplyDone)
-    assert [s.text for s in bus.of(ReplySentence)] == ["We open at nine tomorrow.", "See you then."]
+    await probe.wait_for(ReplyDone)
+    assert [s.text for s in probe.of(ReplySentence)] == ["We open at nine tomorrow.", "See you then."]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_cancel_stops_the_provider_stream_and_publishes_nothing_more() -> None:
+async def test_cancel_stops_the_provider_stream_and_publishes_nothing_more(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=3))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=3))
     provider.queue.put_nowait("We open at nine tomorrow. ")
     provider.queue.put_nowait("And ")
-    await bus.wait_for(ReplySentence)
+    await probe.wait_for(ReplySentence)
 
-    await bus.deliver(subjects.ALL_TURN_CANCELS, TurnCancel(call_id="c1", turn_id=3, reason="barge_in", at_us=0))
-    await asyncio.wait_for(provider.closed.wait(), timeout=5)
+    await probe.publish(subjects.turn_cancel("c1"), cancel(3))
+    await provider.wait_closed("c1", 3)
     provider.queue.put_nowait("more words. ")
-    assert len(bus.published) == 1
     assert worker.status()["active_turns"] == 0
+    # The next turn's reply is published after anything more of turn 3 would have been,
+    # and NATS delivers one publisher's messages in order; it also gets the words turn 3
+    # no longer reads.
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=4))
+    provider.queue.put_nowait(None)
+    await probe.wait_for(ReplyDone)
+    assert [(s.turn_id, s.text) for s in probe.of(ReplySentence)] == [
+        (3, "We open at nine tomorrow."),
+        (4, "more words."),
+    ]
+    assert [d.turn_id for d in probe.of(ReplyDone)] == [4] and not probe.of(ReplyError)
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_cancel_keeps_newer_turns_and_refuses_late_older_ones() -> None:
+async def test_cancel_keeps_newer_turns_and_refuses_late_older_ones(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=2))
-    await bus.deliver(subjects.ALL_TURN_CANCELS, TurnCancel(call_id="c1", turn_id=1, reason="barge_in", at_us=0))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=2))
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="bystander"))
+    await provider.wait_started("c1", 2)
+    await provider.wait_started("bystander", 1)
+    await probe.publish(subjects.turn_cancel("c1"), cancel(1))
+    # Cancels share one subscription: once the bystander's is handled, so is the one before.
+    await probe.publish(subjects.turn_cancel("bystander"), cancel(1, call_id="bystander"))
+    await provider.wait_closed("bystander", 1)
     assert worker.status()["turns"] == [{"call_id": "c1", "turn_ids": [2]}]
+    assert not provider.closed[("c1", 2)].is_set()
 
-    await bus.deliver(subjects.ALL_TURN_CANCELS, TurnCancel(call_id="c1", turn_id=2, reason="barge_in", at_us=0))
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=2))  # arrived after its cancel
-    assert worker.status()["active_turns"] == 0
+    await probe.publish(subjects.turn_cancel("c1"), cancel(2))
+    await provider.wait_closed("c1", 2)
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=2))  # arrived after its cancel
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c3"))  # handled after it
+    await provider.wait_started("c3", 1)
+    assert worker.status()["turns"] == [{"call_id": "c3", "turn_ids": [1]}]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_call_end_cancels_every_turn_of_that_call_only() -> None:
+async def test_call_end_cancels_every_turn_of_that_call_only(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c1"))
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c2"))
-    await bus.deliver(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c1"))
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c2"))
+    await provider.wait_started("c1", 1)
+    await provider.wait_started("c2", 1)
+    await probe.publish(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
+    await provider.wait_closed("c1", 1)
     assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}]
-    await bus.deliver(subjects.BRAIN_TURN, turn(turn_id=2, call_id="c1"))
-    assert worker.status()["active_turns"] == 1
+
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=2, call_id="c1"))  # the ended call's: refused
+    await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c3"))  # handled after it
+    await provider.wait_started("c3", 1)
+    assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}, {"call_id": "c3", "turn_ids": [1]}]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_provider_failure_becomes_a_reply_error() -> None:
+async def test_provider_failure_becomes_a_reply_error(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn())
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn())
     provider.queue.put_nowait(RuntimeError("rate limited"))
-    [error] = await bus.wait_for(ReplyError)
+    [error] = await probe.wait_for(ReplyError)
     assert error.turn_id == 1 and "gated" in error.message and "rate limited" in error.message
-    assert not bus.of(ReplyDone)
+    assert not probe.of(ReplyDone)
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_a_silent_provider_times_out_with_a_reply_error() -> None:
+async def test_a_silent_provider_times_out_with_a_reply_error(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider, brain_stall_timeout_s=0.05)
-    await bus.deliver(subjects.BRAIN_TURN, turn())
-    [error] = await bus.wait_for(ReplyError)
+    worker = await make_worker(worker_bus, provider, brain_stall_timeout_s=0.05)
+    await probe.publish(subjects.BRAIN_TURN, turn())
+    [error] = await probe.wait_for(ReplyError)
     assert "no output" in error.message
-    await asyncio.wait_for(provider.closed.wait(), timeout=5)
+    await provider.wait_closed()
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_stop_fails_unfinished_turns_with_a_reply_error() -> None:
+async def test_stop_fails_unfinished_turns_with_a_reply_error(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.BRAIN_TURN, turn())
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.BRAIN_TURN, turn())
+    await provider.wait_started()
     await worker.stop()
-    [error] = bus.of(ReplyError)
+    [error] = await probe.wait_for(ReplyError)
     assert "stopped" in error.message
     assert not worker.ready()
