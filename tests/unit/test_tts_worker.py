@@ -1,10 +1,11 @@
 """The TTS worker's sentence handling (frames, closing frame on every outcome, cancel,
-call end, stop) against a recording stand-in for the bus."""
+call end, stop), the worker in-process on a real bus and a real nats-server."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,10 +13,12 @@ import pytest
 from proto import subjects
 from proto.audio_frame import AudioFrame, FrameFlags
 from proto.headers import CALL_ID, TURN_ID
-from proto.messages import CallEnded, Message, SentenceSynthesized, Synthesize, TtsError, TurnCancel
+from proto.messages import CallEnded, SentenceSynthesized, Synthesize, TtsError, TurnCancel
 from services.tts.providers import make_provider
 from services.tts.providers.fake import fake_speech
 from services.tts.worker import TtsWorker
+from tests.unit.bus_probe import Probe, settle
+from voxline.bus import Bus
 from voxline.config import TtsSettings
 
 EOS = FrameFlags.END_OF_SENTENCE
@@ -28,213 +31,201 @@ def no_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("services.tts.worker.STOP_GRACE_S", 0.0)
 
 
-class StubMsg:
-    def __init__(self, subject: str) -> None:
-        self.subject = subject
-        self.reply = ""
-        self.headers: dict[str, str] | None = None
-
-
-class StubSub:
-    async def unsubscribe(self) -> None:
-        pass
-
-
-class StubBus:
-    def __init__(self) -> None:
-        self.handlers: dict[str, Callable[[Message, Any], Awaitable[None]]] = {}
-        self.frames: list[tuple[str, AudioFrame, dict[str, str]]] = []
-        self.events: list[Message] = []
-        self.changed = asyncio.Condition()
-
-    async def subscribe(self, subject: str, handler: Any, queue: str = "") -> StubSub:
-        self.handlers[subject] = handler
-        return StubSub()
-
-    async def publish_frame(self, subject: str, frame: AudioFrame, headers: dict[str, str] | None = None) -> None:
-        async with self.changed:
-            self.frames.append((subject, frame, headers or {}))
-            self.changed.notify_all()
-
-    async def publish(self, subject: str, message: Message, headers: dict[str, str] | None = None) -> None:
-        assert subject == subjects.tts_events(message.call_id)
-        async with self.changed:
-            self.events.append(message)
-            self.changed.notify_all()
-
-    async def deliver(self, subject: str, message: Message) -> None:
-        await self.handlers[subject](message, StubMsg(subject))
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(condition), timeout=5)
-
-    def payloads(self) -> list[AudioFrame]:
-        return [frame for _, frame, _ in self.frames]
-
-
 class GatedProvider:
-    """Yields what the test pushes: bytes, an exception to raise, or None to finish."""
+    """Yields what the test pushes: bytes, an exception to raise, or None to finish; tells
+    the test when each text's synthesis starts and when its stream is closed."""
 
     name = "gated"
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
-        self.closed = asyncio.Event()
+        self.started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.closed: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
+        self.started[text].set()
         try:
             while (item := await self.queue.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            self.closed.set()
+            self.closed[text].set()
+
+    async def wait_started(self, text: str) -> None:
+        await asyncio.wait_for(self.started[text].wait(), timeout=5)
+
+    async def wait_closed(self, text: str) -> None:
+        await asyncio.wait_for(self.closed[text].wait(), timeout=5)
 
     async def close(self) -> None:
         pass
 
 
-async def make_worker(provider: Any = None, **settings: Any) -> tuple[TtsWorker, StubBus]:
-    bus = StubBus()
+async def make_worker(bus: Bus, provider: Any = None, **settings: Any) -> TtsWorker:
     config = TtsSettings(fake_ttfb_ms=0, tts_chunk_ms=100, **settings)
-    worker = TtsWorker(bus, config, provider or make_provider("fake", config))  # type: ignore[arg-type]
+    worker = TtsWorker(bus, config, provider or make_provider("fake", config))
     await worker.start()
-    return worker, bus
+    await settle(bus)
+    return worker
 
 
 def say(text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", **flags: bool) -> Synthesize:
     return Synthesize(call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, **flags)
 
 
-@pytest.mark.asyncio
-async def test_sentence_becomes_ordered_chunks_closed_by_end_of_sentence() -> None:
-    worker, bus = await make_worker()
-    text = "We are open from nine to five."
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say(text, turn_id=4, seq=2))
-    await bus.until(lambda: bool(bus.events))
+def frames(probe: Probe, call_id: str = "c1") -> list[AudioFrame]:
+    """The reply audio the worker published for the call, in order."""
+    return [
+        s.item for s in probe.received() if isinstance(s.item, AudioFrame) and s.subject == subjects.audio_out(call_id)
+    ]
 
-    frames = bus.payloads()
-    assert b"".join(f.payload for f in frames) == fake_speech(text, worker.settings.fake_ms_per_char)
-    assert [f.chunk for f in frames] == list(range(len(frames)))
-    assert all(f.turn_id == 4 and f.seq == 2 for f in frames)
-    assert all(len(f.payload) == 800 for f in frames[:-1])
-    assert [f.flags for f in frames] == [FrameFlags.NONE] * (len(frames) - 1) + [EOS]
-    for subject, _, headers in bus.frames:
-        assert subject == subjects.audio_out("c1")
-        assert headers[CALL_ID] == "c1" and headers[TURN_ID] == "4"
-    [done] = bus.events
+
+def events(probe: Probe, call_id: str = "c1") -> list[SentenceSynthesized | TtsError]:
+    """What the worker reported about the call's sentences; every report is on its call's subject."""
+    reports = []
+    for seen in probe.received():
+        if not isinstance(seen.item, AudioFrame):
+            assert isinstance(seen.item, SentenceSynthesized | TtsError), seen
+            assert seen.subject == subjects.tts_events(seen.item.call_id), seen
+            if seen.item.call_id == call_id:
+                reports.append(seen.item)
+    return reports
+
+
+async def test_sentence_becomes_ordered_chunks_closed_by_end_of_sentence(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    text = "We are open from nine to five."
+    await probe.publish(subjects.TTS_SYNTHESIZE, say(text, turn_id=4, seq=2))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+
+    audio = frames(probe)
+    assert b"".join(f.payload for f in audio) == fake_speech(text, worker.settings.fake_ms_per_char)
+    assert [f.chunk for f in audio] == list(range(len(audio)))
+    assert all(f.turn_id == 4 and f.seq == 2 for f in audio)
+    assert all(len(f.payload) == 800 for f in audio[:-1])
+    assert [f.flags for f in audio] == [FrameFlags.NONE] * (len(audio) - 1) + [EOS]
+    for seen in probe.received():
+        if isinstance(seen.item, AudioFrame):
+            assert seen.subject == subjects.audio_out("c1")
+            assert seen.headers[CALL_ID] == "c1" and seen.headers[TURN_ID] == "4"
+    [done] = events(probe)
     assert isinstance(done, SentenceSynthesized) and (done.turn_id, done.seq) == (4, 2)
     assert done.audio_ms == pytest.approx(len(text) * worker.settings.fake_ms_per_char, abs=1)
-    assert done.first_audio_us == frames[0].timestamp_us
+    assert done.first_audio_us == audio[0].timestamp_us
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_empty_last_sentence_is_one_empty_closing_frame() -> None:
-    worker, bus = await make_worker()
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("", seq=3, last=True, greeting=True))
-    await bus.until(lambda: bool(bus.events))
-    [frame] = bus.payloads()
+async def test_empty_last_sentence_is_one_empty_closing_frame(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("", seq=3, last=True, greeting=True))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    [frame] = frames(probe)
     assert frame.payload == b"" and frame.seq == 3 and frame.chunk == 0
     assert frame.flags == EOS | EOT | FrameFlags.GREETING
-    assert isinstance(bus.events[0], SentenceSynthesized) and bus.events[0].audio_ms == 0
+    [done] = events(probe)
+    assert isinstance(done, SentenceSynthesized) and done.audio_ms == 0
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_greeting_flag_is_on_every_chunk_and_end_of_turn_on_the_last() -> None:
-    worker, bus = await make_worker()
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Hello, thanks for calling.", last=True, greeting=True))
-    await bus.until(lambda: bool(bus.events))
-    frames = bus.payloads()
-    assert len(frames) > 1
-    assert all(f.flags & FrameFlags.GREETING for f in frames)
-    assert [bool(f.flags & EOT) for f in frames] == [False] * (len(frames) - 1) + [True]
+async def test_greeting_flag_is_on_every_chunk_and_end_of_turn_on_the_last(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Hello, thanks for calling.", last=True, greeting=True))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    audio = frames(probe)
+    assert len(audio) > 1
+    assert all(f.flags & FrameFlags.GREETING for f in audio)
+    assert [bool(f.flags & EOT) for f in audio] == [False] * (len(audio) - 1) + [True]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_first_chunk_goes_out_before_synthesis_ends() -> None:
+async def test_first_chunk_goes_out_before_synthesis_ends(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("A long sentence."))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("A long sentence."))
     provider.queue.put_nowait(b"\x7f" * 1000)
-    await bus.until(lambda: len(bus.frames) == 1)
-    assert bus.payloads()[0].payload == b"\x7f" * 800 and not bus.events
+    await probe.until(lambda: len(frames(probe)) == 1, "the first chunk")
+    assert frames(probe)[0].payload == b"\x7f" * 800 and not events(probe)
     provider.queue.put_nowait(None)
-    await bus.until(lambda: bool(bus.events))
-    assert [len(f.payload) for f in bus.payloads()] == [800, 200]
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    assert [len(f.payload) for f in frames(probe)] == [800, 200]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_provider_failure_still_closes_the_sentence_then_reports() -> None:
+async def test_provider_failure_still_closes_the_sentence_then_reports(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Doomed sentence.", last=True))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Doomed sentence.", last=True))
     provider.queue.put_nowait(b"\x7f" * 900)
     provider.queue.put_nowait(RuntimeError("voice not found"))
-    await bus.until(lambda: bool(bus.events))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
 
-    frames = bus.payloads()
-    assert [len(f.payload) for f in frames] == [800, 100]
-    assert frames[-1].flags == EOS | EOT
-    [error] = bus.events
+    audio = frames(probe)
+    assert [len(f.payload) for f in audio] == [800, 100]
+    assert audio[-1].flags == EOS | EOT
+    [error] = events(probe)
     assert isinstance(error, TtsError) and "gated" in error.message and "voice not found" in error.message
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_a_silent_provider_times_out_and_the_sentence_is_closed() -> None:
+async def test_a_silent_provider_times_out_and_the_sentence_is_closed(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider, tts_stall_timeout_s=0.05)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Never spoken."))
-    await bus.until(lambda: bool(bus.events))
-    [frame] = bus.payloads()
+    worker = await make_worker(worker_bus, provider, tts_stall_timeout_s=0.05)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Never spoken."))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    [frame] = frames(probe)
     assert frame.payload == b"" and frame.flags == EOS
-    assert isinstance(bus.events[0], TtsError) and "no audio" in bus.events[0].message
-    await asyncio.wait_for(provider.closed.wait(), timeout=5)
+    [error] = events(probe)
+    assert isinstance(error, TtsError) and "no audio" in error.message
+    await provider.wait_closed("Never spoken.")
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_cancel_stops_synthesis_without_a_closing_frame() -> None:
+async def test_cancel_stops_synthesis_without_a_closing_frame(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Interrupted.", turn_id=2))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Interrupted.", turn_id=2))
     provider.queue.put_nowait(b"\x7f" * 1000)
-    await bus.until(lambda: len(bus.frames) == 1)
+    await probe.until(lambda: len(frames(probe)) == 1, "the first chunk")
 
-    await bus.deliver(subjects.ALL_TURN_CANCELS, TurnCancel(call_id="c1", turn_id=2, reason="barge_in", at_us=0))
-    await asyncio.wait_for(provider.closed.wait(), timeout=5)
-    assert len(bus.frames) == 1 and not bus.events
-    # A sentence of the cancelled turn that arrives late is not spoken at all.
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Late sentence.", turn_id=2, seq=1))
-    assert worker.status()["active_sentences"] == 0
+    await probe.publish(subjects.turn_cancel("c1"), TurnCancel(call_id="c1", turn_id=2, reason="barge_in", at_us=0))
+    await provider.wait_closed("Interrupted.")
+    await probe.caught_up(worker_bus)
+    assert len(frames(probe)) == 1 and not events(probe)
+    # A sentence of the cancelled turn that arrives late is not spoken at all; the
+    # bystander's sentence after it, on the same subscription, shows it was handled.
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Late sentence.", turn_id=2, seq=1))
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("", call_id="bystander"))
+    await probe.until(lambda: bool(events(probe, "bystander")), "the bystander's report")
+    assert all(t["call_id"] != "c1" for t in worker.status()["turns"])
     await worker.stop()
-    assert len(bus.frames) == 1 and not bus.events
+    await probe.caught_up(worker_bus)
+    assert len(frames(probe)) == 1 and not events(probe)
 
 
-@pytest.mark.asyncio
-async def test_call_end_stops_only_that_call() -> None:
+async def test_call_end_stops_only_that_call(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("First call.", call_id="c1"))
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Second call.", call_id="c2"))
-    await bus.deliver(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("First call.", call_id="c1"))
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Second call.", call_id="c2"))
+    await provider.wait_started("First call.")
+    await provider.wait_started("Second call.")
+    await probe.publish(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
+    await provider.wait_closed("First call.")
     assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}]
     await worker.stop()
 
 
-@pytest.mark.asyncio
-async def test_stop_closes_unfinished_sentences_with_an_error() -> None:
+async def test_stop_closes_unfinished_sentences_with_an_error(worker_bus: Bus, probe: Probe) -> None:
     provider = GatedProvider()
-    worker, bus = await make_worker(provider)
-    await bus.deliver(subjects.TTS_SYNTHESIZE, say("Cut short.", last=True))
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Cut short.", last=True))
+    await provider.wait_started("Cut short.")
     provider.queue.put_nowait(b"\x7f" * 300)
     await worker.stop()
-    [frame] = bus.payloads()
+    await probe.caught_up(worker_bus)
+    [frame] = frames(probe)
     assert frame.flags == EOS | EOT
-    assert isinstance(bus.events[0], TtsError) and "stopped" in bus.events[0].message
+    [error] = events(probe)
+    assert isinstance(error, TtsError) and "stopped" in error.message
     assert not worker.ready()
