@@ -99,6 +99,11 @@ class Bus:
 
         return await self.nc.subscribe(subject, cb=on_ping)
 
+    async def ping(self, subject: str, timeout: float) -> None:
+        """Ask whoever serves `serve_ping` on `subject`; raise nats.errors.TimeoutError /
+        NoRespondersError when it does not answer in time."""
+        await self.nc.request(subject, b"", timeout=timeout)
+
     async def subscribe(self, subject: str, handler: MessageHandler, queue: str = "") -> Subscription:
         async def on_message(msg: Msg) -> None:
             try:

@@ -187,7 +187,7 @@ class Orchestrator:
             await asyncio.sleep(STT_PING_INTERVAL_S)
             for worker_id in set(self._stt_worker.values()):
                 try:
-                    await self.bus.nc.request(subjects.stt_ping(worker_id), b"", timeout=STT_PING_TIMEOUT_S)
+                    await self.bus.ping(subjects.stt_ping(worker_id), STT_PING_TIMEOUT_S)
                     self._stt_misses.pop(worker_id, None)
                     continue
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
