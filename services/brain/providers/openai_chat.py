@@ -75,6 +75,7 @@ class OpenAIChatProvider:
         # llama-server keeps the KV of the longest common prefix (the agent's system
         # prompt), so a turn only pre-fills the new words; OpenAI rejects unknown fields.
         self._extra_body: dict[str, Any] = {"cache_prompt": True} if self.local else {}
+        self._prefills: set[asyncio.Task[None]] = set()
 
     def messages(self, turn: BrainTurn) -> list[dict[str, Any]]:
         return self.prompts.messages(turn)[1]
@@ -116,6 +117,7 @@ class OpenAIChatProvider:
         agent, messages = self.prompts.messages(turn)
         tools = {tool.name: tool for tool in agent.tools}
         spoken = 0
+        said: list[str] = []
         for round_no in range(self.settings.tool_rounds + 1):
             reply, calls = SpeakableReply(), ToolCallAccumulator()
             text: list[str] = []
@@ -131,12 +133,14 @@ class OpenAIChatProvider:
                         text.append(delta.content)
                         for sentence in reply.feed(delta.content):
                             spoken += 1
+                            said.append(sentence)
                             yield sentence + " "  # the trailing space lets the worker cut at once
                     if reply.full and not tools:
                         break  # the rest would never be spoken; with tools a call may follow
                 else:
                     for sentence in reply.flush():
                         spoken += 1
+                        said.append(sentence)
                         yield sentence + " "
             finally:
                 # Also on cancellation (barge-in): closing the response ends the HTTP stream,
@@ -163,6 +167,31 @@ class OpenAIChatProvider:
                 messages[-1]["tool_calls"].append(call.message())
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         log.info("reply of %d sentences in %.0f ms", spoken, (time.monotonic() - started) * 1000)
+        if self.local and said:
+            self._prefill_history([*messages, {"role": "assistant", "content": " ".join(said)}])
+
+    def _prefill_history(self, messages: list[dict[str, Any]]) -> None:
+        """Local only: while the reply plays and the caller answers, have llama-server
+        pre-fill this exchange into its prompt cache, so the next turn pre-fills only the
+        caller's new words (~6 ms a token on two cores: a few hundred ms saved a turn).
+        The history the next turn sends is what the caller heard, which is this reply
+        unless they interrupted it; the cache then still holds the common prefix."""
+
+        async def prefill() -> None:
+            try:
+                await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=1,
+                    temperature=0.0,
+                    extra_body=self._extra_body,
+                )
+            except openai.APIError as exc:  # only a cache warm-up: the next turn works without it
+                log.info("history pre-fill skipped: %s", type(exc).__name__)
+
+        task = asyncio.create_task(prefill(), name="llm-prefill")
+        self._prefills.add(task)
+        task.add_done_callback(self._prefills.discard)
 
     async def load(self) -> None:
         """Warm the endpoint before the first caller: the cloud gets a models list (opens
@@ -208,5 +237,7 @@ class OpenAIChatProvider:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        for task in list(self._prefills):
+            task.cancel()
         await self.client.close()
         await self.webhooks.aclose()
