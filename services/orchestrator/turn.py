@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from proto.records import TurnRecord
 
+# About 12 characters a second: slower than phone voices speak (~15), so a length
+# estimated from the text errs towards "not heard yet".
+SLOW_SPEECH_MS_PER_CHAR = 85.0
+
 
 @dataclass
 class Turn:
@@ -67,9 +71,14 @@ class Turn:
                 continue
             played = self.heard_ms.get(seq, 0)
             total = self.audio_ms.get(seq, 0.0)
+            if total <= 0:
+                # Still being synthesized (a streaming TTS sends audio as fast as it
+                # speaks): estimate its length from the text, at a slow speaking rate, so
+                # words the caller may not have heard are never counted as heard.
+                total = len(text) * SLOW_SPEECH_MS_PER_CHAR
             if played > 0 and total > 0 and text:
                 words = text.split()
-                keep = min(len(words), int(len(words) * played / total))
+                keep = min(len(words), int(len(words) * min(1.0, played / total)))
                 if keep:
                     heard.append(" ".join(words[:keep]))
             break

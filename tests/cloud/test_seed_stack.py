@@ -21,12 +21,16 @@ from tests.emulators.elevenlabs import DEFAULT_KEY as EL_KEY
 from tests.emulators.elevenlabs import ElevenLabsEmulator
 from tests.emulators.openai_chat import DEFAULT_KEY as OA_KEY
 from tests.emulators.openai_chat import GPT4O_TTFT_MS, OpenAiChatEmulator, Reply
+from voxline.agents.turn_options import TurnOptions
 from voxline.devstack import DevStack
 from voxline.simulator import Utterance
 
 pytestmark = pytest.mark.integration
 
 DEEPGRAM_FINAL_MS = 300  # Deepgram: final transcript ~300 ms after the end of speech
+# The emulator endpoints after `endpointing` ms of silence (our SttAssign.pause_ms), then
+# waits final_delay_ms: together the published ~300 ms.
+ENDPOINTING_MS = TurnOptions().stt_pause_ms
 GPT4O_TOKENS_PER_S = 80.0
 FLASH_TTFB_MS = 100.0  # ElevenLabs Flash: first audio ~100 ms after a flush
 
@@ -71,7 +75,7 @@ def el() -> Iterator[ElevenLabsEmulator]:
 def published_latencies(deepgram: DeepgramEmulator, chat: OpenAiChatEmulator, el: ElevenLabsEmulator) -> None:
     chat.reset()
     el.reset()
-    deepgram.final_delay_ms = DEEPGRAM_FINAL_MS
+    deepgram.final_delay_ms = DEEPGRAM_FINAL_MS - ENDPOINTING_MS
     chat.ttft_ms, chat.tokens_per_s = GPT4O_TTFT_MS, GPT4O_TOKENS_PER_S
     el.ttfb_ms = FLASH_TTFB_MS
 

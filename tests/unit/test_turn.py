@@ -61,3 +61,16 @@ def test_sentences_tts_failed_on_are_not_heard() -> None:
     assert not turn.unspoken()
     turn.failed.add(1)
     assert turn.heard_text() == "" and turn.unspoken()
+
+
+def test_a_sentence_still_streaming_is_cut_by_an_estimate_from_its_text() -> None:
+    # TTS has not reported the sentence's length yet (it streams as it speaks), but
+    # Twilio confirmed 1.3 s of it: the words up to a slow speaking rate count as heard.
+    turn = Turn(turn_id=3, kind="reply", caller_text="tell me about the clinic")
+    turn.sentences = {0: "Our clinic is next to the public library on Maple Street."}  # 58 chars
+    turn.heard_ms[0] = 1300
+    heard = turn.heard_text()
+    assert heard == "Our clinic"  # int(11 words * 1300 / (58 * 85)) = 2
+    assert turn.sentences[0].startswith(heard)
+    turn.heard_ms[0] = 60_000  # more than the estimate: never more than the sentence
+    assert turn.heard_text() == turn.sentences[0]

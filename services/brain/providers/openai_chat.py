@@ -129,6 +129,8 @@ class OpenAIChatProvider:
                         continue
                     if delta.tool_calls:
                         calls.add(delta.tool_calls)
+                    if delta.content and not spoken and not text:
+                        yield ""  # the model's first token: the worker times it; nothing to say yet
                     if delta.content and not reply.full:
                         text.append(delta.content)
                         for sentence in reply.feed(delta.content):
