@@ -94,6 +94,17 @@ class SpeechEnded(_Msg, kw_only=True, frozen=True):
     end_of_turn_probability: float = -1.0
 
 
+class SpeechPaused(_Msg, kw_only=True, frozen=True):
+    """The caller went quiet and the recogniser's interim text already covers all they
+    said: a preemptive reply may start on `text` before the final transcript (which
+    follows, or a SpeechStarted if the caller goes on). Sent by streaming recognisers
+    that have interim results (Deepgram); `speech_end_us` is where the quiet began."""
+
+    at_us: int
+    speech_end_us: int
+    text: str
+
+
 class SttError(_Msg, kw_only=True, frozen=True):
     message: str
 
@@ -247,6 +258,7 @@ Message = (
     | SpeechStarted
     | Transcript
     | SpeechEnded
+    | SpeechPaused
     | SttError
     | BrainTurn
     | ReplySentence

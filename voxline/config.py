@@ -115,6 +115,11 @@ class SttSettings(WorkerSettings):
     deepgram_utterance_end_ms: int = Field(
         1000, description="Deepgram: word gap that sends UtteranceEnd, the fallback end of turn in noise."
     )
+    deepgram_early_pause_ms: int = Field(
+        80,
+        description="Deepgram: quiet this long, with interim text covering every word, sends SpeechPaused "
+        "(a preemptive reply starts before the final); 0 = off.",
+    )
     deepgram_connect_timeout_s: float = Field(3.0, description="Deepgram: handshake timeout of one connection attempt.")
     deepgram_stall_timeout_s: float = Field(
         5.0, description="Deepgram: audio flowing this long with no message back counts as a stall: reconnect."

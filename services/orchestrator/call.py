@@ -29,6 +29,7 @@ from proto.messages import (
     ReplySentence,
     SentenceSynthesized,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
     SttError,
     Synthesize,
@@ -251,6 +252,8 @@ class Call:
                 await self.caller.on_transcript(message)
             case SpeechEnded():
                 await self.caller.on_speech_ended(message)
+            case SpeechPaused():
+                await self.caller.on_speech_paused(message)
             case Dtmf():
                 await self.caller.on_dtmf(message)
             case ReplySentence():

@@ -93,3 +93,9 @@ def is_backchannel(text: str, options: TurnOptions) -> bool:
         return True
     single = {p for p in phrases if " " not in p}
     return all(word in single for word in normalized.split()) and len(normalized.split()) <= 3
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation: an interim transcript and the
+    final one often differ only in those."""
+    return _WORD.findall(a.lower()) == _WORD.findall(b.lower())

@@ -16,8 +16,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from proto.messages import Dtmf, PlaybackPause, PlaybackResume, SpeechEnded, SpeechStarted, Transcript
-from services.orchestrator.end_of_turn import decide, is_backchannel
+from proto.messages import (
+    Dtmf,
+    PlaybackPause,
+    PlaybackResume,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+    Transcript,
+)
+from services.orchestrator.end_of_turn import decide, is_backchannel, same_words
 from services.orchestrator.states import CallState
 from services.orchestrator.turn import Turn
 from voxline.telemetry import now_us
@@ -109,6 +117,21 @@ class TurnTaking:
         else:
             self.call.timers.start("final_transcript", FINAL_TRANSCRIPT_WAIT_S, self._no_final_transcript)
 
+    async def on_speech_paused(self, msg: SpeechPaused) -> None:
+        """A streaming recogniser's interim text covers all the caller said and they went
+        quiet: the brain starts now, ~200 ms before the final transcript. The final (or
+        more speech) decides whether this reply is the one the caller hears."""
+        call = self.call
+        if not self.options.preemptive_reply or self.overlap is not None:
+            return
+        current = call.current
+        if current is not None and current.active:
+            return  # a reply is already thinking or playing: this pause is not a new turn
+        text = " ".join([*self.parts, msg.text.strip()]).strip()
+        if text:
+            log.info("caller paused with interim words: preemptive reply")
+            await call.start_reply(text, tentative=True)
+
     async def _no_final_transcript(self) -> None:
         log.warning("no final transcript %.1fs after speech end; going on with what was heard", FINAL_TRANSCRIPT_WAIT_S)
         self.stt_final_us = now_us()
@@ -177,7 +200,8 @@ class TurnTaking:
             return
         turn = call.current
         if turn is not None and turn.active and not turn.committed:
-            if turn.caller_text == text:
+            if same_words(turn.caller_text, text):  # an interim may differ in case and punctuation
+                turn.caller_text = text
                 await call.commit_reply(turn, self)
                 return
             await call.cancel_turn(turn, "transcript_changed", carry_text=False)

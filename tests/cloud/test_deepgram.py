@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, deepgram: DeepgramEmulator) 
 @pytest.fixture(autouse=True)
 def healthy(deepgram: DeepgramEmulator) -> None:
     """Each test starts from a well-behaved Deepgram with the published ~300 ms finals."""
-    deepgram.api_key, deepgram.final_delay_ms = KEY, 300
+    deepgram.api_key, deepgram.final_delay_ms, deepgram.interim_at_pause_ms = KEY, 300, 80
     deepgram.reject_next, deepgram.drop_after_speech_ms, deepgram.stall_next = [], None, 0
 
 
@@ -101,6 +101,51 @@ async def test_turns_are_heard_through_deepgram(stack: DevStack, deepgram: Deepg
     assert result.record is not None
     for turn in (t for t in result.record["turns"] if t["kind"] == "reply"):
         print(f"deepgram turn latency (final_delay 300 ms): {turn['latency']}")
+
+
+async def test_reply_starts_on_the_interim_at_the_pause_before_the_final(
+    stack: DevStack, deepgram: DeepgramEmulator
+) -> None:
+    result = await call(stack, deepgram, "what are your opening hours", "do you take my insurance")
+    assert result.accepted and not result.errors, result.errors
+    assert caller_texts(result) == ["what are your opening hours", "do you take my insurance"]
+    assert result.record is not None
+    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
+    assert all(t["preemptive"] for t in replies), replies
+    assert [t["reply_text"] for t in replies] == [
+        "You said: what are your opening hours. This is the Voxline test agent answering your call.",
+        "You said: do you take my insurance. This is the Voxline test agent answering your call.",
+    ]
+    # Without an interim covering the words, the reply waits for the final.
+    deepgram.interim_at_pause_ms = 0
+    later = await call(stack, deepgram, "where can I park")
+    assert later.record is not None and not later.record["turns"][-1]["preemptive"]
+    assert caller_texts(later) == ["where can I park"]
+
+
+def voiced_only(text: str) -> np.ndarray:
+    """The caller's audio of `text` without espeak's trailing silence."""
+    pcm = synthesize(text)
+    levels = [rms_dbfs(pcm[i : i + FRAME_SAMPLES]) for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+    last = int(np.flatnonzero(np.array(levels) > -40.0)[-1])
+    return pcm[: (last + 1) * FRAME_SAMPLES]
+
+
+async def test_caller_going_on_after_the_pause_gets_one_answer_to_all_of_it(
+    stack: DevStack, deepgram: DeepgramEmulator
+) -> None:
+    # 140 ms of quiet: long enough for the early pause (80 ms), too short for Deepgram's
+    # endpoint (200 ms), so the preemptive reply on "everything so far" must be dropped.
+    said = "I need to cancel my appointment for tomorrow"
+    gap = np.zeros(8 * 140, dtype=np.int16)
+    audio = np.concatenate([voiced_only("I need to cancel"), gap, synthesize("my appointment for tomorrow")])
+    continued = service_log(stack, "orchestrator").count("cancelled: caller_continued")
+    result = await call(stack, deepgram, said, utterances=[Utterance(pcm8k=audio)])
+    assert result.accepted and not result.errors, result.errors
+    assert caller_texts(result) == [said]
+    assert result.record is not None and len([t for t in result.record["turns"] if t["kind"] == "reply"]) == 1
+    assert service_log(stack, "orchestrator").count("cancelled: caller_continued") > continued
+    assert result.turns[0].completed
 
 
 async def test_barge_in_on_deepgram_speech_started(stack: DevStack, deepgram: DeepgramEmulator) -> None:

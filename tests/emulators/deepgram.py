@@ -6,10 +6,12 @@ energy of the decoded mu-law) and says the next scripted transcript. All its tim
 audio time, counted in frames, like Deepgram's own timestamps, so replayed audio sent
 faster than real time is heard the same way as live audio.
 
-Per connection: SpeechStarted at speech onset, interim Results every 250 ms of speech, an
-is_final + speech_final Result after `endpointing` ms of silence (after `final_delay_ms`
-of wall time), UtteranceEnd after `utterance_end_ms` of silence, an empty is_final Result
-every second of silence (as Deepgram acknowledges silence), Metadata on CloseStream.
+Per connection: SpeechStarted at speech onset, interim Results every 250 ms of speech, one
+interim with the whole utterance `interim_at_pause_ms` into the silence after it (Deepgram
+has then decoded the last word; 0 = no such interim), an is_final + speech_final Result
+after `endpointing` ms of silence (after `final_delay_ms` of wall time), UtteranceEnd after
+`utterance_end_ms` of silence, an empty is_final Result every second of silence (as
+Deepgram acknowledges silence), Metadata on CloseStream.
 Faults are injected through attributes, set by a test from any thread.
 """
 
@@ -63,6 +65,7 @@ class DeepgramEmulator:
     api_key: str = "dg-emulator-key-0001"
     transcripts: list[str] = field(default_factory=list)  # said in order, one per utterance
     final_delay_ms: int = 0  # wall time between the endpoint and the speech_final Result
+    interim_at_pause_ms: int = 80  # audio time into a pause of the interim with every word; 0 = none
     speech_dbfs: float = -40.0
     reject_next: list[int] = field(default_factory=list)  # HTTP statuses for the next handshakes
     drop_after_speech_ms: int | None = None  # one shot: abort the socket this far into an utterance
@@ -200,6 +203,8 @@ class _Listener:
         self.run_frames = 0
         if self.in_speech:
             self.silence_ms += FRAME_MS
+            if self.silence_ms == self.em.interim_at_pause_ms < self.endpointing_ms:
+                self._send(self._results(self._script(), is_final=False, speech_final=False))
             if self.silence_ms >= self.endpointing_ms:
                 self._final(from_finalize=False)
             return

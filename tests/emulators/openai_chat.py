@@ -58,8 +58,16 @@ class ChatRequest:
         return str(self.messages[0]["content"]) if self.messages else ""
 
 
+def _last_user(body: dict[str, Any]) -> str:
+    return next((str(m["content"]) for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
+
+
+def _key(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
 def default_reply(body: dict[str, Any]) -> Reply:
-    said = next((str(m["content"]) for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
+    said = _last_user(body)
     return Reply(f"You asked: {said.rstrip('.?!')}. We are happy to help with that.")
 
 
@@ -76,6 +84,9 @@ class OpenAiChatEmulator:
         self.ttft_ms = 0.0
         self.tokens_per_s = 0.0  # 0 = as fast as the socket goes
         self.replies: list[Reply] = []  # consumed in order; then default_reply
+        # By the caller's last words (lower case, no punctuation), before `replies`: a
+        # preemptive request that gets cancelled must not use up another turn's reply.
+        self.answers: dict[str, Reply] = {}
         self.failures: list[int | str] = []  # per request, in order: an HTTP status, "stall" or "drop"
         self.drop_after_tokens = 2
         self.requests: list[ChatRequest] = []
@@ -141,7 +152,9 @@ class OpenAiChatEmulator:
             return self._error(400, "this emulator answers stream=true requests with messages only")
         record = ChatRequest(body, 200)
         self.requests.append(record)
-        reply = self.replies.pop(0) if self.replies else default_reply(body)
+        answers = {_key(words): reply for words, reply in self.answers.items()}
+        reply = answers.get(_key(_last_user(body))) or (self.replies.pop(0) if self.replies else None)
+        reply = reply or default_reply(body)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:

@@ -30,10 +30,11 @@ from deepgram.listen.v1.types import (
 )
 
 from proto.audio_frame import AudioFrame
-from proto.messages import Message, SpeechEnded, SpeechStarted, SttError, Transcript
+from proto.messages import Message, SpeechEnded, SpeechPaused, SpeechStarted, SttError, Transcript
 from services.common import ProviderError, count_provider_error, kind_of_status
 from services.stt.providers.base import Emit
 from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
+from services.stt.providers.pause_watch import PauseEvent, PauseWatch
 from voxline.config import SttSettings
 from voxline.telemetry import now_us
 
@@ -69,6 +70,7 @@ class DeepgramSession:
         self._in_speech = False
         self._words: list[str] = []  # finalized text of the current utterance
         self._speech_end = 0  # call offset of the end of its last word
+        self.pause = PauseWatch(settings.deepgram_early_pause_ms)
         self.on_auth_refused: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -87,7 +89,10 @@ class DeepgramSession:
         if self._failure is not None:
             await self._report_failure()
             return
+        offset = self.ledger.end
         self.ledger.append(frame.payload, frame.timestamp_us or now_us())
+        if self._in_speech:
+            await self._on_pause_event(self.pause.frame(offset, frame.payload))
         if self._live and self._socket is not None:
             try:
                 await self._socket.send_media(frame.payload)
@@ -95,6 +100,16 @@ class DeepgramSession:
                 self._live = False  # the reader sees the close; the frame waits in the ledger
                 return
             self._mark_sent(len(frame.payload))
+
+    async def _on_pause_event(self, event: PauseEvent | None) -> None:
+        if event is PauseEvent.PAUSED and self.pause.quiet_from is not None:
+            at = now_us()
+            quiet_from_us = min(at, self.ledger.wall_us(self.pause.quiet_from))
+            await self.emit(
+                SpeechPaused(call_id=self.call_id, at_us=at, speech_end_us=quiet_from_us, text=self.pause.text)
+            )
+        elif event is PauseEvent.RESUMED:  # Deepgram says nothing here: it is one utterance to it
+            await self.emit(SpeechStarted(call_id=self.call_id, at_us=now_us()))
 
     def _mark_sent(self, size: int) -> None:
         self._last_sent = time.monotonic()
@@ -225,6 +240,7 @@ class DeepgramSession:
             if text:
                 partial = " ".join([*self._words, text])
                 await self.emit(Transcript(call_id=self.call_id, text=partial, is_final=False, at_us=now_us()))
+                await self._on_pause_event(self.pause.interim(partial, end))
             return
         if text:
             self._words.append(text)
@@ -239,6 +255,7 @@ class DeepgramSession:
         end_us = self.ledger.wall_us(speech_end)
         text = " ".join(self._words)
         self._words, self._in_speech = [], False
+        self.pause.utterance_ended()
         provider_ms = max(0.0, (arrived - end_us) / 1000.0 - silence_ms)
         confirmed = min(arrived, end_us + silence_ms * 1000)
         await self.emit(SpeechEnded(call_id=self.call_id, at_us=confirmed, speech_end_us=end_us))
