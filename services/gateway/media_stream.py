@@ -37,6 +37,7 @@ from proto.messages import (
     TurnCancel,
 )
 from services.gateway import twilio_protocol as tp
+from services.gateway.playback_position import PlaybackPosition
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline.audio import mulaw_duration_ms
 from voxline.bus import Bus
@@ -109,6 +110,7 @@ class MediaStream:
         self._flushing: set[str] = set()  # marks Twilio echoes because of our `clear`, not playback
         self._paused_turn = 0
         self._held: list[tuple[AudioFrame, MarkName]] = []  # what a resume plays
+        self._position = PlaybackPosition()
         self._first_media_sent: set[int] = set()
         self._sentence_ms: dict[tuple[int, int], float] = {}
         self._closing = False
@@ -283,6 +285,7 @@ class MediaStream:
                     await self.ws.send_text(self.serializer.media(frame.payload))
                 await self.ws.send_text(self.serializer.mark(mark.encode()))
                 self._inflight.append((frame, mark))
+                self._position.sent(mark, now_us())
         sent_us = now_us()
         for frame, _ in chunks:
             if frame.timestamp_us:
@@ -303,6 +306,7 @@ class MediaStream:
             _, sent = self._inflight.popleft()
             if sent == mark:
                 break
+        self._position.echoed(mark, now_us())
         await self._publish(
             MarkPlayed(
                 call_id=self.call_id,
@@ -360,6 +364,7 @@ class MediaStream:
             await self.ws.send_text(self.serializer.clear())
         CLEARS.inc()
         self._flushing.update(m.encode() for _, m in self._inflight)
+        self._position.forget([m for _, m in self._inflight])
         self._inflight.clear()
         return dropped
 
@@ -367,8 +372,10 @@ class MediaStream:
         if turn_id <= self._cancelled_upto:
             return
         self._paused_turn = turn_id
-        dropped = await self._clear(turn_id)
-        self._held[:0] = [(f, m) for f, m in dropped if f.turn_id == turn_id]
+        ours = [(f, m) for f, m in self._inflight if f.turn_id == turn_id]
+        unplayed = self._position.unplayed(ours, now_us())  # before `clear` forgets the send times
+        if await self._clear(turn_id):
+            self._held[:0] = unplayed
         log.info("paused turn %d (%d chunks held)", turn_id, len(self._held))
 
     async def _resume(self, turn_id: int) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from proto.messages import BrainTurn, PlaybackPause, PlaybackResume, TurnCancel
 from tests.integration.conftest import AUTH_TOKEN, BusSpy, script_for
+from voxline.bench.metrics import AUDIBLE_MS
 from voxline.devstack import DevStack
 from voxline.simulator import CallResult, CallScript, Utterance, run_call
 
@@ -63,6 +64,12 @@ async def test_backchannel_pauses_then_resumes_with_nothing_lost_and_no_new_answ
     lost, repeated_ms = lost_and_repeated(result, turn_id)
     assert lost == []
     assert repeated_ms <= TTS_CHUNK_MS  # at most the one chunk the clear cut mid-way
+    # Laid on the sentence's time axis, the resumed audio starts where the caller left off:
+    # the part of the cut chunk already heard is not sent again (only the few ms the `clear`
+    # took to reach the caller's side overlap; without the cut it is most of a chunk).
+    first = result.turns[0]
+    assert first.lost_audio_ms is not None and first.lost_audio_ms <= AUDIBLE_MS, first.lost_audio_ms
+    assert first.repeated_audio_ms is not None and first.repeated_audio_ms <= AUDIBLE_MS, first.repeated_audio_ms
 
 
 async def test_noise_over_the_reply_is_a_false_interruption_and_the_reply_resumes(stack: DevStack) -> None:
