@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import msgspec
 
 from voxline.audio import TELEPHONY_RATE
 
@@ -178,8 +179,13 @@ class TwilioStream:
         }
 
 
+# msgspec, not json: the load generator must stay cheap beside 200 calls of the stack.
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
 def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
+    return _encoder.encode(message).decode()
 
 
 @dataclass(frozen=True)
@@ -196,8 +202,8 @@ def _load(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes):
         raise ProtocolError("binary frame (Media Streams is JSON text only)")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = _decoder.decode(text)
+    except msgspec.DecodeError as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("event"), str):
         raise ProtocolError("message without an event")
