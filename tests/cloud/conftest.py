@@ -64,6 +64,26 @@ def start_emulator(loop: BackgroundLoop, emulator: E) -> E:
     return emulator
 
 
+class ThreadedEmulator(Protocol):
+    """An emulator that serves from a thread of its own (the aiohttp-based ones)."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+R = TypeVar("R", bound=ThreadedEmulator)
+
+
+def running(emulator: R) -> Iterator[R]:
+    """The body of a fixture for a threaded emulator: `yield from running(X())`."""
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 def start_stack(tmp_path_factory: pytest.TempPathFactory, name: str, extra_env: Mapping[str, str]) -> DevStack:
     """The real stack (profile fake) with some providers switched by `extra_env`."""
     logs = tmp_path_factory.mktemp(f"logs-{name}")

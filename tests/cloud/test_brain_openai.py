@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.cloud.conftest import all_logs, counter_value, metrics, start_stack
+from tests.cloud.conftest import all_logs, counter_value, metrics, running, start_stack
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN, wait_until
@@ -100,16 +100,12 @@ class WebhookRecorder:
 
 @pytest.fixture(scope="module")
 def chat() -> Iterator[OpenAiChatEmulator]:
-    emulator = OpenAiChatEmulator().start()
-    yield emulator
-    emulator.stop()
+    yield from running(OpenAiChatEmulator())
 
 
 @pytest.fixture(scope="module")
 def twilio() -> Iterator[TwilioRestEmulator]:
-    emulator = TwilioRestEmulator(auth_token=AUTH_TOKEN).start()
-    yield emulator
-    emulator.stop()
+    yield from running(TwilioRestEmulator(auth_token=AUTH_TOKEN))
 
 
 @pytest.fixture(scope="module")

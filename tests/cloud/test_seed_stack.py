@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cloud.conftest import BackgroundLoop, start_emulator, start_stack
+from tests.cloud.conftest import BackgroundLoop, running, start_emulator, start_stack
 from tests.cloud.test_brain_openai import replies
 from tests.cloud.test_deepgram import KEY as DG_KEY
 from tests.cloud.test_deepgram import call, caller_texts
@@ -59,16 +59,12 @@ def deepgram(emulator_loop: BackgroundLoop) -> Iterator[DeepgramEmulator]:
 
 @pytest.fixture(scope="module")
 def chat() -> Iterator[OpenAiChatEmulator]:
-    emulator = OpenAiChatEmulator().start()
-    yield emulator
-    emulator.stop()
+    yield from running(OpenAiChatEmulator())
 
 
 @pytest.fixture(scope="module")
 def el() -> Iterator[ElevenLabsEmulator]:
-    emulator = ElevenLabsEmulator().start()
-    yield emulator
-    emulator.stop()
+    yield from running(ElevenLabsEmulator())
 
 
 @pytest.fixture(autouse=True)

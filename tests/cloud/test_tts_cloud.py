@@ -14,7 +14,7 @@ import pytest
 from services.common import ProviderError
 from services.tts.providers import make_provider
 from services.tts.providers.fallback import FallbackTtsProvider
-from tests.cloud.conftest import all_logs, counter_value, metrics, start_stack
+from tests.cloud.conftest import all_logs, counter_value, metrics, running, start_stack
 from tests.emulators.elevenlabs import DEFAULT_KEY as EL_KEY
 from tests.emulators.elevenlabs import ElevenLabsEmulator
 from tests.emulators.openai_speech import DEFAULT_KEY as OA_KEY
@@ -32,16 +32,12 @@ ERRORS = "voxline_provider_errors_total"
 
 @pytest.fixture(scope="module")
 def el() -> Iterator[ElevenLabsEmulator]:
-    emulator = ElevenLabsEmulator().start()
-    yield emulator
-    emulator.stop()
+    yield from running(ElevenLabsEmulator())
 
 
 @pytest.fixture(scope="module")
 def oa() -> Iterator[OpenAiSpeechEmulator]:
-    emulator = OpenAiSpeechEmulator().start()
-    yield emulator
-    emulator.stop()
+    yield from running(OpenAiSpeechEmulator())
 
 
 @pytest.fixture(autouse=True)
