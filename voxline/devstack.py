@@ -203,7 +203,12 @@ class DevStack:
         self.wait_ready(name, timeout)
 
     def supervise_once(self) -> list[str]:
-        """Restart any service that died; return their names."""
+        """Restart any service that died; return their names. A dead nats-server stops the
+        stack with a clear error: every service needs the bus, and they would otherwise
+        retry their connections forever in silence."""
+        nats = self.processes.get("nats")
+        if nats is not None and nats.popen is not None and not nats.alive:
+            raise StackError(f"nats-server exited with code {nats.popen.returncode}; see its log")
         died = [n for n, p in self.processes.items() if n != "nats" and not p.alive]
         for name in died:
             self._say(f"voxline: {name} exited unexpectedly; restarting")
