@@ -37,7 +37,7 @@ from proto.messages import (
     TurnCancel,
 )
 from services.gateway import twilio_protocol as tp
-from services.gateway.playback_position import PlaybackPosition
+from services.gateway.playback_position import unplayed
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline.audio import mulaw_duration_ms
 from voxline.bus import Bus
@@ -105,12 +105,13 @@ class MediaStream:
         self._headers: dict[str, str] = {}
         self._order: _ReplyOrder | None = None
         self._cancelled_upto = 0
-        # Chunks sent to Twilio whose mark has not been echoed: what a `clear` drops.
-        self._inflight: deque[tuple[AudioFrame, MarkName]] = deque()
+        # Chunks sent to Twilio whose mark has not been echoed, with when they were sent:
+        # what a `clear` drops, and where in them a pause finds the caller.
+        self._inflight: deque[tuple[AudioFrame, MarkName, int]] = deque()
         self._flushing: set[str] = set()  # marks Twilio echoes because of our `clear`, not playback
         self._paused_turn = 0
         self._held: list[tuple[AudioFrame, MarkName]] = []  # what a resume plays
-        self._position = PlaybackPosition()
+        self._last_echo_us = 0  # when the newest played mark came back
         self._first_media_sent: set[int] = set()
         self._sentence_ms: dict[tuple[int, int], float] = {}
         self._closing = False
@@ -284,8 +285,7 @@ class MediaStream:
                 if frame.payload:
                     await self.ws.send_text(self.serializer.media(frame.payload))
                 await self.ws.send_text(self.serializer.mark(mark.encode()))
-                self._inflight.append((frame, mark))
-                self._position.sent(mark, now_us())
+                self._inflight.append((frame, mark, now_us()))
         sent_us = now_us()
         for frame, _ in chunks:
             if frame.timestamp_us:
@@ -303,10 +303,10 @@ class MediaStream:
             log.warning("mark echo with a name we did not send: %r", name[:80])
             return
         while self._inflight:
-            _, sent = self._inflight.popleft()
+            _, sent, _ = self._inflight.popleft()
             if sent == mark:
                 break
-        self._position.echoed(mark, now_us())
+        self._last_echo_us = now_us()
         await self._publish(
             MarkPlayed(
                 call_id=self.call_id,
@@ -355,7 +355,7 @@ class MediaStream:
 
     async def _clear(self, turn_upto: int) -> list[tuple[AudioFrame, MarkName]]:
         """Send `clear` if Twilio holds audio of these turns; return the chunks it dropped."""
-        dropped = [(f, m) for f, m in self._inflight if f.turn_id <= turn_upto]
+        dropped = [(f, m) for f, m, _ in self._inflight if f.turn_id <= turn_upto]
         if not dropped:
             return []
         async with self._send_lock:
@@ -363,8 +363,7 @@ class MediaStream:
                 return []
             await self.ws.send_text(self.serializer.clear())
         CLEARS.inc()
-        self._flushing.update(m.encode() for _, m in self._inflight)
-        self._position.forget([m for _, m in self._inflight])
+        self._flushing.update(m.encode() for _, m, _ in self._inflight)
         self._inflight.clear()
         return dropped
 
@@ -372,10 +371,10 @@ class MediaStream:
         if turn_id <= self._cancelled_upto:
             return
         self._paused_turn = turn_id
-        ours = [(f, m) for f, m in self._inflight if f.turn_id == turn_id]
-        unplayed = self._position.unplayed(ours, now_us())  # before `clear` forgets the send times
+        ours = [entry for entry in self._inflight if entry[0].turn_id == turn_id]
+        cleared_us = now_us()
         if await self._clear(turn_id):
-            self._held[:0] = unplayed
+            self._held[:0] = unplayed(ours, self._last_echo_us, cleared_us)
         log.info("paused turn %d (%d chunks held)", turn_id, len(self._held))
 
     async def _resume(self, turn_id: int) -> None:

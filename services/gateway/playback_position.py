@@ -22,42 +22,22 @@ from voxline.audio import TELEPHONY_RATE
 DRY_BUFFER_MARGIN_MS = 40.0  # a one-way trip to Twilio, roughly: what a dry-buffer estimate may overshoot
 
 
-class PlaybackPosition:
-    def __init__(self) -> None:
-        self._sent_us: dict[MarkName, int] = {}
-        self._last_echo_us = 0
-
-    def sent(self, mark: MarkName, at_us: int) -> None:
-        self._sent_us[mark] = at_us
-
-    def echoed(self, mark: MarkName, at_us: int) -> None:
-        self._sent_us.pop(mark, None)
-        self._last_echo_us = at_us
-
-    def forget(self, marks: list[MarkName]) -> None:
-        for mark in marks:
-            self._sent_us.pop(mark, None)
-
-    def unplayed(
-        self, dropped: list[tuple[AudioFrame, MarkName]], cleared_us: int
-    ) -> list[tuple[AudioFrame, MarkName]]:
-        """The chunks `clear` dropped, less the audio already played from the front.
-
-        A chunk played whole keeps its mark with no audio, so the echo still confirms it."""
-        if not dropped:
-            return dropped
-        sent_us = self._sent_us.get(dropped[0][1], cleared_us)
-        started_us = max(self._last_echo_us, sent_us)
-        played_ms = (cleared_us - started_us) / 1000
-        if sent_us > self._last_echo_us:
-            played_ms -= DRY_BUFFER_MARGIN_MS
-        played = int(played_ms * TELEPHONY_RATE / 1000)  # samples = mu-law bytes
-        out: list[tuple[AudioFrame, MarkName]] = []
-        for frame, mark in dropped:
-            if played <= 0 or not frame.payload:
-                out.append((frame, mark))
-                continue
-            cut = min(played, len(frame.payload))
-            played -= cut
-            out.append((dataclasses.replace(frame, payload=frame.payload[cut:]), mark))
-        return out
+def unplayed(
+    dropped: list[tuple[AudioFrame, MarkName, int]], last_echo_us: int, cleared_us: int
+) -> list[tuple[AudioFrame, MarkName]]:
+    """The chunks `clear` dropped (each with the time it was sent), less the audio already
+    played from the front. A chunk played whole keeps its mark with no audio, so the echo
+    still confirms it."""
+    if not dropped:
+        return []
+    sent_us = dropped[0][2]
+    played_ms = (cleared_us - max(last_echo_us, sent_us)) / 1000
+    if sent_us > last_echo_us:
+        played_ms -= DRY_BUFFER_MARGIN_MS
+    played = int(played_ms * TELEPHONY_RATE / 1000)  # samples = mu-law bytes
+    out: list[tuple[AudioFrame, MarkName]] = []
+    for frame, mark, _ in dropped:
+        cut = min(max(played, 0), len(frame.payload))
+        played -= cut
+        out.append((dataclasses.replace(frame, payload=frame.payload[cut:]) if cut else frame, mark))
+    return out

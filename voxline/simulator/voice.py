@@ -1,9 +1,9 @@
 """The caller's voice: text through Piper or espeak-ng, WAV files, or raw 8 kHz PCM.
 
-Two voices for text. `espeak` (the default, cheap, in every test and benchmark) is robotic
-and Whisper tiny.en mishears a good part of it over 8 kHz mu-law; `piper` (the bundled
-en_US-joe-medium voice, `voxline call --voice piper`) sounds like a person, so a call
-against the offline stack shows what a real caller would get recognised.
+Two voices for text. `espeak` (this module's default, cheap, in every test and benchmark)
+is robotic and Whisper tiny.en mishears a good part of it over 8 kHz mu-law; `piper` (the
+bundled en_US-joe-medium voice, the default of `voxline call`) sounds like a person, so a
+call against the offline stack shows what a real caller would get recognised.
 
 Audio is prepared before the call starts so synthesis time never leaks into the
 latencies being measured. Without espeak-ng the caller still needs something that a
@@ -44,7 +44,7 @@ VOICED_DBFS = -45.0  # frames louder than this count as speech for onset/end tim
 CALLER_VOICES = ("espeak", "piper")
 
 _warned_no_espeak = False
-_espeak_cache: dict[str, np.ndarray] = {}
+_voice_cache: dict[str, np.ndarray] = {}
 _voice = "espeak"
 _piper: Any = None
 
@@ -105,10 +105,10 @@ def synthesize(text: str) -> np.ndarray:
     speech-like tone."""
     global _warned_no_espeak
     key = f"{_voice}:{text}"
-    if key in _espeak_cache:
-        return _espeak_cache[key]
+    if key in _voice_cache:
+        return _voice_cache[key]
     if _voice == "piper":
-        _espeak_cache[key] = pcm = _piper_pcm(text)
+        _voice_cache[key] = pcm = _piper_pcm(text)
         return pcm
     if not espeak_available():
         if not _warned_no_espeak:
@@ -120,7 +120,7 @@ def synthesize(text: str) -> np.ndarray:
         # "--" keeps text that starts with "-" from being read as an option.
         subprocess.run(["espeak-ng", "-w", str(out), "--", text], check=True, capture_output=True)
         pcm = read_wav(out)
-    _espeak_cache[key] = pcm
+    _voice_cache[key] = pcm
     return pcm
 
 

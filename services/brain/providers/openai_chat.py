@@ -116,8 +116,7 @@ class OpenAIChatProvider:
         started = time.monotonic()
         agent, messages = self.prompts.messages(turn)
         tools = {tool.name: tool for tool in agent.tools}
-        spoken = 0
-        said: list[str] = []
+        said: list[str] = []  # the sentences given out, in order
         for round_no in range(self.settings.tool_rounds + 1):
             reply, calls = SpeakableReply(), ToolCallAccumulator()
             text: list[str] = []
@@ -129,19 +128,17 @@ class OpenAIChatProvider:
                         continue
                     if delta.tool_calls:
                         calls.add(delta.tool_calls)
-                    if delta.content and not spoken and not text:
+                    if delta.content and not said and not text:
                         yield ""  # the model's first token: the worker times it; nothing to say yet
                     if delta.content and not reply.full:
                         text.append(delta.content)
                         for sentence in reply.feed(delta.content):
-                            spoken += 1
                             said.append(sentence)
                             yield sentence + " "  # the trailing space lets the worker cut at once
                     if reply.full and not tools:
                         break  # the rest would never be spoken; with tools a call may follow
                 else:
                     for sentence in reply.flush():
-                        spoken += 1
                         said.append(sentence)
                         yield sentence + " "
             finally:
@@ -155,7 +152,7 @@ class OpenAIChatProvider:
             for call in calls.calls():
                 tool = tools.get(call.name)
                 if tool is not None and (action := call_action(tool, call)) is not None:
-                    if not spoken and (say := tool.spoken_when_silent(agent.goodbye)):
+                    if not said and (say := tool.spoken_when_silent(agent.goodbye)):
                         yield say + " "
                     yield action
                     return
@@ -168,7 +165,7 @@ class OpenAIChatProvider:
                     result = await run_webhook(self.webhooks, tool, call, turn.call_id)
                 messages[-1]["tool_calls"].append(call.message())
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-        log.info("reply of %d sentences in %.0f ms", spoken, (time.monotonic() - started) * 1000)
+        log.info("reply of %d sentences in %.0f ms", len(said), (time.monotonic() - started) * 1000)
         if self.local and said:
             self._prefill_history([*messages, {"role": "assistant", "content": " ".join(said)}])
 
