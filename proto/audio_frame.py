@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 VERSION = 1
-_HEADER = struct.Struct(">BBHIHHQ")  # version, flags, reserved, turn_id, seq, chunk, ts_ns/1000
+_HEADER = struct.Struct(">BBHIHHQ")  # version, flags, attempt, turn_id, seq, chunk, timestamp_us
 HEADER_SIZE = _HEADER.size
 
 
@@ -24,7 +24,11 @@ class FrameFlags(enum.IntFlag):
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:
-    """Caller audio: turn_id 0, seq = Twilio chunk number. Reply audio: turn, sentence, chunk."""
+    """Caller audio: turn_id 0, seq = Twilio chunk number. Reply audio: turn, sentence, chunk.
+
+    `attempt` numbers the syntheses of one sentence (`Synthesize.attempt`): when a TTS
+    worker dies mid-sentence and another one speaks it again, both send chunk 0, 1, ...;
+    the attempt tells the gateway which of them is current, so it never splices two."""
 
     payload: bytes
     turn_id: int = 0
@@ -32,10 +36,17 @@ class AudioFrame:
     chunk: int = 0
     flags: FrameFlags = FrameFlags.NONE
     timestamp_us: int = 0  # wall clock when the frame was made (latency accounting)
+    attempt: int = 0
 
     def encode(self) -> bytes:
         header = _HEADER.pack(
-            VERSION, int(self.flags), 0, self.turn_id, self.seq & 0xFFFF, self.chunk & 0xFFFF, self.timestamp_us
+            VERSION,
+            int(self.flags),
+            self.attempt & 0xFFFF,
+            self.turn_id,
+            self.seq & 0xFFFF,
+            self.chunk & 0xFFFF,
+            self.timestamp_us,
         )
         return header + self.payload
 
@@ -44,7 +55,7 @@ class AudioFrame:
         """Raise ValueError on a frame this version cannot read."""
         if len(data) < HEADER_SIZE:
             raise ValueError(f"audio frame too short: {len(data)} bytes")
-        version, flags, _reserved, turn_id, seq, chunk, ts = _HEADER.unpack_from(data)
+        version, flags, attempt, turn_id, seq, chunk, ts = _HEADER.unpack_from(data)
         if version != VERSION:
             raise ValueError(f"unsupported audio frame version {version}")
-        return cls(bytes(data[HEADER_SIZE:]), turn_id, seq, chunk, FrameFlags(flags), ts)
+        return cls(bytes(data[HEADER_SIZE:]), turn_id, seq, chunk, FrameFlags(flags), ts, attempt)

@@ -8,7 +8,19 @@ more than the host's.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
+
+# The closed vocabularies of the contract: a value outside them fails decoding on arrival
+# instead of surprising a `match` three services later.
+TurnKind = Literal["greeting", "reply", "apology", "reprompt", "goodbye", "failure"]
+"""What a turn of the agent is: the opening line, an answer from the brain, the apology
+for a failed answer, the prompt to a silent caller, the goodbye before an idle hang-up,
+the last words before a hang-up on an unrecoverable failure."""
+AgentAction = Literal["", "hangup", "transfer"]
+"""What to do once the reply was heard: nothing, hang up, or transfer to `action_arg`."""
+ChatRole = Literal["system", "user", "assistant"]
 
 
 class _Msg(msgspec.Struct, tag=True, kw_only=True, frozen=True):
@@ -113,7 +125,7 @@ class SttError(_Msg, kw_only=True, frozen=True):
 
 
 class ChatTurn(msgspec.Struct, frozen=True):
-    role: str  # "system" | "user" | "assistant"
+    role: ChatRole
     content: str
 
 
@@ -142,7 +154,7 @@ class ReplyDone(_Msg, kw_only=True, frozen=True):
     turn_id: int
     sentences: int
     at_us: int
-    action: str = ""  # "", "hangup" or "transfer": what to do once the reply was heard
+    action: AgentAction = ""
     action_arg: str = ""
 
 
@@ -164,6 +176,9 @@ class Synthesize(_Msg, kw_only=True, frozen=True):
     last: bool = False
     greeting: bool = False
     requested_at_us: int
+    # 0 for the first request of this sentence, then 1, 2 ... for each retry or skip after a
+    # watchdog fired; echoed in every AudioFrame so the gateway plays only the newest.
+    attempt: int = 0
 
 
 class SentenceSynthesized(_Msg, kw_only=True, frozen=True):
@@ -173,12 +188,14 @@ class SentenceSynthesized(_Msg, kw_only=True, frozen=True):
     first_audio_us: int
     at_us: int
     provider_ttfb_ms: float = 0.0  # the provider's own time to its first audio byte
+    attempt: int = 0
 
 
 class TtsError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     seq: int
     message: str
+    attempt: int = 0
 
 
 # --- gateway events -------------------------------------------------------------------

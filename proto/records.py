@@ -4,14 +4,20 @@ API serves it."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
+
+from proto.messages import TurnKind
+
+CallStatus = Literal["in-progress", "ended"]
 
 CALL_RECORDS_BUCKET = "voxline_calls"
 
 
 class TurnRecord(msgspec.Struct, kw_only=True):
     turn_id: int
-    kind: str  # "greeting" | "reply" | "reprompt" | "apology"
+    kind: TurnKind
     caller_text: str = ""
     reply_text: str = ""
     heard_text: str = ""  # what Twilio's mark echoes confirm the caller heard
@@ -26,7 +32,7 @@ class CallRecord(msgspec.Struct, kw_only=True):
     call_id: str
     call_sid: str
     agent_id: str
-    status: str  # "in-progress" | "ended"
+    status: CallStatus
     started_at_us: int
     ended_at_us: int = 0
     end_reason: str = ""

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from proto import AudioFrame, decode, encode
 from proto.headers import CALL_ID
@@ -24,12 +27,14 @@ log = logging.getLogger("voxline.bus")
 
 MessageHandler = Callable[[Message, Msg], Awaitable[None]]
 FrameHandler = Callable[[AudioFrame, Msg], Awaitable[None]]
+StructT = TypeVar("StructT", bound=msgspec.Struct)
 
 
 class Bus:
     def __init__(self, name: str) -> None:
         self.name = name
         self._nc: Client | None = None
+        self._buckets: dict[str, KeyValue] = {}
         self.decode_errors = 0
 
     @property
@@ -135,3 +140,30 @@ class Bus:
                 log.exception("frame handler failed on %s", msg.subject)
 
         return await self.nc.subscribe(subject, cb=on_frame, pending_msgs_limit=100_000)
+
+    # --- JetStream key-value: durable per-call state (call records) ---------------------
+
+    async def create_bucket(self, bucket: str, ttl_s: float, history: int = 1) -> None:
+        """Create the bucket if it does not exist yet (idempotent across instances)."""
+        js = self.nc.jetstream()
+        self._buckets[bucket] = await js.create_key_value(bucket=bucket, history=history, ttl=ttl_s)
+
+    async def _bucket(self, bucket: str) -> KeyValue:
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            kv = self._buckets[bucket] = await self.nc.jetstream().key_value(bucket)
+        return kv
+
+    async def kv_put(self, bucket: str, key: str, value: msgspec.Struct) -> None:
+        await (await self._bucket(bucket)).put(key, msgspec.json.encode(value))
+
+    async def kv_get(self, bucket: str, key: str, kind: type[StructT]) -> StructT | None:
+        """The value under `key`, or None when the bucket or the key does not exist.
+        Raise msgspec.ValidationError when the stored value is not a `kind`."""
+        try:
+            entry = await (await self._bucket(bucket)).get(key)
+        except (KeyNotFoundError, BucketNotFoundError):
+            return None
+        if entry.value is None:
+            return None
+        return msgspec.json.decode(entry.value, type=kind)

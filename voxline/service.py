@@ -14,6 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import msgspec
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -31,7 +32,10 @@ log = logging.getLogger("voxline.service")
 class Worker(Protocol):
     def ready(self) -> bool: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> msgspec.Struct:
+        """What `/status` shows: per-call resources, so a test or an operator can check that
+        a call released them. A typed value, so the shape is the same in every service."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -51,7 +55,7 @@ def probe_routes(bus: Bus, worker: Callable[[], Worker | None]) -> list[Route]:
 
     async def status(_: Request) -> Response:
         current = worker()
-        body = current.status() if current is not None else {}
+        body = msgspec.to_builtins(current.status()) if current is not None else {}
         return JSONResponse({"bus_connected": bus.connected, **body})
 
     return [
