@@ -8,9 +8,8 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-from proto.records import CALL_RECORDS_BUCKET
+from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.gateway import rest_api
 from services.gateway.media_stream import MediaStream
 from services.gateway.stream_token import StreamTokens
@@ -22,6 +21,12 @@ from voxline.config import GatewaySettings
 from voxline.service import probe_routes
 
 log = logging.getLogger("voxline.gateway")
+
+
+class GatewayStatus(msgspec.Struct):
+    active_calls: int  # open media streams
+    calls: list[str]  # their call ids, sorted
+    subscriptions: int  # per-call bus subscriptions they hold, together
 
 
 class Gateway:
@@ -38,27 +43,26 @@ class Gateway:
     def ready(self) -> bool:
         return True
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "active_calls": len(self.streams),
-            "calls": sorted(s.call_id for s in self.streams if s.call_id),
-            "subscriptions": sum(int(str(s.status()["subscriptions"])) for s in self.streams),
-        }
+    def status(self) -> GatewayStatus:
+        return GatewayStatus(
+            active_calls=len(self.streams),
+            calls=sorted(s.call_id for s in self.streams if s.call_id),
+            subscriptions=sum(s.status().subscriptions for s in self.streams),
+        )
 
     async def stop(self) -> None:
         await self.twilio.close()
 
-    async def call_record(self, call_id: str) -> dict[str, Any]:
+    async def call_record(self, call_id: str) -> CallRecord:
         if not call_id.isalnum():
             raise HTTPException(400, "invalid call id")
         try:
-            kv = await self.bus.nc.jetstream().key_value(CALL_RECORDS_BUCKET)
-            entry = await kv.get(call_id)
-        except (KeyNotFoundError, BucketNotFoundError):
-            raise HTTPException(404, f"no call {call_id}") from None
-        if entry.value is None:
+            record = await self.bus.kv_get(CALL_RECORDS_BUCKET, call_id, CallRecord)
+        except msgspec.ValidationError as exc:
+            log.error("call record %s does not match the contract: %s", call_id, exc)
+            raise HTTPException(500, f"call record {call_id} is unreadable") from None
+        if record is None:
             raise HTTPException(404, f"no call {call_id}")
-        record: dict[str, Any] = msgspec.json.decode(entry.value)
         return record
 
 
@@ -80,8 +84,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             gateway.streams.discard(stream)
 
     @app.get("/v1/calls/{call_id}")
-    async def get_call(call_id: str) -> dict[str, Any]:
-        return await gateway.call_record(call_id)
+    async def get_call(call_id: str) -> Response:
+        record = await gateway.call_record(call_id)
+        return Response(msgspec.json.encode(record), media_type="application/json")
 
     @app.get("/v1/agents")
     async def list_agents() -> dict[str, Any]:

@@ -1,27 +1,27 @@
 """`WS /twilio/media`: one Twilio media stream, bridged to the bus.
 
 Caller audio goes out as binary frames to the call's STT worker. Reply audio comes back
-from TTS workers, possibly out of order across sentences; it is put back in (sentence,
-chunk) order, and each chunk is followed by a `mark` so Twilio's echo says exactly what
-the caller heard. The turn id is checked here as the last line of defence: nothing of a
-cancelled or older turn is ever sent after a newer turn started.
+from TTS workers and goes to Twilio in the order `Playback` decides (sentence by sentence,
+newest synthesis attempt, nothing of a cancelled turn), each chunk followed by a `mark` so
+Twilio's echo says exactly what the caller heard. This module is the I/O around it: every
+write to the socket happens under one send lock, together with the `Playback` call that
+decided it, so a pause or a cancel sees exactly the chunks that are on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from proto import AudioFrame, FrameFlags, MarkName, call_headers, subjects
+from proto import AudioFrame, call_headers, subjects
 from proto.messages import (
     CallRefused,
     CallStart,
@@ -37,9 +37,8 @@ from proto.messages import (
     TurnCancel,
 )
 from services.gateway import twilio_protocol as tp
-from services.gateway.playback_position import unplayed
+from services.gateway.playback import Chunk, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
-from voxline.audio import mulaw_duration_ms
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
 from voxline.telemetry import current_call_id, new_traceparent, now_us, stage_histogram
@@ -48,7 +47,6 @@ log = logging.getLogger("voxline.gateway.media")
 
 ACTIVE_STREAMS = Gauge("voxline_gateway_active_streams", "Open Twilio media streams")
 MALFORMED = Counter("voxline_gateway_malformed_frames_total", "Media stream messages that did not parse")
-STALE_DROPPED = Counter("voxline_gateway_stale_frames_dropped_total", "Reply audio of cancelled or old turns dropped")
 CLEARS = Counter("voxline_gateway_clears_total", "clear messages sent to Twilio")
 FORWARD_LATENCY = stage_histogram("voxline_gateway_reply_forward_seconds", "TTS chunk made to the chunk sent to Twilio")
 
@@ -60,27 +58,9 @@ START_TIMEOUT_S = 10.0
 TransferCall = Callable[[str, str], Awaitable[None]]  # (call sid, number): Twilio REST <Dial>
 
 
-@dataclass
-class _ReplyOrder:
-    """Reorders one turn's audio: sentence by sentence, chunk by chunk."""
-
-    turn_id: int
-    seq: int = 0
-    chunk: int = 0
-    sentence_ms: float = 0.0
-    pending: dict[tuple[int, int], AudioFrame] = field(default_factory=dict)
-
-    def push(self, frame: AudioFrame) -> list[AudioFrame]:
-        self.pending[(frame.seq, frame.chunk)] = frame
-        ready: list[AudioFrame] = []
-        while (self.seq, self.chunk) in self.pending:
-            nxt = self.pending.pop((self.seq, self.chunk))
-            ready.append(nxt)
-            if nxt.flags & FrameFlags.END_OF_SENTENCE:
-                self.seq, self.chunk = self.seq + 1, 0
-            else:
-                self.chunk += 1
-        return ready
+class StreamStatus(msgspec.Struct):
+    subscriptions: int  # per-call bus subscriptions this stream holds
+    malformed: int  # messages from Twilio that did not parse
 
 
 class MediaStream:
@@ -100,20 +80,10 @@ class MediaStream:
         self.tokens = tokens
         self.call_id = ""
         self.serializer = tp.TwilioSerializer("")
-        self._send_lock = asyncio.Lock()
+        self.playback = Playback()
+        self._send_lock = asyncio.Lock()  # every write to Twilio, with the decision behind it
         self._subs: list[Subscription] = []
         self._headers: dict[str, str] = {}
-        self._order: _ReplyOrder | None = None
-        self._cancelled_upto = 0
-        # Chunks sent to Twilio whose mark has not been echoed, with when they were sent:
-        # what a `clear` drops, and where in them a pause finds the caller.
-        self._inflight: deque[tuple[AudioFrame, MarkName, int]] = deque()
-        self._flushing: set[str] = set()  # marks Twilio echoes because of our `clear`, not playback
-        self._paused_turn = 0
-        self._held: list[tuple[AudioFrame, MarkName]] = []  # what a resume plays
-        self._last_echo_us = 0  # when the newest played mark came back
-        self._first_media_sent: set[int] = set()
-        self._sentence_ms: dict[tuple[int, int], float] = {}
         self._closing = False
         self.malformed = 0
 
@@ -145,23 +115,26 @@ class MediaStream:
                 return await self._authorize(event)
 
     async def _authorize(self, start: tp.Start) -> tp.Start | None:
-        agent_id = start.custom_parameters.get("agent_id", "")
+        meta = start.start
+        agent_id = meta.custom_parameters.get("agent_id", "")
         try:
-            self.tokens.verify(start.custom_parameters.get("stream_token", ""), start.call_sid, agent_id)
+            self.tokens.verify(meta.custom_parameters.get("stream_token", ""), meta.call_sid, agent_id)
         except InvalidStreamToken as exc:
-            log.warning("refused media stream: %s", exc, extra={"call_id": start.call_sid})
+            log.warning("refused media stream: %s", exc, extra={"call_id": meta.call_sid})
             await self._close(CLOSE_POLICY, "invalid stream token")
             return None
-        if start.encoding != "audio/x-mulaw" or start.sample_rate != 8000:
-            log.error("unsupported media format %s/%d", start.encoding, start.sample_rate)
+        fmt = meta.media_format
+        if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000:
+            log.error("unsupported media format %s/%d", fmt.encoding, fmt.sample_rate)
             await self._close(CLOSE_POLICY, "unsupported media format")
             return None
         return start
 
     async def _begin(self, start: tp.Start) -> bool:
-        self.call_id = start.call_sid
+        meta = start.start
+        self.call_id = meta.call_sid
         current_call_id.set(self.call_id)
-        self.serializer = tp.TwilioSerializer(start.stream_sid)
+        self.serializer = tp.TwilioSerializer(meta.stream_sid)
         traceparent = new_traceparent(None, "call")
         self._headers = call_headers(self.call_id, traceparent=traceparent)
         self._subs = [
@@ -169,12 +142,12 @@ class MediaStream:
             await self.bus.subscribe(subjects.turn_cancel(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
         ]
-        params = {k: v for k, v in start.custom_parameters.items() if k != "stream_token"}
+        params = {k: v for k, v in meta.custom_parameters.items() if k != "stream_token"}
         request = CallStart(
             call_id=self.call_id,
             agent_id=params.get("agent_id", ""),
-            stream_sid=start.stream_sid,
-            call_sid=start.call_sid,
+            stream_sid=meta.stream_sid,
+            call_sid=meta.call_sid,
             from_number=params.get("from", ""),
             to_number=params.get("to", ""),
             custom_parameters=params,
@@ -190,7 +163,7 @@ class MediaStream:
             log.error("call refused: %s", reply.reason)
             await self._close(CLOSE_UNAVAILABLE, "call refused")
             return False
-        log.info("media stream started (stream %s)", start.stream_sid)
+        log.info("media stream started (stream %s)", meta.stream_sid)
         return True
 
     async def _receive_loop(self) -> str:
@@ -204,18 +177,18 @@ class MediaStream:
                 return self._end_reason or "agent hung up"
             event = self._parse(text)
             if isinstance(event, tp.Media):
-                frame = AudioFrame(event.payload, seq=event.chunk, timestamp_us=now_us())
+                frame = AudioFrame(event.media.payload, seq=event.media.chunk, timestamp_us=now_us())
                 await self.bus.publish_frame(audio_subject, frame, self._headers)
             elif isinstance(event, tp.MarkEcho):
-                await self._on_mark_echo(event.name)
-            elif isinstance(event, tp.DtmfDigit):
-                await self._publish(Dtmf(call_id=self.call_id, digit=event.digit, at_us=now_us()))
+                await self._on_mark_echo(event.mark.name)
+            elif isinstance(event, tp.Dtmf):
+                await self._publish(Dtmf(call_id=self.call_id, digit=event.dtmf.digit, at_us=now_us()))
             elif isinstance(event, tp.Stop):
                 return "caller hung up"
 
     def _parse(self, text: str) -> tp.InboundEvent | None:
         try:
-            return tp.parse(text)
+            return self.serializer.deserialize(text)
         except tp.ProtocolError as exc:
             self.malformed += 1
             MALFORMED.inc()
@@ -252,61 +225,44 @@ class MediaStream:
     # --- reply audio -----------------------------------------------------------------
 
     async def _on_reply_frame(self, frame: AudioFrame, _msg: Msg) -> None:
-        if frame.turn_id <= self._cancelled_upto:
-            STALE_DROPPED.inc()
-            return
-        order = self._order
-        if order is None or frame.turn_id > order.turn_id:
-            order = self._order = _ReplyOrder(frame.turn_id)
-        elif frame.turn_id < order.turn_id:
-            STALE_DROPPED.inc()
-            return
-        for ready in order.push(frame):
-            await self._send_chunk(order, ready)
-
-    async def _send_chunk(self, order: _ReplyOrder, frame: AudioFrame) -> None:
-        turn_end = bool(frame.flags & FrameFlags.END_OF_TURN)
-        sentence_end = bool(frame.flags & FrameFlags.END_OF_SENTENCE)
-        order.sentence_ms += mulaw_duration_ms(frame.payload)
-        mark = MarkName(frame.turn_id, frame.seq, frame.chunk, int(order.sentence_ms), sentence_end, turn_end)
-        if sentence_end:
-            order.sentence_ms = 0.0
-        if frame.turn_id == self._paused_turn:
-            self._held.append((frame, mark))
-            return
-        await self._send_to_twilio([(frame, mark)])
-
-    async def _send_to_twilio(self, chunks: list[tuple[AudioFrame, MarkName]]) -> None:
-        """Each chunk goes out as media followed by its mark, so the echo says it was heard."""
         async with self._send_lock:
-            for frame, mark in chunks:
-                if frame.turn_id <= self._cancelled_upto or self._closing:
-                    return
-                if frame.payload:
-                    await self.ws.send_text(self.serializer.media(frame.payload))
-                await self.ws.send_text(self.serializer.mark(mark.encode()))
-                self._inflight.append((frame, mark, now_us()))
+            sent, first_audio = await self._send(self.playback.push(frame))
         sent_us = now_us()
-        for frame, _ in chunks:
-            if frame.timestamp_us:
-                FORWARD_LATENCY.observe(max(0, sent_us - frame.timestamp_us) / 1e6)
-            if frame.payload and frame.turn_id not in self._first_media_sent:
-                self._first_media_sent.add(frame.turn_id)
-                await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=frame.turn_id, at_us=sent_us))
+        for chunk in sent:
+            if chunk.frame.timestamp_us:
+                FORWARD_LATENCY.observe(max(0, sent_us - chunk.frame.timestamp_us) / 1e6)
+        await self._report_first_audio(first_audio)
+
+    async def _send(self, chunks: list[Chunk]) -> tuple[list[Chunk], list[int]]:
+        """Each chunk goes out as media followed by its mark, so the echo says it was heard.
+        The caller holds the send lock; a cancel (which does not wait for it) stops the rest.
+        Return what went out, and the turns whose first audio it was."""
+        sent: list[Chunk] = []
+        first_audio: list[int] = []
+        for chunk in chunks:
+            if self._closing or not self.playback.may_send(chunk.frame):
+                break
+            if chunk.frame.payload:
+                await self.ws.send_text(self.serializer.media(chunk.frame.payload))
+            await self.ws.send_text(self.serializer.mark(chunk.mark.encode()))
+            if self.playback.sent(chunk, now_us()):
+                first_audio.append(chunk.frame.turn_id)
+            sent.append(chunk)
+        return sent, first_audio
+
+    async def _report_first_audio(self, turns: list[int]) -> None:
+        for turn_id in turns:
+            await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=turn_id, at_us=now_us()))
+
+    async def _send_clear(self) -> None:
+        """The caller holds the send lock."""
+        await self.ws.send_text(self.serializer.clear())
+        CLEARS.inc()
 
     async def _on_mark_echo(self, name: str) -> None:
-        if name in self._flushing:
-            self._flushing.discard(name)
-            return  # Twilio flushes pending marks on `clear`: not played audio
-        mark = MarkName.parse(name)
+        mark = self.playback.mark_echoed(name, now_us())
         if mark is None:
-            log.warning("mark echo with a name we did not send: %r", name[:80])
             return
-        while self._inflight:
-            _, sent, _ = self._inflight.popleft()
-            if sent == mark:
-                break
-        self._last_echo_us = now_us()
         await self._publish(
             MarkPlayed(
                 call_id=self.call_id,
@@ -353,47 +309,27 @@ class MediaStream:
                 self._end_reason = "transfer failed"
         await self._close(1000, self._end_reason)
 
-    async def _clear(self, turn_upto: int) -> list[tuple[AudioFrame, MarkName]]:
-        """Send `clear` if Twilio holds audio of these turns; return the chunks it dropped."""
-        dropped = [(f, m) for f, m, _ in self._inflight if f.turn_id <= turn_upto]
-        if not dropped:
-            return []
-        async with self._send_lock:
-            if self._closing:
-                return []
-            await self.ws.send_text(self.serializer.clear())
-        CLEARS.inc()
-        self._flushing.update(m.encode() for _, m, _ in self._inflight)
-        self._inflight.clear()
-        return dropped
-
     async def _pause(self, turn_id: int) -> None:
-        if turn_id <= self._cancelled_upto:
-            return
-        self._paused_turn = turn_id
-        ours = [entry for entry in self._inflight if entry[0].turn_id == turn_id]
-        cleared_us = now_us()
-        if await self._clear(turn_id):
-            self._held[:0] = unplayed(ours, self._last_echo_us, cleared_us)
-        log.info("paused turn %d (%d chunks held)", turn_id, len(self._held))
+        # Under the send lock: the chunks held are exactly those sent before the `clear`.
+        async with self._send_lock:
+            if not self._closing and self.playback.pause(turn_id, now_us()):
+                await self._send_clear()
+        log.info("paused turn %d (%d chunks held)", turn_id, len(self.playback.held))
 
     async def _resume(self, turn_id: int) -> None:
-        if self._paused_turn != turn_id:
-            return
-        self._paused_turn = 0
-        held, self._held = self._held, []
-        log.info("resuming turn %d (%d chunks)", turn_id, len(held))
-        await self._send_to_twilio(held)
+        async with self._send_lock:
+            held = self.playback.resume(turn_id)
+            if held:
+                log.info("resuming turn %d (%d chunks)", turn_id, len(held))
+            _, first_audio = await self._send(held)
+        await self._report_first_audio(first_audio)
 
     async def _cancel(self, turn_id: int) -> None:
-        self._cancelled_upto = max(self._cancelled_upto, turn_id)
-        if self._order is not None and self._order.turn_id <= turn_id:
-            self._order = None
-        if self._paused_turn and self._paused_turn <= turn_id:
-            self._paused_turn = 0
-            self._held = []
-        if await self._clear(turn_id):
-            log.info("cleared Twilio's buffer for turn %d", turn_id)
+        self.playback.cancel(turn_id)  # at once: a send under way stops at its next chunk
+        async with self._send_lock:
+            if not self._closing and self.playback.flush(turn_id):
+                await self._send_clear()
+                log.info("cleared Twilio's buffer for turn %d", turn_id)
 
-    def status(self) -> dict[str, object]:
-        return {"subscriptions": len(self._subs), "malformed": self.malformed}
+    def status(self) -> StreamStatus:
+        return StreamStatus(subscriptions=len(self._subs), malformed=self.malformed)

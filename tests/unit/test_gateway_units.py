@@ -1,4 +1,4 @@
-"""Gateway pieces that need no socket: Twilio parsing, stream tokens, reply ordering."""
+"""Gateway pieces that need no socket: Twilio's wire format, stream tokens."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import json
 
 import pytest
 
-from proto import AudioFrame, FrameFlags
 from services.gateway import twilio_protocol as tp
-from services.gateway.media_stream import _ReplyOrder
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
+
+parse = tp.TwilioSerializer.deserialize
 
 
 def test_parse_twilio_events() -> None:
-    media = {"event": "media", "media": {"track": "inbound", "chunk": "3", "timestamp": "60", "payload": "//8="}}
-    event = tp.parse(json.dumps(media))
-    assert event == tp.Media(b"\xff\xff", 3, 60, "inbound")
+    # As Twilio sends them: numbers as strings, sequenceNumber and streamSid beside the event.
+    media = {
+        "event": "media",
+        "sequenceNumber": "4",
+        "media": {"track": "inbound", "chunk": "3", "timestamp": "60", "payload": "//8="},
+        "streamSid": "MZ1",
+    }
+    event = parse(json.dumps(media))
+    assert event == tp.Media(tp.MediaChunk(b"\xff\xff", track="inbound", chunk=3, timestamp=60))
     start = {
         "event": "start",
         "streamSid": "MZ1",
@@ -28,10 +34,15 @@ def test_parse_twilio_events() -> None:
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         },
     }
-    assert tp.parse(json.dumps(start)) == tp.Start("MZ1", "CA1", "AC1", {"agent_id": "demo"})
-    assert tp.parse('{"event":"mark","mark":{"name":"t1.s0.c0.e100"}}') == tp.MarkEcho("t1.s0.c0.e100")
-    assert tp.parse('{"event":"stop","stop":{"callSid":"CA1"}}') == tp.Stop("CA1")
-    assert tp.parse('{"event":"something-new"}') is None
+    assert parse(json.dumps(start)) == tp.Start(
+        tp.StreamMetadata("MZ1", "CA1", "AC1", {"agent_id": "demo"}, tp.MediaFormat("audio/x-mulaw", 8000, 1))
+    )
+    assert parse('{"event":"mark","mark":{"name":"t1.s0.c0.e100"}}') == tp.MarkEcho(tp.MarkLabel("t1.s0.c0.e100"))
+    assert parse('{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}') == tp.Dtmf(tp.DtmfDigit("5"))
+    stop = parse('{"event":"stop","stop":{"accountSid":"AC1","callSid":"CA1"}}')
+    assert stop == tp.Stop(tp.StopMetadata("AC1", "CA1"))
+    assert parse('{"event":"connected","protocol":"Call","version":"1.0.0"}') == tp.Connected("Call", "1.0.0")
+    assert parse('{"event":"something-new","whatever":[1]}') is None
 
 
 @pytest.mark.parametrize(
@@ -43,11 +54,23 @@ def test_parse_twilio_events() -> None:
         '{"event":"media","media":{"payload":"***"}}',
         '{"event":"start","start":{}}',
         '{"event":"mark","mark":{}}',
+        '{"event":"media","media":{"payload":"//8=","chunk":"three"}}',
+        '{"event":"dtmf","dtmf":{"digit":5}}',
+        '{"no":"event"}',
+        '{"event":7}',
+        b"\xff\xfe",
     ],
 )
-def test_malformed_twilio_messages_raise_protocol_error(text: str) -> None:
+def test_malformed_twilio_messages_raise_protocol_error(text: str | bytes) -> None:
     with pytest.raises(tp.ProtocolError):
-        tp.parse(text)
+        parse(text)
+
+
+def test_protocol_errors_say_which_event_and_field() -> None:
+    with pytest.raises(tp.ProtocolError, match=r"malformed 'media' event: .*payload"):
+        parse('{"event":"media","media":{"payload":"***"}}')
+    with pytest.raises(tp.ProtocolError, match="not JSON"):
+        parse("{not json")
 
 
 def test_serializer_builds_twilio_messages() -> None:
@@ -56,6 +79,10 @@ def test_serializer_builds_twilio_messages() -> None:
     assert media == {"event": "media", "streamSid": "MZ9", "media": {"payload": base64.b64encode(b"\x00\x01").decode()}}
     assert json.loads(s.mark("m1")) == {"event": "mark", "streamSid": "MZ9", "mark": {"name": "m1"}}
     assert json.loads(s.clear()) == {"event": "clear", "streamSid": "MZ9"}
+    # Whatever a stream sid or mark name holds, the message stays valid JSON.
+    odd = tp.TwilioSerializer('MZ"\\')
+    assert json.loads(odd.mark('a"b'))["mark"]["name"] == 'a"b'
+    assert json.loads(odd.media(b"\x01"))["streamSid"] == 'MZ"\\'
 
 
 def test_stream_tokens_bind_call_and_agent() -> None:
@@ -71,19 +98,3 @@ def test_stream_tokens_bind_call_and_agent() -> None:
         StreamTokens("s" * 32, ttl_s=-10).verify(StreamTokens("s" * 32, ttl_s=-10).issue("CA1", "demo"), "CA1", "demo")
     with pytest.raises(InvalidStreamToken):
         tokens.verify("", "CA1", "demo")
-
-
-def _frame(seq: int, chunk: int, end: bool = False) -> AudioFrame:
-    flags = FrameFlags.END_OF_SENTENCE if end else FrameFlags.NONE
-    return AudioFrame(b"x", turn_id=1, seq=seq, chunk=chunk, flags=flags)
-
-
-def test_reply_order_restores_sentence_and_chunk_order() -> None:
-    order = _ReplyOrder(turn_id=1)
-    # Sentence 1 arrives complete before sentence 0 (two TTS workers in parallel).
-    assert order.push(_frame(1, 0)) == []
-    assert order.push(_frame(1, 1, end=True)) == []
-    assert [f.chunk for f in order.push(_frame(0, 0))] == [0]
-    released = order.push(_frame(0, 1, end=True))
-    assert [(f.seq, f.chunk) for f in released] == [(0, 1), (1, 0), (1, 1)]
-    assert order.pending == {}
