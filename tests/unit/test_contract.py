@@ -28,6 +28,10 @@ def test_unknown_or_invalid_messages_are_rejected() -> None:
 def test_audio_frame_round_trip_and_bad_frames() -> None:
     frame = AudioFrame(b"\x01\x02", turn_id=3, seq=2, chunk=9, flags=FrameFlags.END_OF_SENTENCE, timestamp_us=5)
     assert AudioFrame.decode(frame.encode()) == frame
+    # The synthesis attempt rides in the header (the gateway plays only a sentence's newest).
+    retried = AudioFrame(b"\x03", turn_id=3, seq=2, chunk=0, flags=FrameFlags.END_OF_SENTENCE, attempt=2)
+    assert AudioFrame.decode(retried.encode()) == retried
+    assert AudioFrame.decode(retried.encode()).attempt == 2
     with pytest.raises(ValueError, match="too short"):
         AudioFrame.decode(b"\x01")
     with pytest.raises(ValueError, match="version"):
