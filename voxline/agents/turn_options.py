@@ -15,6 +15,24 @@
 | `idle_hangup_s` | 20.0 | caller silent this long: a polite goodbye and hang-up |
 | `reprompt` | "Are you still there?" | what the reprompt says |
 | `dtmf_ends_turn` | true | a keypad digit ends the caller's turn at once |
+
+The transcript's own score (0 = certainly unfinished, 1 = certainly finished), one value per
+kind of ending; `end_of_turn.transcript_score` says which applies:
+
+| option | default | the caller's words so far… |
+|---|---|---|
+| `score_cut_off` | 0.1 | end on a word no sentence ends on ("and", "the", "my", "to") or on "…", "-", "," |
+| `score_filler` | 0.15 | end on a filler ("um", "uh", "er") |
+| `score_partial_number` | 0.2 | dictate a number with fewer than 10 digits |
+| `score_full_number` | 0.8 | dictate a number with 10 or more digits |
+| `score_short_answer` | 0.9 | are a short answer or polite closing ("No.", "Thank you.", "Yes please.") |
+| `score_question` | 0.95 | end with a question mark ("What about you?") |
+| `score_question_words` | 0.85 | start like a question and have three words or more |
+| `score_sentence_end` | 0.8 | end with "." or "!" |
+| `score_open_ending` | 0.45 | end without punctuation on a word that may or may not close a sentence ("I need", "Can you") |
+| `score_few_words` | 0.75 | are one or two words, unpunctuated |
+| `score_other` | 0.6 | anything else |
+| `acoustic_veto_margin` | 0.2 | on a cut-off or filler ending the combined score stays within this of the words' score, however sure the acoustic model is |
 """
 
 from __future__ import annotations
@@ -60,11 +78,26 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     idle_hangup_s: float = 20.0
     reprompt: str = "Are you still there?"
     dtmf_ends_turn: bool = True
+    score_cut_off: float = 0.1
+    score_filler: float = 0.15
+    score_partial_number: float = 0.2
+    score_full_number: float = 0.8
+    score_short_answer: float = 0.9
+    score_question: float = 0.95
+    score_question_words: float = 0.85
+    score_sentence_end: float = 0.8
+    score_open_ending: float = 0.45
+    score_few_words: float = 0.75
+    score_other: float = 0.6
+    acoustic_veto_margin: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 < self.complete_silence_ms <= self.incomplete_silence_ms:
             raise ValueError("need 0 < complete_silence_ms <= incomplete_silence_ms")
         if not 0.0 <= self.acoustic_weight <= 1.0:
             raise ValueError("acoustic_weight is a weight between 0 and 1")
+        scores = [getattr(self, name) for name in self.__struct_fields__ if name.startswith("score_")]
+        if not all(0.0 <= score <= 1.0 for score in [*scores, self.complete_threshold, self.acoustic_veto_margin]):
+            raise ValueError("scores, complete_threshold and acoustic_veto_margin lie between 0 and 1")
         if self.idle_hangup_s < self.idle_reprompt_s:
             raise ValueError("idle_hangup_s must not be shorter than idle_reprompt_s")
