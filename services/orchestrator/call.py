@@ -37,6 +37,7 @@ from proto.messages import (
     Transfer,
     TtsError,
     TurnCancel,
+    TurnKind,
 )
 from proto.records import CallRecord
 from services.orchestrator.states import CallState
@@ -113,7 +114,7 @@ class Call:
         turn_id = getattr(message, "turn_id", None)
         await self.bus.publish(subjects.control(self.call_id), message, self._headers(turn_id))
 
-    def _new_turn(self, kind: str, caller_text: str = "") -> Turn:
+    def _new_turn(self, kind: TurnKind, caller_text: str = "") -> Turn:
         turn = Turn(turn_id=self._next_turn_id, kind=kind, caller_text=caller_text)
         self._next_turn_id += 1
         self.turns.append(turn)
@@ -155,7 +156,7 @@ class Call:
         self.timers.start(("tts", turn.turn_id, msg.seq), self.settings.tts_timeout_s, on_timeout)
         await self.bus.publish(subjects.TTS_SYNTHESIZE, msg, self._headers(turn.turn_id))
 
-    async def _speak(self, kind: str, text: str) -> Turn:
+    async def _speak(self, kind: TurnKind, text: str) -> Turn:
         """A turn that needs no brain: greeting, reprompt, apology, goodbye."""
         turn = self._new_turn(kind)
         turn.brain_done = True

@@ -1,9 +1,11 @@
-"""One reply turn of a call: its sentences, what the caller actually heard, its timings."""
+"""One turn of the agent in a call: its sentences, what the caller actually heard, its
+timings. Part of the call's serialisable state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
+from proto.messages import AgentAction, TurnKind
 from proto.records import TurnRecord
 
 # About 12 characters a second: slower than phone voices speak (~15), so a length
@@ -11,16 +13,16 @@ from proto.records import TurnRecord
 SLOW_SPEECH_MS_PER_CHAR = 85.0
 
 
-@dataclass
-class Turn:
+class Turn(msgspec.Struct, kw_only=True):
     turn_id: int
-    kind: str  # greeting | reply | apology
+    kind: TurnKind
     caller_text: str = ""
-    sentences: dict[int, str] = field(default_factory=dict)
-    audio_ms: dict[int, float] = field(default_factory=dict)  # per sentence, from TTS
-    heard_ms: dict[int, int] = field(default_factory=dict)  # per sentence, from mark echoes
-    sentence_heard: set[int] = field(default_factory=set)  # sentences played to the end
-    failed: set[int] = field(default_factory=set)  # sentences TTS could not speak
+    sentences: dict[int, str] = {}
+    audio_ms: dict[int, float] = {}  # per sentence, from TTS
+    heard_ms: dict[int, int] = {}  # per sentence, from mark echoes
+    sentence_heard: set[int] = set()  # sentences played to the end
+    failed: set[int] = set()  # sentences TTS could not speak (or that were skipped)
+    attempts: dict[int, int] = {}  # per sentence, the newest synthesis attempt sent
     brain_done: bool = False
     closed: bool = False  # the end-of-turn marker was sent to TTS
     finished: bool = False  # Twilio played the whole reply
@@ -28,12 +30,12 @@ class Turn:
     cancel_reason: str = ""
     committed: bool = True  # False while a preemptive reply waits for the end of turn
     preemptive: bool = False
-    held: list[str] = field(default_factory=list)  # sentences of an uncommitted reply
+    held: list[str] = []  # sentences of an uncommitted reply
     paused: int = 0  # times the caller talked over it without interrupting
-    action: str = ""
+    action: AgentAction = ""
     action_arg: str = ""
-    times_us: dict[str, int] = field(default_factory=dict)
-    provider_ms: dict[str, float] = field(default_factory=dict)
+    times_us: dict[str, int] = {}
+    provider_ms: dict[str, float] = {}
 
     @property
     def next_seq(self) -> int:
@@ -50,6 +52,13 @@ class Turn:
         """Every sentence with words failed in TTS: the caller heard silence."""
         spoken = [seq for seq, text in self.sentences.items() if text]
         return bool(spoken) and all(seq in self.failed for seq in spoken)
+
+    def open_question(self) -> str:
+        """The caller's words of a committed reply they heard none of: cancelled now, it
+        answered nothing, so the question is still open and goes with what they say next."""
+        if self.committed and self.kind == "reply" and not self.heard_text():
+            return self.caller_text
+        return ""
 
     def reply_text(self) -> str:
         return " ".join(self.sentences[s] for s in sorted(self.sentences) if self.sentences[s])

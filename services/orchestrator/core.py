@@ -1,0 +1,434 @@
+"""The core of a call: its whole state as one serialisable value (`Call`), and `step`,
+which handles one event and returns what to do about it.
+
+`step` reads no clock and does no I/O: the actor's shell stamps the time into each step
+and carries out the effects (publish, timers, record writes). Events are handled one at a
+time, so nothing interleaves with a half-done cancel, and a snapshot of `Call`
+(`msgspec.json.encode`) is everything another orchestrator needs to go on with the call.
+
+Turn ids only grow; everything of a reply carries its turn id, so cancelling a turn is
+one broadcast that every service (and the gateway, last) applies to whatever it still
+holds. The caller's side (end of turn, barge-in) is `caller.py`: it returns intents,
+which `_Step.apply` carries out here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from proto import subjects
+from proto.messages import (
+    BrainTurn,
+    CallStart,
+    CallStopped,
+    ChatTurn,
+    Dtmf,
+    Hangup,
+    MarkPlayed,
+    PlaybackPause,
+    PlaybackResume,
+    ReplyAudioSent,
+    ReplyDone,
+    ReplyError,
+    ReplySentence,
+    SentenceSynthesized,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+    SttError,
+    Transcript,
+    Transfer,
+    TtsError,
+    TurnCancel,
+    TurnKind,
+)
+from proto.records import CallRecord
+from services.orchestrator.caller import CALLER_TIMERS, CallerState, hear
+from services.orchestrator.effects import Effect, ObserveTurnLatency, ReassignStt, SaveRecord
+from services.orchestrator.events import Event, Greet, SttLost, SttReassigned, TimerFired
+from services.orchestrator.intents import (
+    Arm,
+    CallerTalking,
+    Cancel,
+    Commit,
+    Disarm,
+    Intent,
+    Listen,
+    Pause,
+    Resume,
+    StartTentative,
+)
+from services.orchestrator.speech import Speech
+from services.orchestrator.states import CallState, transition
+from services.orchestrator.timers import PendingTimer, Timer, TimerKind
+from services.orchestrator.turn import Turn
+from voxline.agents import Agent
+
+log = logging.getLogger("voxline.orchestrator.call")
+
+# Replies in a row that TTS could not speak before the call is ended: a line that stays
+# silent is worse than a clean hang-up.
+MAX_SILENT_TURNS = 2
+
+
+class CallLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """The orchestrator's settings a call runs with (kept with the call, so a snapshot
+    resumes with the same ones)."""
+
+    history_turns: int = 20
+    brain_timeout_s: float = 8.0
+    tts_timeout_s: float = 5.0
+
+
+class Call(msgspec.Struct, kw_only=True):
+    call_id: str
+    agent: Agent
+    limits: CallLimits
+    record: CallRecord
+    traceparent: str = ""
+    state: CallState = CallState.LISTENING
+    history: list[ChatTurn] = []  # what the brain is told: only what the caller heard
+    turns: list[Turn] = []  # the agent's turns; the last one is the current one
+    next_turn_id: int = 1
+    caller: CallerState = msgspec.field(default_factory=CallerState)
+    reprompted: bool = False  # the idle caller was asked whether they are still there
+    silent_turns: int = 0  # replies in a row TTS could not speak
+    timers: list[PendingTimer] = []
+    next_timer_id: int = 1
+
+    @property
+    def current(self) -> Turn | None:
+        return self.turns[-1] if self.turns else None
+
+
+def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: str) -> Call:
+    record = CallRecord(
+        call_id=start.call_id,
+        call_sid=start.call_sid,
+        agent_id=start.agent_id,
+        status="in-progress",
+        started_at_us=start.started_at_us,
+        from_number=start.from_number,
+        to_number=start.to_number,
+    )
+    return Call(call_id=start.call_id, agent=agent, limits=limits, record=record, traceparent=traceparent)
+
+
+def step(call: Call, event: Event, now_us: int) -> list[Effect]:
+    """Handle one event at `now_us`: `call` is updated in place (it is the actor's own
+    value; copying it per event would cost more than the rest of the step) and the effects
+    are returned, in the order they must happen."""
+    if call.state is CallState.ENDED:
+        return []
+    s = _Step(call, now_us)
+    s.handle(event)
+    return s.effects
+
+
+class _Step(Speech):
+    """One event's handling: the reply side of the call, intents of the caller's side,
+    the idle caller and the call's lifecycle. Sentences and their watchdogs: `Speech`."""
+
+    def handle(self, event: Event) -> None:
+        call = self.call
+        match event:
+            case SpeechStarted() | Dtmf():
+                self.cancel_timer(Timer(TimerKind.IDLE))
+                if isinstance(event, SpeechStarted):
+                    call.reprompted = False
+                self.hear(event)
+            case Transcript() | SpeechEnded() | SpeechPaused():
+                self.hear(event)
+            case TimerFired():
+                self._on_timer(event)
+            case ReplySentence():
+                self._on_sentence(event)
+            case ReplyDone():
+                self._on_reply_done(event)
+            case ReplyError():
+                self.on_reply_error(event)
+            case SttError():
+                log.error("SttError: %s", event.message)
+                self.effects.append(ReassignStt())  # the STT worker let the call go: find another
+            case SttReassigned(ok=False):
+                self.fail("speech recognition unavailable")
+            case SttLost():
+                self.fail(event.reason)
+            case TtsError():
+                self.on_tts_error(event)
+            case SentenceSynthesized():
+                self.on_synthesized(event)
+            case ReplyAudioSent():
+                self._on_audio_sent(event)
+            case MarkPlayed():
+                self._on_mark(event)
+            case Greet():
+                turn = self.speak("greeting", call.agent.greeting)
+                turn.mark("call_start", event.call_start_us)
+            case CallStopped():
+                self._end(event.reason)
+            case _:
+                log.debug("ignored %s", type(event).__name__)
+
+    # --- the caller's side -------------------------------------------------------------
+
+    def hear(self, event: SpeechStarted | Transcript | SpeechEnded | SpeechPaused | Dtmf | TimerKind) -> None:
+        call = self.call
+        for intent in hear(call.caller, event, call.current, call.agent.turn, self.now_us):
+            self.apply(intent)
+
+    def apply(self, intent: Intent) -> None:
+        call = self.call
+        match intent:
+            case Cancel():
+                turn = self.turn_by_id(intent.turn_id)
+                if turn is not None and turn.active:
+                    self.cancel_turn(turn, intent.reason)
+            case Pause():
+                self.control(PlaybackPause(call_id=call.call_id, turn_id=intent.turn_id, at_us=self.now_us))
+                self.go(CallState.PAUSED)
+            case Resume():
+                turn = self.turn_by_id(intent.turn_id)
+                if turn is None or not turn.active:
+                    return
+                turn.paused += 1
+                if call.agent.turn.barge_in == "pause":
+                    self.control(PlaybackResume(call_id=call.call_id, turn_id=turn.turn_id, at_us=self.now_us))
+                self.go(CallState.SPEAKING if "first_media" in turn.times_us else CallState.THINKING)
+            case StartTentative():
+                self.start_reply(intent.text, tentative=True)
+            case Commit():
+                tentative = self.live_turn(intent.turn_id) if intent.turn_id else None
+                if tentative is not None and not tentative.committed:
+                    tentative.caller_text = intent.text
+                    self.commit_reply(tentative, intent)
+                else:
+                    self.commit_reply(self.start_reply(intent.text, tentative=False), intent)
+            case CallerTalking():
+                self.go(CallState.CALLER_SPEAKING)
+            case Listen():
+                self.go(CallState.LISTENING)
+                if intent.idle:
+                    self.start_idle_timer()
+            case Arm():
+                self.start_timer(Timer(intent.kind), intent.seconds)
+            case Disarm():
+                self.cancel_timer(Timer(intent.kind))
+
+    def _on_timer(self, event: TimerFired) -> None:
+        pending = next((p for p in self.call.timers if p.timer == event.timer), None)
+        if pending is None or pending.timer_id != event.timer_id:
+            return  # cancelled or restarted after this expiry was queued
+        self.call.timers.remove(pending)
+        timer = event.timer
+        if timer.kind in CALLER_TIMERS:
+            self.hear(timer.kind)
+        elif timer.kind is TimerKind.IDLE:
+            self._on_idle()
+        elif timer.kind is TimerKind.BRAIN:
+            self.on_reply_error(ReplyError(call_id=self.call.call_id, turn_id=timer.turn_id, message="brain timed out"))
+        elif timer.kind is TimerKind.TTS:
+            self.on_tts_timeout(timer.turn_id, timer.seq)
+
+    # --- the reply -----------------------------------------------------------------------
+
+    def start_reply(self, caller_text: str, tentative: bool) -> Turn:
+        """Ask the brain for an answer; a tentative one is held until it is committed."""
+        call = self.call
+        turn = self.new_turn("reply", caller_text=caller_text)
+        turn.committed = not tentative
+        turn.preemptive = tentative
+        turn.mark("brain_request", self.now_us)
+        request = BrainTurn(
+            call_id=call.call_id,
+            turn_id=turn.turn_id,
+            agent_id=call.agent.id,
+            history=list(call.history),
+            user_text=caller_text,
+            requested_at_us=self.now_us,
+        )
+        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), call.limits.brain_timeout_s)
+        self.publish(subjects.BRAIN_TURN, request, turn.turn_id)
+        return turn
+
+    def commit_reply(self, turn: Turn, commit: Commit) -> None:
+        """The caller's turn ended: timings for the record, then release held sentences."""
+        turn.committed = True
+        turn.mark("speech_end", commit.speech_end_us)
+        turn.mark("stt_final", commit.stt_final_us)
+        turn.mark("end_of_turn", self.now_us)
+        turn.provider_ms["stt"] = commit.stt_provider_ms
+        self.go(CallState.THINKING)
+        held, turn.held = turn.held, []
+        for text in held:
+            self.synthesize(turn, text)
+        if turn.brain_done and not turn.closed:
+            self.synthesize(turn, "", last=True)
+
+    def cancel_turn(self, turn: Turn, reason: str) -> None:
+        call = self.call
+        self.cancel_timers_of(turn.turn_id)
+        turn.cancelled = True
+        turn.cancel_reason = reason
+        cancel = TurnCancel(call_id=call.call_id, turn_id=turn.turn_id, reason=reason, at_us=self.now_us)
+        self.publish(subjects.turn_cancel(call.call_id), cancel, turn.turn_id)
+        log.info("turn %d cancelled: %s", turn.turn_id, reason)
+        if not turn.committed:
+            return  # never heard, never an answer: the caller's words are still pending
+        if turn.open_question():
+            return  # the caller heard no answer: their question stays open (caller.py)
+        self._conclude(turn)
+
+    def _conclude(self, turn: Turn) -> None:
+        """Put the turn into the history (only the heard part) and the call record."""
+        call = self.call
+        if turn.caller_text:
+            call.history.append(ChatTurn(role="user", content=turn.caller_text))
+        heard = turn.heard_text()
+        if heard:
+            call.history.append(ChatTurn(role="assistant", content=heard))
+        call.history = call.history[-2 * call.limits.history_turns :]
+        call.record.turns.append(turn.record())
+        self.effects.append(SaveRecord(call.record))
+
+    def _on_sentence(self, msg: ReplySentence) -> None:
+        turn = self.live_turn(msg.turn_id)
+        if turn is None or turn.closed:
+            return
+        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
+        if msg.seq == 0:
+            turn.mark("first_token", msg.first_token_us or msg.at_us)
+            turn.mark("first_sentence", msg.at_us)
+            turn.provider_ms["llm"] = msg.provider_ms
+        if turn.committed:
+            self.synthesize(turn, msg.text)
+        else:
+            turn.held.append(msg.text)
+
+    def _on_reply_done(self, msg: ReplyDone) -> None:
+        turn = self.live_turn(msg.turn_id)
+        if turn is None or turn.closed:
+            return
+        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
+        turn.brain_done = True
+        turn.action, turn.action_arg = msg.action, msg.action_arg
+        if turn.committed:
+            self.synthesize(turn, "", last=True)
+
+    def on_reply_error(self, msg: ReplyError) -> None:
+        log.error("ReplyError: %s", msg.message)
+        turn = self.live_turn(msg.turn_id)
+        if turn is None or turn.closed:
+            return
+        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
+        turn.brain_done = True
+        if not turn.sentences and not turn.held:
+            turn.kind = "apology"
+        if turn.committed:
+            self.synthesize(turn, self.call.agent.apology)
+            self.synthesize(turn, "", last=True)
+        else:
+            turn.held.append(self.call.agent.apology)  # goes out with the commit
+
+    def _on_audio_sent(self, msg: ReplyAudioSent) -> None:
+        turn = self.live_turn(msg.turn_id)
+        if turn is None:
+            return
+        turn.mark("first_media", msg.at_us)
+        if "speech_end" in turn.times_us:
+            self.effects.append(ObserveTurnLatency((msg.at_us - turn.times_us["speech_end"]) / 1e6))
+        if self.call.state is CallState.THINKING:
+            self.go(CallState.SPEAKING)
+
+    def _on_mark(self, msg: MarkPlayed) -> None:
+        call = self.call
+        turn = self.turn_by_id(msg.turn_id)
+        if turn is None or turn.finished or turn.cancelled:
+            return  # echoes of a cancelled turn are Twilio flushing marks on `clear`
+        turn.heard_ms[msg.seq] = max(turn.heard_ms.get(msg.seq, 0), msg.end_ms)
+        if msg.sentence_end:
+            turn.sentence_heard.add(msg.seq)
+        if not msg.turn_end:
+            return
+        turn.finished = True
+        self._conclude(turn)
+        call.silent_turns = call.silent_turns + 1 if turn.unspoken() else 0
+        if call.silent_turns >= MAX_SILENT_TURNS:
+            log.error("%d replies in a row could not be spoken: hanging up", call.silent_turns)
+            self.control(Hangup(call_id=call.call_id, reason="text to speech unavailable"))
+            return
+        if turn.action == "hangup":
+            self.control(Hangup(call_id=call.call_id, reason="agent ended the call"))
+            return
+        if turn.action == "transfer" and turn.action_arg:
+            self.control(Transfer(call_id=call.call_id, to=turn.action_arg, reason="agent transfer"))
+            return
+        if call.current is turn and call.state in (CallState.SPEAKING, CallState.THINKING):
+            self.go(CallState.LISTENING)
+            self.start_idle_timer()
+
+    # --- idle caller, failures, the end -------------------------------------------------
+
+    def start_idle_timer(self) -> None:
+        options = self.call.agent.turn
+        if self.call.reprompted:
+            self.start_timer(Timer(TimerKind.IDLE), max(0.0, options.idle_hangup_s - options.idle_reprompt_s))
+        else:
+            self.start_timer(Timer(TimerKind.IDLE), options.idle_reprompt_s)
+
+    def _on_idle(self) -> None:
+        call = self.call
+        if call.state is not CallState.LISTENING or call.caller.speech_active:
+            return
+        options = call.agent.turn
+        if not call.reprompted:
+            log.info("caller silent for %.0fs: reprompt", options.idle_reprompt_s)
+            call.reprompted = True
+            self.speak("reprompt", options.reprompt)
+        else:
+            log.info("caller silent for %.0fs: goodbye", options.idle_hangup_s)
+            self.speak("goodbye", call.agent.goodbye).action = "hangup"
+
+    def speak(self, kind: TurnKind, text: str) -> Turn:
+        """A turn that needs no brain: greeting, reprompt, apology, goodbye."""
+        turn = self.new_turn(kind)
+        turn.brain_done = True
+        self.go(CallState.THINKING)
+        self.synthesize(turn, text)
+        self.synthesize(turn, "", last=True)
+        return turn
+
+    def fail(self, reason: str) -> None:
+        """Tell the caller we cannot go on, then hang up once they heard it."""
+        log.error("ending the call: %s", reason)
+        turn = self.call.current
+        if turn is not None and turn.active:
+            self.cancel_turn(turn, reason)
+        self.speak("failure", self.call.agent.failure_message).action = "hangup"
+
+    def _end(self, reason: str) -> None:
+        """The media stream is gone: cancel what is in flight and write the final record."""
+        call = self.call
+        for pending in list(call.timers):
+            self.cancel_timer(pending.timer)
+        turn = call.current
+        if turn is not None and turn.active and turn.committed:
+            turn.cancelled = True
+            turn.cancel_reason = "call_ended"
+            call.record.turns.append(turn.record())
+        self.go(CallState.ENDED)
+        call.record.status = "ended"
+        call.record.end_reason = reason
+        call.record.ended_at_us = self.now_us
+        self.effects.append(SaveRecord(call.record))
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def go(self, to: CallState) -> None:
+        self.call.state = transition(self.call.state, to)
+
+    def control(self, message: PlaybackPause | PlaybackResume | Hangup | Transfer) -> None:
+        turn_id = message.turn_id if isinstance(message, PlaybackPause | PlaybackResume) else None
+        self.publish(subjects.control(self.call.call_id), message, turn_id)
