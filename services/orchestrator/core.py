@@ -1,5 +1,5 @@
-"""The core of a call: its whole state as one serialisable value (`Call`), and `step`,
-which handles one event and returns what to do about it.
+"""The core of a call: `step` handles one event of a call (`call.Call`, its whole state)
+and returns what to do about it.
 
 `step` reads no clock and does no I/O: the actor's shell stamps the time into each step
 and carries out the effects (publish, timers, record writes). Events are handled one at a
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
 from proto import subjects
 from proto.messages import (
     BrainTurn,
-    CallStart,
     CallStopped,
     ChatTurn,
     Dtmf,
@@ -44,8 +41,8 @@ from proto.messages import (
     TurnCancel,
     TurnKind,
 )
-from proto.records import CallRecord
-from services.orchestrator.caller import CALLER_TIMERS, CallerState, hear
+from services.orchestrator.call import Call
+from services.orchestrator.caller import CALLER_TIMERS, hear
 from services.orchestrator.effects import Effect, ObserveTurnLatency, ReassignStt, SaveRecord
 from services.orchestrator.events import Event, Greet, SttLost, SttReassigned, TimerFired
 from services.orchestrator.intents import (
@@ -62,58 +59,14 @@ from services.orchestrator.intents import (
 )
 from services.orchestrator.speech import Speech
 from services.orchestrator.states import CallState, transition
-from services.orchestrator.timers import PendingTimer, Timer, TimerKind
+from services.orchestrator.timers import Timer, TimerKind
 from services.orchestrator.turn import Turn
-from voxline.agents import Agent
 
 log = logging.getLogger("voxline.orchestrator.call")
 
 # Replies in a row that TTS could not speak before the call is ended: a line that stays
 # silent is worse than a clean hang-up.
 MAX_SILENT_TURNS = 2
-
-
-class CallLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """The orchestrator's settings a call runs with (kept with the call, so a snapshot
-    resumes with the same ones)."""
-
-    history_turns: int = 20
-    brain_timeout_s: float = 8.0
-    tts_timeout_s: float = 5.0
-
-
-class Call(msgspec.Struct, kw_only=True):
-    call_id: str
-    agent: Agent
-    limits: CallLimits
-    record: CallRecord
-    traceparent: str = ""
-    state: CallState = CallState.LISTENING
-    history: list[ChatTurn] = []  # what the brain is told: only what the caller heard
-    turns: list[Turn] = []  # the agent's turns; the last one is the current one
-    next_turn_id: int = 1
-    caller: CallerState = msgspec.field(default_factory=CallerState)
-    reprompted: bool = False  # the idle caller was asked whether they are still there
-    silent_turns: int = 0  # replies in a row TTS could not speak
-    timers: list[PendingTimer] = []
-    next_timer_id: int = 1
-
-    @property
-    def current(self) -> Turn | None:
-        return self.turns[-1] if self.turns else None
-
-
-def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: str) -> Call:
-    record = CallRecord(
-        call_id=start.call_id,
-        call_sid=start.call_sid,
-        agent_id=start.agent_id,
-        status="in-progress",
-        started_at_us=start.started_at_us,
-        from_number=start.from_number,
-        to_number=start.to_number,
-    )
-    return Call(call_id=start.call_id, agent=agent, limits=limits, record=record, traceparent=traceparent)
 
 
 def step(call: Call, event: Event, now_us: int) -> list[Effect]:

@@ -21,7 +21,7 @@ from services.orchestrator.timers import PendingTimer, Timer, TimerKind
 from services.orchestrator.turn import Turn
 
 if TYPE_CHECKING:
-    from services.orchestrator.core import Call
+    from services.orchestrator.call import Call
 
 log = logging.getLogger("voxline.orchestrator.call")
 

@@ -14,14 +14,9 @@ is told apart by its serial number (`timer_id`).
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import logging
-from collections.abc import Awaitable, Callable, Hashable
 
 import msgspec
-
-log = logging.getLogger("voxline.orchestrator.timers")
 
 
 class TimerKind(enum.StrEnum):
@@ -45,37 +40,3 @@ class PendingTimer(msgspec.Struct, frozen=True):
     timer: Timer
     timer_id: int  # serial: an expiry of an older start of the same timer is stale
     deadline_us: int
-
-
-# The callback timers of the call before the actor; removed once the actor runs calls.
-class Timers:
-    def __init__(self) -> None:
-        self._tasks: dict[Hashable, asyncio.Task[None]] = {}
-
-    def start(self, key: Hashable, seconds: float, callback: Callable[[], Awaitable[None]]) -> None:
-        self.cancel(key)
-
-        async def fire() -> None:
-            await asyncio.sleep(seconds)
-            self._tasks.pop(key, None)
-            try:
-                await callback()
-            except Exception:
-                log.exception("timer %r failed", key)
-
-        self._tasks[key] = asyncio.create_task(fire())
-
-    def cancel(self, key: Hashable) -> None:
-        task = self._tasks.pop(key, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    def cancel_where(self, predicate: Callable[[Hashable], bool]) -> None:
-        for key in [k for k in self._tasks if predicate(k)]:
-            self.cancel(key)
-
-    def cancel_all(self) -> None:
-        self.cancel_where(lambda _: True)
-
-    def __len__(self) -> int:
-        return len(self._tasks)

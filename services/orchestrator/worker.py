@@ -1,26 +1,24 @@
-"""The orchestrator worker: takes ownership of new calls and routes each call's events to
-its state machine.
+"""The orchestrator worker: takes ownership of new calls and posts each call's events to
+its actor.
 
 Ownership is sticky: the instance that answers a CallStart request subscribes to that
 call's subjects alone, so all of a call's state lives in one process while calls spread
-over all instances through the queue group.
+over all instances through the queue group. A subscription only posts to the call's
+queue; the call's own task handles its events one at a time (`actor.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
 from proto import subjects
-from proto.codec import decode, encode
 from proto.headers import TRACEPARENT
 from proto.messages import (
     CallAccepted,
@@ -32,93 +30,98 @@ from proto.messages import (
     SttAssign,
     SttAssigned,
 )
-from proto.records import CALL_RECORDS_BUCKET, CallRecord
-from services.orchestrator.call import Call
+from proto.records import CALL_RECORDS_BUCKET
+from services.orchestrator.actor import CallActor
+from services.orchestrator.call import CallLimits, new_call
+from services.orchestrator.events import Greet, SttLost
+from services.orchestrator.states import CallState
 from voxline.agents import AgentStore, UnknownAgent
 from voxline.bus import Bus, MessageHandler
 from voxline.config import OrchestratorSettings
-from voxline.telemetry import current_call_id, new_traceparent, stage_histogram
+from voxline.telemetry import current_call_id, new_traceparent, now_us
 
 log = logging.getLogger("voxline.orchestrator")
 
 ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this orchestrator")
-TURN_LATENCY = stage_histogram(
-    "voxline_orchestrator_turn_latency_seconds", "Caller speech end to first reply audio sent, per turn"
-)
 STT_PING_INTERVAL_S = 1.0
 MAX_STT_REASSIGNMENTS = 2
 STT_PING_TIMEOUT_S = 0.5
 REFUSED = Gauge("voxline_orchestrator_refused_calls", "Calls refused since start")
+CALL_RECORD_TTL_S = 7 * 24 * 3600
+# How long shutting down waits for the calls' actors to end their calls.
+STOP_TIMEOUT_S = 10.0
+
+
+class OrchestratorStatus(msgspec.Struct):
+    active_calls: int  # calls this instance owns
+    calls: dict[str, CallState]  # their call ids and states
+    subscriptions: int  # per-call bus subscriptions they hold, together
 
 
 class Orchestrator:
     def __init__(self, bus: Bus, settings: OrchestratorSettings) -> None:
         self.bus = bus
         self.settings = settings
+        self.limits = CallLimits(
+            history_turns=settings.history_turns,
+            brain_timeout_s=settings.brain_timeout_s,
+            tts_timeout_s=settings.tts_timeout_s,
+        )
         self.agents = AgentStore(settings.agents_dir)
-        self.calls: dict[str, Call] = {}
+        self.calls: dict[str, CallActor] = {}
         self._subs: dict[str, list[Subscription]] = {}
-        self._kv: KeyValue | None = None
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._records_ready = False
         self._own: list[Subscription] = []
-        self._ending: set[asyncio.Task[None]] = set()
         self._assigns: dict[str, SttAssign] = {}
         self._stt_worker: dict[str, str] = {}  # call id -> the STT worker holding its audio
         self._stt_misses: dict[str, int] = {}
         self._liveness: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        js = self.bus.nc.jetstream()
-        self._kv = await js.create_key_value(bucket=CALL_RECORDS_BUCKET, history=1, ttl=7 * 24 * 3600)
+        await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
+        self._records_ready = True
         self._own.append(
-            await self.bus.nc.subscribe(subjects.CALL_START, queue=subjects.QUEUE_ORCHESTRATOR, cb=self._on_call_start)
+            await self.bus.subscribe(subjects.CALL_START, self._on_call_start, queue=subjects.QUEUE_ORCHESTRATOR)
         )
         self._liveness = asyncio.create_task(self._watch_stt_workers())
 
     def ready(self) -> bool:
-        return self._kv is not None
+        return self._records_ready
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "active_calls": len(self.calls),
-            "calls": {cid: call.state.value for cid, call in self.calls.items()},
-            "subscriptions": sum(len(s) for s in self._subs.values()),
-        }
+    def status(self) -> OrchestratorStatus:
+        return OrchestratorStatus(
+            active_calls=len(self.calls),
+            calls={call_id: actor.call.state for call_id, actor in self.calls.items()},
+            subscriptions=sum(len(s) for s in self._subs.values()),
+        )
 
     async def stop(self) -> None:
         if self._liveness is not None:
             self._liveness.cancel()
-        for call_id in list(self.calls):
-            await self._end_call(call_id, "orchestrator shutting down")
+        for call_id, actor in self.calls.items():
+            actor.post(CallStopped(call_id=call_id, reason="orchestrator shutting down", at_us=now_us()))
+        runs = list(self._runs.values())
+        if runs:
+            await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
 
-    async def save(self, record: CallRecord) -> None:
-        if self._kv is None:
-            return
-        try:
-            await self._kv.put(record.call_id, msgspec.json.encode(record))
-        except Exception as exc:  # the record is best effort; the call goes on
-            log.error("could not save the call record: %s", exc)
-
-    async def _on_call_start(self, msg: Msg) -> None:
-        try:
-            start = decode(msg.data)
-        except Exception as exc:
-            log.error("bad call start request: %s", exc)
-            return
+    async def _on_call_start(self, start: Message, msg: Msg) -> None:
         if not isinstance(start, CallStart):
+            log.error("bad call start request: %s", type(start).__name__)
             return
         current_call_id.set(start.call_id)
-        refusal = await self._take_call(start, (msg.headers or {}).get(TRACEPARENT, ""))
+        taken = start.call_id in self.calls
+        refusal = "" if taken else await self._take_call(start, (msg.headers or {}).get(TRACEPARENT, ""))
         if refusal:
             REFUSED.inc()
             log.error("refused call: %s", refusal)
-            await msg.respond(encode(CallRefused(call_id=start.call_id, reason=refusal)))
-        else:
-            await msg.respond(encode(CallAccepted(call_id=start.call_id, orchestrator_id=self.settings.instance_id)))
-            await self.calls[start.call_id].greet(start.started_at_us)
+            await self.bus.respond(msg, CallRefused(call_id=start.call_id, reason=refusal))
+            return
+        await self.bus.respond(msg, CallAccepted(call_id=start.call_id, orchestrator_id=self.settings.instance_id))
+        if not taken:
+            self.calls[start.call_id].post(Greet(call_start_us=start.started_at_us))
 
     async def _take_call(self, start: CallStart, traceparent: str) -> str:
-        if start.call_id in self.calls:
-            return ""
         try:
             agent = self.agents.get(start.agent_id)
         except UnknownAgent as exc:
@@ -146,13 +149,13 @@ class Orchestrator:
             return reassignments <= MAX_STT_REASSIGNMENTS and await self._assign_stt(assign) is None
 
         self._assigns[start.call_id] = assign
-
-        call = Call(
-            self.bus, start, agent, self.settings, traceparent or new_traceparent(None, "call"), self.save, reassign
-        )
-        self.calls[start.call_id] = call
-        ACTIVE_CALLS.set(len(self.calls))
-        handler = self._route(start.call_id)
+        call = new_call(start, agent, self.limits, traceparent or new_traceparent(None, "call"))
+        try:  # the record exists before the gateway hears the call is taken
+            await self.bus.kv_put(CALL_RECORDS_BUCKET, call.call_id, call.record)
+        except Exception as exc:  # the record is best effort; the call goes on
+            log.error("could not save the call record: %s", exc)
+        actor = CallActor(self.bus, call, reassign)
+        handler = self._route(actor)  # events queue up until the actor runs
         self._subs[start.call_id] = [
             await self.bus.subscribe(subject, handler)
             for subject in (
@@ -162,7 +165,9 @@ class Orchestrator:
                 subjects.tts_events(start.call_id),
             )
         ]
-        await call.save_initial()
+        self.calls[start.call_id] = actor
+        ACTIVE_CALLS.set(len(self.calls))
+        self._runs[start.call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{start.call_id}")
         log.info("call taken: agent %s", agent.id)
         return ""
 
@@ -204,48 +209,46 @@ class Orchestrator:
         log.error("stt worker %s is gone; moving its %d calls", worker_id, len(moved))
         for call_id in moved:
             self._stt_worker.pop(call_id, None)
-            assign, call = self._assigns.get(call_id), self.calls.get(call_id)
-            if assign is None or call is None:
+            assign, actor = self._assigns.get(call_id), self.calls.get(call_id)
+            if assign is None or actor is None:
                 continue
             refusal = await self._assign_stt(assign)
             if refusal:
-                await call.fail(refusal)
+                actor.post(SttLost(reason=refusal))
             else:
                 log.info("call reassigned to another stt worker", extra={"call_id": call_id})
 
-    def _route(self, call_id: str) -> MessageHandler:
+    @staticmethod
+    def _route(actor: CallActor) -> MessageHandler:
         async def handler(message: Message, _msg: Msg) -> None:
-            call = self.calls.get(call_id)
-            if call is None:
-                return
-            if isinstance(message, CallStopped):
-                # Not awaited here: ending unsubscribes this very subscription, and
-                # nats-py cancels a subscription's task on unsubscribe.
-                task = asyncio.create_task(self._end_call(call_id, message.reason))
-                self._ending.add(task)
-                task.add_done_callback(self._ending.discard)
-                return
-            await call.handle(message)
-            latency = call.take_turn_latency()
-            if latency is not None:
-                TURN_LATENCY.observe(latency)
+            actor.post(message)
 
         return handler
 
-    async def _end_call(self, call_id: str, reason: str) -> None:
-        call = self.calls.pop(call_id, None)
-        self._assigns.pop(call_id, None)
-        self._stt_worker.pop(call_id, None)
-        ACTIVE_CALLS.set(len(self.calls))
-        if call is not None:
-            await call.end(reason)
-            await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
-            log.info("call ended: %s", reason, extra={"call_id": call_id})
-        for sub in self._subs.pop(call_id, []):
+    async def _run_call(self, actor: CallActor) -> None:
+        """The call's life: its actor runs until the call ends, then every resource of the
+        call is released here (not in a subscription's callback, which unsubscribing
+        would cancel)."""
+        call_id = actor.call.call_id
+        try:
+            await actor.run()
+        finally:
+            self.calls.pop(call_id, None)
+            self._runs.pop(call_id, None)
+            self._assigns.pop(call_id, None)
+            self._stt_worker.pop(call_id, None)
+            ACTIVE_CALLS.set(len(self.calls))
+            reason = actor.call.record.end_reason or "orchestrator stopped"
             try:
-                await sub.unsubscribe()
+                await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
             except Exception as exc:  # the connection may be going away at shutdown
-                log.debug("unsubscribe failed: %s", exc)
+                log.warning("could not announce the end of the call: %s", exc)
+            log.info("call ended: %s", reason, extra={"call_id": call_id})
+            for sub in self._subs.pop(call_id, []):
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    log.debug("unsubscribe failed: %s", exc)
 
 
 async def start(bus: Bus, settings: OrchestratorSettings) -> Orchestrator:

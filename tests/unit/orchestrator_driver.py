@@ -21,7 +21,8 @@ from proto.messages import (
     Transcript,
     TtsError,
 )
-from services.orchestrator.core import Call, CallLimits, new_call, step
+from services.orchestrator.call import Call, CallLimits, new_call
+from services.orchestrator.core import step
 from services.orchestrator.effects import Effect, Publish
 from services.orchestrator.events import Event, Greet, TimerFired
 from services.orchestrator.timers import PendingTimer, Timer, TimerKind

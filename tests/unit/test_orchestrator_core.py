@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from proto.messages import BrainTurn, PlaybackPause, PlaybackResume, SpeechStarted, Synthesize, TurnCancel
-from services.orchestrator.core import Call, step
+from services.orchestrator.call import Call
+from services.orchestrator.core import step
 from services.orchestrator.end_of_turn import is_backchannel
 from services.orchestrator.events import TimerFired
 from services.orchestrator.states import TRANSITIONS, CallState, IllegalTransition, transition

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from proto import subjects
 from proto.messages import BrainTurn, CallStopped, Hangup, SttError, Synthesize, Transfer, TurnCancel
-from services.orchestrator.core import CallLimits
+from services.orchestrator.call import CallLimits
 from services.orchestrator.effects import CancelTimer, ObserveTurnLatency, Publish, ReassignStt, SaveRecord, StartTimer
 from services.orchestrator.events import Greet, SttLost, SttReassigned
 from services.orchestrator.states import CallState
