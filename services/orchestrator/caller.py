@@ -231,7 +231,9 @@ class _CallerSide:
                 return
         text = " ".join(s.parts)
         if not text:
-            self.intents.append(Listen(idle=True))
+            if self.reply is None or not self.reply.committed:
+                self.intents.append(Listen(idle=True))
+            # else a reply (to a keypad digit, say) is on its way: the floor is the agent's
             return
         decision = decide(text, s.eot_probability, self.options)
         waited_ms = (self.now_us - s.speech_end_us) / 1000

@@ -235,3 +235,18 @@ def test_a_snapshot_of_the_call_resumes_with_the_same_effects() -> None:
     effects = d.send(event)
     assert step(restored, event, d.now_us) == effects
     assert restored == d.call and d.published(PlaybackPause, effects)
+
+
+def test_a_blank_final_after_a_keypad_digit_leaves_the_floor_to_the_reply() -> None:
+    d = Driver()
+    d.greet()
+    d.speech_started()
+    d.dtmf("3")  # ends the turn while the recogniser still hears something
+    reply = d.turn
+    d.wait(300)
+    d.speech_ended()
+    d.final("")  # it was no word
+    assert d.call.state is CallState.THINKING and not d.pending(TimerKind.IDLE)
+    d.speech_started()  # the caller talks over the reply to the digit: it pauses as any reply
+    assert [p.turn_id for p in d.published(PlaybackPause)] == [reply.turn_id]
+    assert d.call.state is CallState.PAUSED

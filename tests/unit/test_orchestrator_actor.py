@@ -1,0 +1,58 @@
+"""The actor's shell over a real nats-server: it publishes the core's effects with the
+call's headers, runs the core's timers as tasks whose expiries come back as events, runs an
+STT reassignment beside the call, and ends with the call."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proto import CALL_ID as CALL_ID_HEADER
+from proto import TURN_ID, subjects
+from proto.messages import CallStopped, SttError, Synthesize
+from services.orchestrator.actor import CallActor
+from services.orchestrator.call import CallLimits
+from services.orchestrator.events import Greet
+from services.orchestrator.states import CallState
+from tests.unit.bus_probe import Probe
+from tests.unit.orchestrator_driver import CALL_ID, GREETING, Driver
+from voxline.bus import Bus
+from voxline.telemetry import now_us
+
+
+def synthesized(probe: Probe) -> list[Synthesize]:
+    return [s for s in probe.of(Synthesize) if s.call_id == CALL_ID]
+
+
+async def test_the_shell_carries_out_effects_and_timers_over_the_bus(worker_bus: Bus, probe: Probe) -> None:
+    call = Driver(limits=CallLimits(tts_timeout_s=0.05)).call  # no TTS worker answers here
+    reassignments: list[int] = []
+
+    async def reassign_stt() -> bool:
+        reassignments.append(1)
+        return False  # no other STT worker
+
+    actor = CallActor(worker_bus, call, reassign_stt)
+    run = asyncio.create_task(actor.run())
+    actor.post(Greet(call_start_us=now_us()))
+
+    # Each sentence of the greeting: asked, asked again (attempt 1), then skipped (attempt 2),
+    # each step started by a timer task posting its expiry back to the call.
+    wanted = {(seq, attempt) for seq in (0, 1) for attempt in (0, 1, 2)}
+    await probe.until(lambda: {(s.seq, s.attempt) for s in synthesized(probe)} >= wanted, "retries and skips")
+    greeting = [s for s in probe.received() if isinstance(s.item, Synthesize) and s.item.turn_id == 1]
+    assert {s.subject for s in greeting} == {subjects.TTS_SYNTHESIZE}
+    assert all(s.headers[CALL_ID_HEADER] == CALL_ID and s.headers[TURN_ID] == "1" for s in greeting)
+    sent = {(m.seq, m.attempt, m.text) for m in synthesized(probe) if m.turn_id == 1}
+    assert sent == {(0, 0, GREETING), (0, 1, GREETING), (0, 2, ""), (1, 0, ""), (1, 1, ""), (1, 2, "")}
+
+    # The STT worker let the call go and no other takes it: the caller is told, politely.
+    actor.post(SttError(call_id=CALL_ID, message="provider closed the stream"))
+    failure = call.agent.failure_message
+    await probe.until(lambda: any(s.text == failure for s in synthesized(probe)), "the failure message")
+    assert reassignments == [1]
+
+    actor.post(CallStopped(call_id=CALL_ID, reason="caller hung up", at_us=now_us()))
+    await asyncio.wait_for(run, timeout=10)
+    assert call.state is CallState.ENDED and call.timers == []
+    assert call.record.status == "ended" and call.record.end_reason == "caller hung up"
+    actor.post(SttError(call_id=CALL_ID, message="late"))  # an ended call takes nothing more
