@@ -42,7 +42,7 @@ from proto.messages import (
     TurnKind,
 )
 from services.orchestrator.call import Call
-from services.orchestrator.caller import CALLER_TIMERS, hear
+from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ObserveTurnLatency, ReassignStt, SaveRecord
 from services.orchestrator.events import Event, Greet, SttLost, SttReassigned, TimerFired
 from services.orchestrator.intents import (
@@ -91,9 +91,9 @@ class _Step(Speech):
                 self.cancel_timer(Timer(TimerKind.IDLE))
                 if isinstance(event, SpeechStarted):
                     call.reprompted = False
-                self.hear(event)
+                self.caller_event(event)
             case Transcript() | SpeechEnded() | SpeechPaused():
-                self.hear(event)
+                self.caller_event(event)
             case TimerFired():
                 self._on_timer(event)
             case ReplySentence():
@@ -127,7 +127,7 @@ class _Step(Speech):
 
     # --- the caller's side -------------------------------------------------------------
 
-    def hear(self, event: SpeechStarted | Transcript | SpeechEnded | SpeechPaused | Dtmf | TimerKind) -> None:
+    def caller_event(self, event: CallerEvent) -> None:
         call = self.call
         for intent in hear(call.caller, event, call.current, call.agent.turn, self.now_us):
             self.apply(intent)
@@ -177,7 +177,7 @@ class _Step(Speech):
         self.call.timers.remove(pending)
         timer = event.timer
         if timer.kind in CALLER_TIMERS:
-            self.hear(timer.kind)
+            self.caller_event(timer.kind)
         elif timer.kind is TimerKind.IDLE:
             self._on_idle()
         elif timer.kind is TimerKind.BRAIN:
