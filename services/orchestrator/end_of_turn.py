@@ -71,6 +71,29 @@ _NUMBER_CONTEXT = re.compile(r"\b(number|phone|zip|postal|code|card|account|digi
 _WORD = re.compile(r"[a-z0-9']+")
 
 
+# "uh-huh", "mm-hmm", "uh-uh", "mhm", "unh-hunh": sounds, not words, however the recogniser
+# spells them (Whisper heard a caller's "uh-huh" as "Uh-uh."). Only h, m, n and the vowels
+# a and u, with an h or an m; the few real words of that shape are listed apart.
+_VOCABLE = re.compile(r"^(?=[a-z]*[hm])[hmnua]{1,8}$")
+_NOT_VOCABLES = frozenset("a an am man ham hun nun human mama".split())
+
+
+def _vocable(word: str) -> bool:
+    return bool(_VOCABLE.match(word)) and word not in _NOT_VOCABLES
+
+
+# A two-part sound ("uh-huh", "uh-uh", "mm-hmm", "mhm") is a yes or a no; a lone "uh" or
+# "um" is a filler and the caller is still thinking.
+_ANSWER_SOUNDS = re.compile(r"^(?:[a-z]+-[a-z-]+|mhm+|mm+hm+|uhhuh)$")
+
+
+def _answer_sounds(lowered: str) -> bool:
+    tokens = re.findall(r"[a-z0-9'-]+", lowered)
+    return bool(tokens) and all(
+        _ANSWER_SOUNDS.match(t) and all(_vocable(part) for part in t.split("-") if part) for t in tokens
+    )
+
+
 def _is_short_answer(words: list[str]) -> bool:
     while words and words[0] in _INTERJECTIONS and len(words) > 1:
         words = words[1:]
@@ -98,7 +121,7 @@ def transcript_score(text: str, options: TurnOptions) -> float:
     words = _WORD.findall(lowered)
     if not words:
         return 0.5
-    if _is_short_answer(words):
+    if _is_short_answer(words) or _answer_sounds(lowered):
         return options.score_short_answer
     last = words[-1]
     if last in _FILLERS:
@@ -147,17 +170,6 @@ def decide(text: str, acoustic_probability: float, options: TurnOptions) -> EndO
         span = options.incomplete_silence_ms - options.complete_silence_ms
         silence = options.complete_silence_ms + int(span * min(1.0, 0.5 + shortfall))
     return EndOfTurnDecision(score=round(score, 3), complete=complete, silence_ms=silence)
-
-
-# "uh-huh", "mm-hmm", "uh-uh", "mhm", "unh-hunh": sounds, not words, however the recogniser
-# spells them (Whisper heard a caller's "uh-huh" as "Uh-uh."). Only h, m, n and the vowels
-# a and u, with an h or an m; the few real words of that shape are listed apart.
-_VOCABLE = re.compile(r"^(?=[a-z]*[hm])[hmnua]{1,8}$")
-_NOT_VOCABLES = frozenset("a an am man ham hun nun human mama".split())
-
-
-def _vocable(word: str) -> bool:
-    return bool(_VOCABLE.match(word)) and word not in _NOT_VOCABLES
 
 
 def is_backchannel(text: str, options: TurnOptions) -> bool:

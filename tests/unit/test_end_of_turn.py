@@ -16,6 +16,8 @@ OPTIONS = TurnOptions()
         "I need to cancel my",
         "I'd like to book an appointment and",
         "so um",
+        "Um.",
+        "Uh",
         "my number is 555 01",
         "Well, I was thinking...",
     ],
@@ -75,6 +77,10 @@ SHORT_ANSWERS_AND_CLOSINGS = [
     "Can you?",
     "Is that all you need?",
     "Could you do that, please?",
+    "Uh-uh.",
+    "Uh-huh.",
+    "Mm-hmm",
+    "Mhm.",
 ]
 
 
