@@ -11,9 +11,10 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -42,24 +43,30 @@ def _secret_values() -> list[str]:
     return [v for k, v in os.environ.items() if k.upper().endswith(_SECRET_SUFFIXES) and len(v) >= 6]
 
 
-class _Redactor(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets = _secret_values()
+# Credentials by their shape, for keys that never passed through the environment (read from
+# a file, pasted into a request): HTTP authorization values and OpenAI-style keys.
+_CREDENTIAL_SHAPES = re.compile(r"\b(Bearer|Token|Basic)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
-        return True
+
+class Redactor:
+    """Masks secrets in whatever a log line carries: the message, the traceback of an
+    exception (whose frames and message may quote a key) and the stack."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted(_secret_values() if secrets is None else secrets, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return _CREDENTIAL_SHAPES.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "sk-***", text)
 
 
 class _JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, redact: Redactor) -> None:
         super().__init__()
         self.service = service
+        self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -67,7 +74,7 @@ class _JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": self.redact(record.getMessage()),
         }
         call_id = getattr(record, "call_id", None) or current_call_id.get()
         if call_id:
@@ -76,25 +83,28 @@ class _JsonFormatter(logging.Formatter):
         if turn_id:
             entry["turn_id"] = turn_id
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = self.redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = self.redact(self.formatStack(record.stack_info))
         return json.dumps(entry)
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, redact: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)-5s " + service + " %(ctx)s%(message)s", "%H:%M:%S")
+        self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         call_id = getattr(record, "call_id", None) or current_call_id.get()
         turn_id = getattr(record, "turn_id", None) or current_turn_id.get()
         record.ctx = (f"[{call_id[:12]}" + (f"/t{turn_id}" if turn_id else "") + "] ") if call_id else ""
-        return super().format(record)
+        return self.redact(super().format(record))  # message, traceback and stack alike
 
 
-def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter(service) if fmt == "json" else _TextFormatter(service))
-    handler.addFilter(_Redactor())
+def setup_logging(service: str, level: str = "INFO", fmt: str = "json", stream: IO[str] | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    redact = Redactor()
+    handler.setFormatter(_JsonFormatter(service, redact) if fmt == "json" else _TextFormatter(service, redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
