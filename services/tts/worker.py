@@ -151,7 +151,9 @@ class TtsWorker:
         async def send(payload: bytes, last: bool) -> None:
             nonlocal chunk, audio_bytes, first_audio_us
             at = now_us()
-            frame = AudioFrame(payload, request.turn_id, request.seq, chunk, frame_flags(request, last), at)
+            frame = AudioFrame(
+                payload, request.turn_id, request.seq, chunk, frame_flags(request, last), at, request.attempt
+            )
             await self._publish_frame(subject, frame, headers)
             if chunk == 0:
                 first_audio_us = at
@@ -163,7 +165,13 @@ class TtsWorker:
         async def close_sentence(error: str = "") -> None:
             await send(chunker.finish(), last=True)
             if error:
-                failure = TtsError(call_id=request.call_id, turn_id=request.turn_id, seq=request.seq, message=error)
+                failure = TtsError(
+                    call_id=request.call_id,
+                    turn_id=request.turn_id,
+                    seq=request.seq,
+                    message=error,
+                    attempt=request.attempt,
+                )
                 await self._publish(subjects.tts_events(request.call_id), failure, headers)
                 return
             done = SentenceSynthesized(
@@ -174,6 +182,7 @@ class TtsWorker:
                 first_audio_us=first_audio_us,
                 at_us=now_us(),
                 provider_ttfb_ms=provider_ttfb_ms,
+                attempt=request.attempt,
             )
             await self._publish(subjects.tts_events(request.call_id), done, headers)
 

@@ -70,8 +70,12 @@ async def make_worker(bus: Bus, provider: Any = None, **settings: Any) -> TtsWor
     return worker
 
 
-def say(text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", **flags: bool) -> Synthesize:
-    return Synthesize(call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, **flags)
+def say(
+    text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", attempt: int = 0, **flags: bool
+) -> Synthesize:
+    return Synthesize(
+        call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, attempt=attempt, **flags
+    )
 
 
 def frames(probe: Probe, call_id: str = "c1") -> list[AudioFrame]:
@@ -125,6 +129,30 @@ async def test_empty_last_sentence_is_one_empty_closing_frame(worker_bus: Bus, p
     assert frame.flags == EOS | EOT | FrameFlags.GREETING
     [done] = events(probe)
     assert isinstance(done, SentenceSynthesized) and done.audio_ms == 0
+    await worker.stop()
+
+
+async def test_every_frame_and_report_echoes_the_synthesis_attempt(worker_bus: Bus, probe: Probe) -> None:
+    """The gateway plays only the newest attempt of a sentence: a retry, a skip (empty
+    text) and a failed retry must each carry the attempt they answer."""
+    provider = GatedProvider()
+    worker = await make_worker(worker_bus, provider)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Said again.", seq=0, attempt=2))
+    provider.queue.put_nowait(b"\x7f" * 1000)
+    provider.queue.put_nowait(None)
+    await probe.until(lambda: len(events(probe)) == 1, "the retried sentence's report")
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("", seq=1, attempt=3, last=True))
+    await probe.until(lambda: len(events(probe)) == 2, "the skipped sentence's report")
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("Fails again.", seq=2, attempt=1))
+    provider.queue.put_nowait(RuntimeError("voice not found"))
+    await probe.until(lambda: len(events(probe)) == 3, "the failed sentence's report")
+
+    by_seq = {seq: [f.attempt for f in frames(probe) if f.seq == seq] for seq in (0, 1, 2)}
+    assert by_seq == {0: [2, 2], 1: [3], 2: [1]}
+    done, skipped, failed = events(probe)
+    assert isinstance(done, SentenceSynthesized) and (done.seq, done.attempt) == (0, 2)
+    assert isinstance(skipped, SentenceSynthesized) and (skipped.seq, skipped.attempt) == (1, 3)
+    assert isinstance(failed, TtsError) and (failed.seq, failed.attempt) == (2, 1)
     await worker.stop()
 
 
