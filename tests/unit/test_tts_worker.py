@@ -70,12 +70,8 @@ async def make_worker(bus: Bus, provider: Any = None, **settings: Any) -> TtsWor
     return worker
 
 
-def say(
-    text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", attempt: int = 0, **flags: bool
-) -> Synthesize:
-    return Synthesize(
-        call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, attempt=attempt, **flags
-    )
+def say(text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", attempt: int = 0, **flags: bool) -> Synthesize:
+    return Synthesize(call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, attempt=attempt, **flags)
 
 
 def frames(probe: Probe, call_id: str = "c1") -> list[AudioFrame]:
