@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROFILE ?= local
+# The profile: VOXLINE_PROFILE (default local, the offline models); PROFILE=... overrides it
+# for one `make run`, exactly like `voxline up --profile`.
+PROFILE ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps clean
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: system-deps $(STAMP)
-	$(BIN)/voxline up --profile $(PROFILE)
+	$(BIN)/voxline up $(if $(PROFILE),--profile $(PROFILE))
 
 test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -7,13 +7,28 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+PROFILES = ("fake", "local", "cloud")
+
+
+def resolve_profile(flag: str | None, environ: Mapping[str, str]) -> str:
+    """`--profile` if given, else `VOXLINE_PROFILE`, else the offline default: the rule
+    every process follows (`voxline/config.py`), so `make run` and `voxline up` agree."""
+    from voxline.config import DEFAULT_PROFILE
+
+    profile = flag or environ.get("VOXLINE_PROFILE") or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise SystemExit(f"voxline: unknown profile {profile!r} (VOXLINE_PROFILE or --profile): use one of {PROFILES}")
+    return profile
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from voxline.devstack import run_foreground
 
-    return run_foreground(args.profile, args.port, args.nats_url, Path(args.data_dir))
+    profile = resolve_profile(args.profile, os.environ)
+    return run_foreground(profile, args.port, args.nats_url, Path(args.data_dir))
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
@@ -52,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start nats-server and the five services; Ctrl-C stops them")
-    up.add_argument("--profile", default=os.environ.get("VOXLINE_PROFILE", "local"), choices=["fake", "local", "cloud"])
+    up.add_argument("--profile", default=None, choices=PROFILES, help="overrides VOXLINE_PROFILE (default local)")
     up.add_argument("--port", type=int, default=int(os.environ.get("VOXLINE_HTTP_PORT", "8080")))
     up.add_argument("--nats-url", default=os.environ.get("VOXLINE_NATS_URL", ""), help="use this NATS server")
     up.add_argument("--data-dir", default="var/nats", help="JetStream storage of the embedded server")

@@ -15,6 +15,10 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["fake", "local", "cloud"]
+# The one profile rule: `VOXLINE_PROFILE` picks the providers of every process, `voxline up
+# --profile` (and `make run PROFILE=...`) overrides it for one run, and unset it is the
+# offline default.
+DEFAULT_PROFILE: Profile = "local"
 
 
 def _default_instance_id() -> str:
@@ -26,7 +30,7 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXLINE_", extra="ignore")
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL (the dev stack sets it).")
-    profile: Profile = Field("fake", description="Provider set: fake, local (offline models) or cloud.")
+    profile: Profile = Field(DEFAULT_PROFILE, description="Provider set: fake, local (offline models) or cloud.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
     health_host: str = Field("127.0.0.1", description="Bind address of /healthz, /readyz, /metrics.")

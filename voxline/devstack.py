@@ -21,6 +21,8 @@ from typing import IO
 
 import httpx
 
+from voxline.config import DEFAULT_PROFILE
+
 SERVICES = ("orchestrator", "stt", "brain", "tts", "gateway")
 
 
@@ -87,7 +89,7 @@ class Process:
 class DevStack:
     """Start with `start()`, stop with `stop()`; ports are free ones unless given."""
 
-    profile: str = "fake"
+    profile: str = DEFAULT_PROFILE  # callers resolve the profile rule (cli.resolve_profile)
     http_port: int = 8080
     nats_url: str = ""  # use this server instead of starting one
     data_dir: Path | None = None
