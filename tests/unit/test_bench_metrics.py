@@ -10,6 +10,7 @@ import pytest
 from voxline.bench.metrics import hist_percentile, merge_hists, peak_concurrency, summarize
 from voxline.bench.report import format_table, target_verdicts
 from voxline.bench.runner import split, workers_for
+from voxline.bench.scenarios import SCENARIOS, SHORT_ANSWERS
 from voxline.simulator.results import BargeInResult, CallResult, TurnResult, percentile
 
 
@@ -138,3 +139,23 @@ def test_table_and_verdicts_print_without_data() -> None:
     text = format_table([row])
     assert "turns" in text and "late99" in text
     assert target_verdicts([row]) == []  # no numbers, no verdict
+
+
+def test_short_answers_scripts_say_the_answers_and_the_row_has_the_end_of_turn_wait() -> None:
+    scripts = [SCENARIOS["short_answers"].build(i) for i in range(len(SHORT_ANSWERS))]
+    said = {u.text for s in scripts for u in s.utterances}
+    assert said == set(SHORT_ANSWERS)  # every answer is said by some call
+    assert all(s.extra_parameters["fake_transcripts"] == "|".join(u.text or "" for u in s.utterances) for s in scripts)
+    calls = [
+        call(
+            [TurnResult(0, "No.", first_media_latency_ms=600.0)],
+            [reply(2, "No.", 4.0, latency={"pipeline_overhead": 4.0, "end_of_turn": 260.0})],
+        ),
+        call(
+            [TurnResult(0, "Thank you.", first_media_latency_ms=1800.0)],
+            [reply(2, "Thank you.", 4.0, latency={"pipeline_overhead": 4.0, "end_of_turn": 1510.0})],
+        ),
+    ]
+    row = summarize("short_answers", 2, calls, [])
+    assert row["end_of_turn_ms"]["n"] == 2 and row["end_of_turn_ms"]["p50"] == pytest.approx(885.0)
+    assert "short_answers" in format_table([row]) and "885/" in format_table([row])

@@ -133,6 +133,12 @@ def summarize(scenario: str, level: int, calls: list[CallResult], spans: list[tu
         for t in _reply_turns(r.record)
         if "pipeline_overhead" in (t.get("latency") or {}) and not is_backchannel(str(t.get("caller_text", "")))
     ]
+    end_of_turn = [
+        float(t["latency"]["end_of_turn"])
+        for r in calls
+        for t in _reply_turns(r.record)
+        if "end_of_turn" in (t.get("latency") or {}) and not is_backchannel(str(t.get("caller_text", "")))
+    ]
     barge = [b.latency_ms for r in calls for b in r.barge_ins if b.latency_ms is not None]
     errors = [e for r in calls for e in r.errors]
     lateness = merge_hists(r.send_lateness_ms for r in calls)
@@ -146,6 +152,7 @@ def summarize(scenario: str, level: int, calls: list[CallResult], spans: list[tu
         "peak_concurrency": peak_concurrency(spans),
         "turn_latency_ms": stats(turn_ms),
         "pipeline_overhead_ms": stats(overhead),
+        "end_of_turn_ms": stats(end_of_turn),
         "barge_in_ms": stats(barge),
         "sim_lateness_ms": {
             "frames": sum(lateness.values()),
@@ -153,7 +160,7 @@ def summarize(scenario: str, level: int, calls: list[CallResult], spans: list[tu
             "p99": hist_percentile(lateness, 99),
             "max": float(max(lateness)) if lateness else None,
         },
-        "series": {"turn": turn_ms, "barge_in": barge, "overhead": overhead},
+        "series": {"turn": turn_ms, "barge_in": barge, "overhead": overhead, "end_of_turn": end_of_turn},
     }
     if scenario == "barge_in":
         stale = [b.cancelled_audio_heard_after_ms for r in calls for b in r.barge_ins]

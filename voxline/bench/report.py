@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 HEADER = (
-    f"{'level':>5} {'scenario':<12} {'calls':>5} {'ok':>4} {'err':>4} {'peak':>4} "
-    f"{'turn p50/p95':>13} {'ovh p50/p95':>12} {'stop p50/p95':>13} {'stale':>6} "
+    f"{'level':>5} {'scenario':<13} {'calls':>5} {'ok':>4} {'err':>4} {'peak':>4} "
+    f"{'turn p50/p95':>13} {'eot p50/p95':>12} {'ovh p50/p95':>12} {'stop p50/p95':>13} {'stale':>6} "
     f"{'bc lost/rep/new':>16} {'cut':>4} {'late99':>6} {'cpu sim/stack':>13}"
 )
 
@@ -34,8 +34,9 @@ def format_row(row: dict[str, Any]) -> str:
     sim, stack = cpu.get("sim_cores"), cpu.get("stack_cores")
     cpu_cell = f"{'-' if sim is None else f'{sim:.2f}'}/{'-' if stack is None else f'{stack:.2f}'}"
     return (
-        f"{row['level']:>5} {row['scenario']:<12} {row['calls']:>5} {row['ok']:>4} {row['errors']:>4} "
+        f"{row['level']:>5} {row['scenario']:<13} {row['calls']:>5} {row['ok']:>4} {row['errors']:>4} "
         f"{row['peak_concurrency']:>4} {_pair(row['turn_latency_ms']):>13} "
+        f"{_pair(row.get('end_of_turn_ms') or {}):>12} "
         f"{_pair(row['pipeline_overhead_ms'], True):>12} {_pair(row['barge_in_ms']):>13} "
         f"{_ms(stale['total']) if stale else '-':>6} {bc_cell:>16} {row.get('cut_offs', '-')!s:>4} "
         f"{_ms(row['sim_lateness_ms']['p99']):>6} {cpu_cell:>13}"
@@ -44,6 +45,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 LEGEND = """\
   turn: caller speech end -> first reply audio received (simulator clock, ms)
+  eot:  call record latency.end_of_turn per reply turn: caller speech end -> turn judged over (ms)
   ovh:  call record latency.pipeline_overhead per reply turn (ms); target < 15 p95 at 200 calls
   stop: caller onset -> agent voice stops as heard (barge_in: interruption; backchannel: pause); target < 120 p95
   stale: ms of an interrupted turn heard after its voice stopped, summed over calls; target 0

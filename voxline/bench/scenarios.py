@@ -18,6 +18,18 @@ INTERRUPTION = "actually can I book an appointment for next week instead"
 BACKCHANNELS = ("uh-huh", "okay")
 SLOW_PARTS = ["I need to cancel my", "appointment on Tuesday"]
 SLOW_GAP_MS = 700
+# Answers that are over as soon as they are said: each should end its turn after the
+# complete-turn silence, not the unfinished-turn one.
+SHORT_ANSWERS = (
+    "No.",
+    "Thank you.",
+    "Yes please.",
+    "What about you?",
+    "Nope.",
+    "Sure, thanks.",
+    "I do.",
+    "No, thank you.",
+)
 BARGE_AFTER_MS = 800  # into the reply: mid first sentence of the fake brain's answer
 BACKCHANNEL_AFTER_MS = 1200
 
@@ -64,6 +76,11 @@ def _slow_speaker(_: int) -> CallScript:
     return _script([Utterance(parts=list(SLOW_PARTS), gap_ms=SLOW_GAP_MS)])
 
 
+def _short_answers(i: int) -> CallScript:
+    first, second = (SHORT_ANSWERS[(2 * i + k) % len(SHORT_ANSWERS)] for k in range(2))
+    return _script([Utterance(text=first), Utterance(text=second)])
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -71,6 +88,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("barge_in", "a full sentence over the reply, 800 ms in", _barge_in, "barge_in"),
         Scenario("backchannel", '"uh-huh"/"okay" 1.2 s into the reply: pause, resume', _backchannel, "barge_in"),
         Scenario("slow_speaker", "one request in two parts, 700 ms apart", _slow_speaker, "turn"),
+        Scenario("short_answers", '"No.", "Thank you.", "Yes please.": answered at once', _short_answers, "turn"),
     ]
 }
 
