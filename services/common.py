@@ -14,14 +14,20 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from prometheus_client import Counter
+from prometheus_client import Gauge
 
+from proto import subjects
 from proto.headers import TRACEPARENT, call_headers
+from proto.messages import CallEnded, Message, TurnCancel
+from services.providers import Provider, ProviderError, close_provider, close_stream
+from voxline.bus import Bus
 from voxline.telemetry import current_call_id, current_turn_id, new_traceparent
 
 log = logging.getLogger("voxline.services")
@@ -64,17 +70,6 @@ async def unsubscribe_quietly(sub: Subscription) -> None:
         log.debug("unsubscribe of %s failed: %s", sub.subject, exc)
 
 
-async def close_stream(stream: object) -> None:
-    """Close a provider's async generator now rather than at garbage collection, so its
-    HTTP stream or model run ends with the turn (also when we stopped reading early)."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.debug("closing a provider stream failed", exc_info=True)
-
-
 class RecentCalls:
     """A bounded map of recently seen call ids to an int (LRU), so memory stays flat."""
 
@@ -96,6 +91,11 @@ class RecentCalls:
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._items
+
+
+class TurnsInFlight(msgspec.Struct, frozen=True):
+    call_id: str
+    turn_ids: list[int]
 
 
 class TurnTasks:
@@ -157,9 +157,9 @@ class TurnTasks:
     def active(self) -> int:
         return sum(len(tasks) for tasks in self._tasks.values())
 
-    def turns(self) -> list[dict[str, Any]]:
+    def turns(self) -> list[TurnsInFlight]:
         """What status() shows: each call with the turn ids in flight."""
-        return [{"call_id": call_id, "turn_ids": sorted(set(tasks.values()))} for call_id, tasks in self._tasks.items()]
+        return [TurnsInFlight(call_id, sorted(set(tasks.values()))) for call_id, tasks in self._tasks.items()]
 
     async def drain(self, grace_s: float = STOP_GRACE_S) -> None:
         """Let in-flight tasks finish for up to `grace_s`, then cancel the rest."""
@@ -172,57 +172,179 @@ class TurnTasks:
             await asyncio.wait(leftovers)
 
 
-class ProviderUnavailable(RuntimeError):
-    """The configured provider cannot be used by this build or configuration."""
+class Launchable(Protocol):
+    @property
+    def provider(self) -> Provider: ...
+
+    async def start(self) -> None: ...
 
 
-def resolve_provider(kind: str, name: str, profile: str, by_profile: dict[str, str], known: tuple[str, ...]) -> str:
-    """The provider to use: `name` when set, else the profile's choice; unknown names fail
-    at startup with the list of valid ones rather than on the first call."""
-    chosen = name.strip().lower() or by_profile.get(profile, "")
-    if chosen not in known:
-        raise ProviderUnavailable(
-            f"unknown {kind} provider {chosen!r} (profile {profile!r}); choose one of {', '.join(known)}"
-        )
-    return chosen
+W = TypeVar("W", bound=Launchable)
 
 
-PROVIDER_ERRORS = Counter(
-    "voxline_provider_errors_total", "Errors of cloud/local providers, by provider and kind.", ["provider", "kind"]
-)
+async def launch(worker: W) -> W:
+    """Load the provider's models, then subscribe: a worker is ready only once the first
+    caller would not wait on a model load."""
+    await worker.provider.load()
+    await worker.start()
+    return worker
 
-# What a provider error is, and whether trying again soon may help.
-RETRYABLE_KINDS = frozenset({"rate_limited", "server", "dropped"})
+
+class TurnWorkerStatus(msgspec.Struct, frozen=True):
+    provider: str
+    active: int  # requests being worked on: turns (brain) or sentences (tts)
+    turns: list[TurnsInFlight]
 
 
-class ProviderError(RuntimeError):
-    """A provider failed in a way the caller of the provider can act on.
-
-    `kind` is one of auth, rate_limited, server, timeout, dropped, bad_request; the
-    message carries the provider and the HTTP status or close code, never a key, because
-    it ends up in logs and in TtsError/SttError messages on the bus.
-    """
-
-    def __init__(self, provider: str, kind: str, detail: str, status: int | None = None) -> None:
-        self.provider, self.kind, self.status = provider, kind, status
-        where = f" (status {status})" if status is not None else ""
-        super().__init__(f"{provider} {kind}{where}: {detail}")
+class TurnRequest(Protocol):
+    @property
+    def call_id(self) -> str: ...
 
     @property
-    def retryable(self) -> bool:
-        return self.kind in RETRYABLE_KINDS
+    def turn_id(self) -> int: ...
 
 
-def kind_of_status(status: int) -> str:
-    """The error kind of an HTTP status from a provider."""
-    if status in (401, 403):
-        return "auth"
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server"
-    return "bad_request"
+R = TypeVar("R", bound=TurnRequest)
+P = TypeVar("P", bound=Provider)
+Item = TypeVar("Item")
 
 
-def count_provider_error(error: ProviderError) -> None:
-    PROVIDER_ERRORS.labels(provider=error.provider, kind=error.kind).inc()
+@dataclass(frozen=True)
+class WorkKind:
+    """What a TurnWorker takes and how it names it in logs and errors."""
+
+    service: str  # "brain" | "tts"
+    subject: str  # the work subject, served by a queue group
+    queue: str
+    unit: str  # what one request is: "reply" | "sentence"
+    output: str  # what its provider streams: "output" | "audio"
+
+
+class TurnWorker(Generic[R, P]):
+    """The brain and TTS workers: requests from a queue group, one asyncio task each,
+    cancelled by turn id (barge-in) or call end; `work` is what differs.
+
+    Cancelling a task closes its provider stream, so a reply nobody will hear stops
+    costing tokens or synthesis, and nothing more of it is published.
+    """
+
+    def __init__(self, bus: Bus, provider: P, kind: WorkKind, request: type[R], stall_s: float, gauge: Gauge) -> None:
+        self.bus = bus
+        self.provider = provider
+        self.kind = kind
+        self.request = request
+        self.stall_s = stall_s
+        self.tasks = TurnTasks()
+        self._work: list[Subscription] = []
+        self._control: list[Subscription] = []
+        self._ready = False
+        self._stopping = False
+        gauge.set_function(self.tasks.active)
+
+    async def start(self) -> None:
+        # Cancels and call ends first: they must never miss work that is already running.
+        self._control = [
+            await self.bus.subscribe(subjects.ALL_TURN_CANCELS, self.on_cancel),
+            await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
+        ]
+        self._work = [await self.bus.subscribe(self.kind.subject, self.on_request, queue=self.kind.queue)]
+        self._ready = True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def status(self) -> TurnWorkerStatus:
+        return TurnWorkerStatus(provider=self.provider.name, active=self.tasks.active(), turns=self.tasks.turns())
+
+    async def work(self, request: R, headers: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def task_name(self, request: R) -> str:
+        return f"{self.kind.service}-{request.call_id}-{request.turn_id}"
+
+    async def on_request(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, self.request):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id, message.turn_id):
+            if not self.tasks.accepts(message.call_id, message.turn_id):
+                log.info("%s of a cancelled turn or ended call; not taken", self.task_name(message))
+                return
+            headers = outgoing_headers(msg, message.call_id, message.turn_id, self.kind.service)
+            work = self.work(message, headers)
+            self.tasks.start(message.call_id, message.turn_id, work, name=self.task_name(message))
+
+    async def on_cancel(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, TurnCancel):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id, message.turn_id):
+            if cancelled := self.tasks.cancel_turns(message.call_id, message.turn_id):
+                log.info(
+                    "stopped %d %s(s) up to turn %d: %s", cancelled, self.kind.unit, message.turn_id, message.reason
+                )
+
+    async def on_call_ended(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, CallEnded):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id):
+            if cancelled := self.tasks.end_call(message.call_id):
+                log.info("call ended (%s); stopped %d %s(s)", message.reason, cancelled, self.kind.unit)
+
+    async def consume(
+        self,
+        request: R,
+        stream: AsyncIterator[Item],
+        handle: Callable[[Item], Awaitable[None]],
+        fail: Callable[[str], Awaitable[None]],
+    ) -> bool:
+        """Hand each item of the provider's `stream` to `handle`; True once it ended.
+
+        Any other outcome calls `fail` with a reason for the bus: a provider silent for
+        `stall_s` (before its first item or between two) must not leave the caller in
+        silence, and a worker stopping mid-request tells the orchestrator so it can
+        apologise or retry instead of waiting. A cancelled turn gets nothing.
+        """
+        name, stall_s = self.provider.name, self.stall_s
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(stall_s) as deadline:
+                async for item in stream:
+                    await handle(item)
+                    deadline.reschedule(loop.time() + stall_s)
+            return True
+        except asyncio.CancelledError:
+            if self._stopping and not self.tasks.is_cancelled(request.call_id, request.turn_id):
+                await fail(f"{self.kind.service} worker stopped mid-{self.kind.unit}")
+            raise
+        except TimeoutError:
+            log.error("%s provider %s stalled for %.1fs on call %s", self.kind.service, name, stall_s, request.call_id)
+            await fail(f"{name}: no {self.kind.output} for {stall_s}s")
+        except ProviderError as exc:  # already logged and counted by the provider chain
+            log.error("%s of call %s failed: %s", self.kind.unit, request.call_id, exc)
+            await fail(str(exc))
+        except Exception as exc:
+            log.exception("%s provider %s failed on call %s", self.kind.service, name, request.call_id)
+            await fail(f"{name}: {exc}")
+        finally:
+            await close_stream(stream)
+        return False
+
+    async def publish(self, subject: str, message: Message, headers: dict[str, str]) -> None:
+        try:
+            await self.bus.publish(subject, message, headers)
+        except Exception:
+            log.exception("could not publish %s", type(message).__name__)
+
+    async def stop(self) -> None:
+        """Finish in-flight work (briefly), then cancel the rest, each failing through
+        `consume`, so the orchestrator and the caller's playback move on."""
+        self._ready = False
+        self._stopping = True
+        for sub in self._work:
+            await unsubscribe_quietly(sub)
+        await self.tasks.drain(STOP_GRACE_S)
+        for sub in self._control:
+            await unsubscribe_quietly(sub)
+        await close_provider(self.provider)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Gauge
@@ -20,7 +20,8 @@ from prometheus_client import Gauge
 from proto import subjects
 from proto.audio_frame import AudioFrame
 from proto.messages import CallEnded, Message, SpeechEnded, SttAssign, SttAssigned, SttError, Transcript
-from services.common import RecentCalls, call_context, outgoing_headers, unsubscribe_quietly
+from services.common import RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
+from services.providers import close_provider
 from services.stt.providers import SttProvider, SttSession, make_provider
 from voxline.bus import Bus
 from voxline.config import SttSettings
@@ -32,6 +33,12 @@ ACTIVE_CALLS = Gauge("voxline_stt_active_calls", "Calls whose audio this STT wor
 FINAL_LATENCY = stage_histogram(
     "voxline_stt_final_latency_seconds", "End of the caller's speech to the final transcript."
 )
+
+
+class SttStatus(msgspec.Struct, frozen=True):
+    provider: str
+    active_calls: int
+    calls: list[str]  # the call ids whose audio this worker holds
 
 
 @dataclass
@@ -68,8 +75,8 @@ class SttWorker:
     def ready(self) -> bool:
         return self._ready
 
-    def status(self) -> dict[str, Any]:
-        return {"provider": self.provider.name, "active_calls": len(self._calls), "calls": sorted(self._calls)}
+    def status(self) -> SttStatus:
+        return SttStatus(provider=self.provider.name, active_calls=len(self._calls), calls=sorted(self._calls))
 
     async def on_assign(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, SttAssign):
@@ -195,17 +202,8 @@ class SttWorker:
         for call_id in list(self._calls):
             with call_context(call_id):
                 await self._release(call_id)
-        try:
-            await self.provider.close()
-        except Exception:
-            log.exception("stt provider %s failed to close", self.provider.name)
+        await close_provider(self.provider)
 
 
 async def start(bus: Bus, settings: SttSettings) -> SttWorker:
-    provider = make_provider(settings.stt_provider, settings)
-    load = getattr(provider, "load", None)
-    if load is not None:  # local models load and warm up before the worker reports ready
-        await load()
-    worker = SttWorker(bus, settings, provider)
-    await worker.start()
-    return worker
+    return await launch(SttWorker(bus, settings, make_provider(settings.stt_provider, settings)))

@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from services.common import ProviderError
-from services.tts.providers import make_provider
-from services.tts.providers.fallback import FallbackTtsProvider
+from services.providers import ProviderError
+from services.tts.providers import FallbackTtsProvider, make_provider
 from tests.cloud.conftest import all_logs, counter_value, metrics, running, start_stack
 from tests.emulators.elevenlabs import DEFAULT_KEY as EL_KEY
 from tests.emulators.elevenlabs import ElevenLabsEmulator

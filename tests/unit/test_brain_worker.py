@@ -23,6 +23,7 @@ from proto.messages import (
 from services.brain.providers import make_provider
 from services.brain.providers.fake import AGENT_LINE, REPROMPT, fake_reply
 from services.brain.worker import BrainWorker
+from services.common import TurnsInFlight
 from tests.unit.bus_probe import Probe, settle
 from voxline.bus import Bus
 from voxline.config import BrainSettings
@@ -57,7 +58,7 @@ def test_fake_reply_without_words_prompts_again() -> None:
 @pytest.fixture(autouse=True)
 def no_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Turns still running when a test stops its worker are cut at once."""
-    monkeypatch.setattr("services.brain.worker.STOP_GRACE_S", 0.0)
+    monkeypatch.setattr("services.common.STOP_GRACE_S", 0.0)
 
 
 class GatedProvider:
@@ -117,7 +118,7 @@ async def test_reply_is_published_sentence_by_sentence_then_done(worker_bus: Bus
     for seen in probe.received():
         assert seen.subject == subjects.reply_text("c1")
         assert seen.headers[CALL_ID] == "c1" and seen.headers[TURN_ID] == "1"
-    assert worker.status()["active_turns"] == 0
+    assert worker.status().active == 0
     await worker.stop()
 
 
@@ -147,7 +148,7 @@ async def test_cancel_stops_the_provider_stream_and_publishes_nothing_more(worke
     await probe.publish(subjects.turn_cancel("c1"), cancel(3))
     await provider.wait_closed("c1", 3)
     provider.queue.put_nowait("more words. ")
-    assert worker.status()["active_turns"] == 0
+    assert worker.status().active == 0
     # The next turn's reply is published after anything more of turn 3 would have been,
     # and NATS delivers one publisher's messages in order; it also gets the words turn 3
     # no longer reads.
@@ -173,7 +174,7 @@ async def test_cancel_keeps_newer_turns_and_refuses_late_older_ones(worker_bus: 
     # Cancels share one subscription: once the bystander's is handled, so is the one before.
     await probe.publish(subjects.turn_cancel("bystander"), cancel(1, call_id="bystander"))
     await provider.wait_closed("bystander", 1)
-    assert worker.status()["turns"] == [{"call_id": "c1", "turn_ids": [2]}]
+    assert worker.status().turns == [TurnsInFlight("c1", [2])]
     assert not provider.closed[("c1", 2)].is_set()
 
     await probe.publish(subjects.turn_cancel("c1"), cancel(2))
@@ -181,7 +182,7 @@ async def test_cancel_keeps_newer_turns_and_refuses_late_older_ones(worker_bus: 
     await probe.publish(subjects.BRAIN_TURN, turn(turn_id=2))  # arrived after its cancel
     await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c3"))  # handled after it
     await provider.wait_started("c3", 1)
-    assert worker.status()["turns"] == [{"call_id": "c3", "turn_ids": [1]}]
+    assert worker.status().turns == [TurnsInFlight("c3", [1])]
     await worker.stop()
 
 
@@ -194,12 +195,12 @@ async def test_call_end_cancels_every_turn_of_that_call_only(worker_bus: Bus, pr
     await provider.wait_started("c2", 1)
     await probe.publish(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
     await provider.wait_closed("c1", 1)
-    assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}]
+    assert worker.status().turns == [TurnsInFlight("c2", [1])]
 
     await probe.publish(subjects.BRAIN_TURN, turn(turn_id=2, call_id="c1"))  # the ended call's: refused
     await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c3"))  # handled after it
     await provider.wait_started("c3", 1)
-    assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}, {"call_id": "c3", "turn_ids": [1]}]
+    assert worker.status().turns == [TurnsInFlight("c2", [1]), TurnsInFlight("c3", [1])]
     await worker.stop()
 
 

@@ -12,7 +12,7 @@ from proto.headers import CALL_ID
 from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError
 from services.stt.providers.base import Emit
 from services.stt.providers.fake import FakeSttProvider
-from services.stt.worker import SttWorker
+from services.stt.worker import SttStatus, SttWorker
 from tests.unit.bus_probe import NatsServer, Probe, settle
 from voxline.audio import FRAME_SAMPLES, pcm16_to_mulaw, tone_pcm16
 from voxline.bus import Bus
@@ -89,7 +89,7 @@ async def test_assign_takes_the_call_once_and_answers_every_time(
 
     assert provider.opened == 1
     assert replies == [assigned()] * 2
-    assert worker.status()["active_calls"] == 1 and worker.status()["calls"] == ["c1"]
+    assert worker.status().active_calls == 1 and worker.status().calls == ["c1"]
     assert (await nats_server.subscriptions(worker_bus)).count(subjects.audio_in("c1")) == 1
     await worker.stop()
 
@@ -114,12 +114,12 @@ async def test_call_ended_releases_session_and_audio(worker_bus: Bus, probe: Pro
     await provider.wait_closed("c1")
 
     assert subjects.audio_in("c1") not in await nats_server.subscriptions(worker_bus)
-    assert worker.status() == {"provider": "fake", "active_calls": 0, "calls": []}
+    assert worker.status() == SttStatus(provider="fake", active_calls=0, calls=[])
     # A late assign for the ended call is not taken (it would never be released), nor
     # answered; the assign after it, on the same subscription, is handled after it.
     await probe.publish(subjects.STT_ASSIGN, assign())
     assert await probe.request(subjects.STT_ASSIGN, assign("c2")) == assigned("c2")
-    assert worker.status()["calls"] == ["c2"] and provider.opened == 2
+    assert worker.status().calls == ["c2"] and provider.opened == 2
     await worker.stop()
 
 
@@ -128,7 +128,7 @@ async def test_provider_that_cannot_open_answers_with_an_error(worker_bus: Bus, 
     reply = await probe.request(subjects.STT_ASSIGN, assign())
     assert isinstance(reply, SttError)
     assert "no capacity" in reply.message
-    assert worker.status()["active_calls"] == 0
+    assert worker.status().active_calls == 0
     await worker.stop()
 
 
@@ -145,7 +145,7 @@ async def test_failing_session_reports_once_and_releases_the_call(
     assert len(errors) == 1 and "socket closed" in errors[0].message
     assert [s.subject for s in probe.received()] == [subjects.stt_events("c1")]
     assert subjects.audio_in("c1") not in await nats_server.subscriptions(worker_bus)
-    assert worker.status()["active_calls"] == 0
+    assert worker.status().active_calls == 0
     await worker.stop()
 
 
@@ -164,6 +164,6 @@ async def test_stop_releases_every_call(worker_bus: Bus, probe: Probe, nats_serv
     assert held <= set(await nats_server.subscriptions(worker_bus))
 
     await worker.stop()
-    assert worker.status()["active_calls"] == 0
+    assert worker.status().active_calls == 0
     assert await nats_server.subscriptions(worker_bus) == []  # audio, work and ping alike
     assert not worker.ready()

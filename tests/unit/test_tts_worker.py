@@ -14,6 +14,7 @@ from proto import subjects
 from proto.audio_frame import AudioFrame, FrameFlags
 from proto.headers import CALL_ID, TURN_ID
 from proto.messages import CallEnded, SentenceSynthesized, Synthesize, TtsError, TurnCancel
+from services.common import TurnsInFlight
 from services.tts.providers import make_provider
 from services.tts.providers.fake import fake_speech
 from services.tts.worker import TtsWorker
@@ -28,7 +29,7 @@ EOT = FrameFlags.END_OF_TURN
 @pytest.fixture(autouse=True)
 def no_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sentences still running when a test stops its worker are cut at once."""
-    monkeypatch.setattr("services.tts.worker.STOP_GRACE_S", 0.0)
+    monkeypatch.setattr("services.common.STOP_GRACE_S", 0.0)
 
 
 class GatedProvider:
@@ -221,7 +222,7 @@ async def test_cancel_stops_synthesis_without_a_closing_frame(worker_bus: Bus, p
     await probe.publish(subjects.TTS_SYNTHESIZE, say("Late sentence.", turn_id=2, seq=1))
     await probe.publish(subjects.TTS_SYNTHESIZE, say("", call_id="bystander"))
     await probe.until(lambda: bool(events(probe, "bystander")), "the bystander's report")
-    assert all(t["call_id"] != "c1" for t in worker.status()["turns"])
+    assert all(t.call_id != "c1" for t in worker.status().turns)
     await worker.stop()
     await probe.caught_up(worker_bus)
     assert len(frames(probe)) == 1 and not events(probe)
@@ -236,7 +237,7 @@ async def test_call_end_stops_only_that_call(worker_bus: Bus, probe: Probe) -> N
     await provider.wait_started("Second call.")
     await probe.publish(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
     await provider.wait_closed("First call.")
-    assert worker.status()["turns"] == [{"call_id": "c2", "turn_ids": [1]}]
+    assert worker.status().turns == [TurnsInFlight("c2", [1])]
     await worker.stop()
 
 

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from proto.messages import BrainTurn
+from proto.messages import AgentAction, BrainTurn
+from services.providers import Provider
 
 
 @dataclass(frozen=True)
@@ -19,17 +20,11 @@ class ReplyAction:
     """What to do once the reply was heard (a tool call of the model): it travels in
     ReplyDone, so the orchestrator acts only after the last words were played."""
 
-    action: str  # "hangup" | "transfer"
+    action: AgentAction
     arg: str = ""
 
 
-class BrainProvider(Protocol):
-    name: str
-
+class BrainProvider(Provider, Protocol):
     def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
         """The reply to `turn` as text deltas, in order; at most one ReplyAction, last."""
-        ...
-
-    async def close(self) -> None:
-        """Release shared clients when the worker stops."""
         ...

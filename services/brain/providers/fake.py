@@ -36,5 +36,8 @@ class FakeBrainProvider:
                 await asyncio.sleep(self.token_gap_s)
             yield word if i == len(words) - 1 else word + " "
 
+    async def load(self) -> None:
+        pass  # nothing to load
+
     async def close(self) -> None:
         pass

@@ -32,7 +32,7 @@ from services.brain.prompt import PromptBuilder
 from services.brain.providers.base import ReplyAction
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
-from services.common import ProviderError, kind_of_status
+from services.providers import ProviderError, kind_of_status
 from voxline.agents import Agent, AgentStore
 from voxline.config import BrainSettings
 
@@ -240,3 +240,13 @@ class OpenAIChatProvider:
             task.cancel()
         await self.client.close()
         await self.webhooks.aclose()
+
+
+def local_llm(settings: BrainSettings) -> OpenAIChatProvider:
+    """Brain 'local': the llama-server the dev stack runs."""
+    return OpenAIChatProvider(settings, name="local")
+
+
+def openai_llm(settings: BrainSettings) -> OpenAIChatProvider:
+    """Brain 'openai': OpenAI or any OpenAI-compatible cloud endpoint."""
+    return OpenAIChatProvider(settings, name="openai")

@@ -1,29 +1,22 @@
-"""STT provider registry: the name from settings, or the profile's default."""
+"""STT providers by name: `VOXLINE_STT_PROVIDER`, or the profile's default. One provider
+only: a call's audio is streamed to one session, so there is nothing to fall back to
+mid-call (the orchestrator reassigns the call when a session fails)."""
 
 from __future__ import annotations
 
-from services.common import ProviderUnavailable, resolve_provider
+from services.providers import Registry
 from services.stt.providers.base import Emit, SttProvider, SttSession
 from voxline.config import SttSettings
 
-__all__ = ["Emit", "SttProvider", "SttSession", "make_provider"]
+__all__ = ["REGISTRY", "Emit", "SttProvider", "SttSession", "make_provider"]
 
-KNOWN = ("fake", "local", "deepgram")
-BY_PROFILE = {"fake": "fake", "local": "local", "cloud": "deepgram"}
+FACTORIES = {
+    "fake": "fake:FakeSttProvider",
+    "local": "local:LocalSttProvider",
+    "deepgram": "deepgram:DeepgramSttProvider",
+}
+REGISTRY = Registry[SttSettings, SttProvider]("stt", __name__, FACTORIES, cloud="deepgram")
 
 
 def make_provider(name: str, settings: SttSettings) -> SttProvider:
-    chosen = resolve_provider("stt", name, settings.profile, BY_PROFILE, KNOWN)
-    if chosen == "fake":
-        from services.stt.providers.fake import FakeSttProvider
-
-        return FakeSttProvider(settings)
-    if chosen == "local":
-        from services.stt.providers.local import LocalSttProvider
-
-        return LocalSttProvider(settings)
-    if chosen == "deepgram":
-        from services.stt.providers.deepgram import DeepgramSttProvider
-
-        return DeepgramSttProvider(settings)
-    raise ProviderUnavailable(f"stt provider {chosen!r} not available yet")
+    return REGISTRY.make(name, settings)

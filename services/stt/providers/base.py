@@ -12,6 +12,7 @@ from typing import Protocol
 
 from proto.audio_frame import AudioFrame
 from proto.messages import Message, SttAssign
+from services.providers import Provider
 
 Emit = Callable[[Message], Awaitable[None]]
 """Publishes SpeechStarted / Transcript / SpeechEnded / SttError for the session's call."""
@@ -27,11 +28,5 @@ class SttSession(Protocol):
         ...
 
 
-class SttProvider(Protocol):
-    name: str
-
+class SttProvider(Provider, Protocol):
     async def open(self, assign: SttAssign, emit: Emit) -> SttSession: ...
-
-    async def close(self) -> None:
-        """Release what sessions share (clients, models) when the worker stops."""
-        ...

@@ -22,7 +22,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 
 from proto.messages import SttAssign
-from services.common import ProviderError, ProviderUnavailable
+from services.providers import ProviderError, ProviderUnavailable
 from services.stt.providers.base import Emit
 from services.stt.providers.deepgram_session import PROVIDER, DeepgramSession
 from voxline.config import SttSettings
@@ -80,6 +80,9 @@ class DeepgramSttProvider:
 
     def _note_auth_refused(self) -> None:
         self._auth_refused_at = time.monotonic()
+
+    async def load(self) -> None:
+        pass  # a socket per call, opened when the call is assigned
 
     async def close(self) -> None:
         pass  # sessions own their sockets; the SDK's idle HTTP client holds nothing open

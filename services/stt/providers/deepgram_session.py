@@ -31,7 +31,7 @@ from deepgram.listen.v1.types import (
 
 from proto.audio_frame import AudioFrame
 from proto.messages import Message, SpeechEnded, SpeechPaused, SpeechStarted, SttError, Transcript
-from services.common import ProviderError, count_provider_error, kind_of_status
+from services.providers import ProviderError, count_provider_error, kind_of_status
 from services.stt.providers.base import Emit
 from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
 from services.stt.providers.pause_watch import PauseEvent, PauseWatch

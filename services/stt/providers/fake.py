@@ -37,6 +37,9 @@ class FakeSttProvider:
             session.end_silence_ms = float(assign.pause_ms)
         return session
 
+    async def load(self) -> None:
+        pass  # nothing to load
+
     async def close(self) -> None:
         pass
 

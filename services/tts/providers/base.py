@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from services.providers import Provider
 
-class TtsProvider(Protocol):
-    name: str
 
+class TtsProvider(Provider, Protocol):
     def synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         """`text` spoken by `voice` (provider default when empty) as 8 kHz mu-law bytes."""
-        ...
-
-    async def close(self) -> None:
-        """Release shared clients and models when the worker stops."""
         ...

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from services.common import ProviderError, kind_of_status
+from services.providers import ProviderError, kind_of_status
 from voxline.config import TtsSettings
 
 log = logging.getLogger("voxline.tts.elevenlabs")

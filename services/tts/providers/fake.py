@@ -57,5 +57,8 @@ class FakeTtsProvider:
                 await asyncio.sleep(PIECE_INTERVAL_S)
             yield audio[offset : offset + piece]
 
+    async def load(self) -> None:
+        pass  # nothing to load
+
     async def close(self) -> None:
         pass

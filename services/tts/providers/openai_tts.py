@@ -18,7 +18,7 @@ import numpy as np
 import openai
 import soxr
 
-from services.common import ProviderError, kind_of_status
+from services.providers import ProviderError, kind_of_status
 from voxline.audio import TELEPHONY_RATE, pcm16_to_mulaw
 from voxline.config import TtsSettings
 
