@@ -136,8 +136,11 @@ class FallbackChain(Generic[P]):
         for provider in self.providers:
             await provider.load()
 
-    async def run(self, open_stream: Callable[[P], AsyncIterator[T]]) -> AsyncIterator[T]:
-        """What `open_stream(provider)` yields, from the first provider that delivers."""
+    async def run(
+        self, open_stream: Callable[[P], AsyncIterator[T]], committed: Callable[[T], bool] = bool
+    ) -> AsyncIterator[T]:
+        """What `open_stream(provider)` yields, from the first provider that delivers;
+        once an item is `committed` (may reach the caller), no other attempt starts."""
         started = time.monotonic()
         attempts = max(1, self.policy.attempts)
         failure: ProviderError | None = None
@@ -148,7 +151,7 @@ class FallbackChain(Generic[P]):
                 stream = open_stream(provider)
                 try:
                     async for piece in stream:
-                        began = began or bool(piece)
+                        began = began or committed(piece)
                         yield piece
                     return
                 except ProviderError as exc:

@@ -14,8 +14,7 @@ from prometheus_client import Gauge
 
 from proto import subjects
 from proto.messages import BrainTurn, ReplyDone, ReplyError, ReplySentence
-from services.brain.providers import BrainProvider, ReplyAction, make_provider
-from services.brain.sentences import SentenceSplitter
+from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, make_provider
 from services.common import TurnWorker, WorkKind, launch
 from voxline.bus import Bus
 from voxline.config import BrainSettings
@@ -38,7 +37,6 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
     async def work(self, turn: BrainTurn, headers: dict[str, str]) -> None:
         received_us = now_us()
         subject = subjects.reply_text(turn.call_id)
-        splitter = SentenceSplitter()
         sent = 0
         first_token_us = 0
         action = ReplyAction("")
@@ -60,22 +58,20 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
             sent += 1
             await self.publish(subject, sentence, headers)
 
-        async def take(delta: str | ReplyAction) -> None:
+        async def take(event: BrainEvent) -> None:
             nonlocal action, first_token_us
-            if isinstance(delta, ReplyAction):
-                action = delta  # sent with ReplyDone: acted on once the reply was heard
-                return
-            first_token_us = first_token_us or now_us()
-            for text in splitter.feed(delta):
-                await send(text)
+            if isinstance(event, FirstToken):
+                first_token_us = first_token_us or event.at_us  # of the first try, if retried
+            elif isinstance(event, Sentence):
+                await send(event.text)
+            else:
+                action = event  # sent with ReplyDone: acted on once the reply was heard
 
         async def fail(reason: str) -> None:
             await self.publish(subject, ReplyError(call_id=turn.call_id, turn_id=turn.turn_id, message=reason), headers)
 
         if not await self.consume(turn, self.provider.stream(turn), take, fail):
             return
-        for text in splitter.flush():
-            await send(text)
         done = ReplyDone(
             call_id=turn.call_id,
             turn_id=turn.turn_id,

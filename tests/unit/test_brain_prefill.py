@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from proto.messages import BrainTurn, ChatTurn
+from services.brain.providers import FirstToken, Sentence
 from services.brain.providers.openai_chat import OpenAIChatProvider
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.integration.conftest import wait_until
@@ -56,7 +57,8 @@ async def test_local_reply_is_followed_by_a_prefill_of_what_was_said(chat: OpenA
         await wait_until(lambda: two_requests(chat), 5, "the pre-fill request")
     finally:
         await brain.close()
-    assert "".join(str(p) for p in said).strip() == "We open at 9 a.m. on Saturday. See you then!"
+    assert isinstance(said[0], FirstToken)
+    assert said[1:] == [Sentence("We open at 9 a.m. on Saturday."), Sentence("See you then!")]
     turn, prefill = chat.requests
     assert turn.body["stream"] is True and prefill.body.get("max_tokens") == 1
     # The exchange exactly as the next turn's history will carry it: the spoken text.

@@ -20,13 +20,16 @@ from proto.messages import (
     ReplySentence,
     TurnCancel,
 )
-from services.brain.providers import make_provider
+from services.brain.providers import BrainEvent, FallbackBrainProvider, FirstToken, Sentence, make_provider
 from services.brain.providers.fake import AGENT_LINE, REPROMPT, fake_reply
+from services.brain.sentences import SentenceSplitter
 from services.brain.worker import BrainWorker
 from services.common import TurnsInFlight
+from services.providers import ProviderError, RetryPolicy
 from tests.unit.bus_probe import Probe, settle
 from voxline.bus import Bus
 from voxline.config import BrainSettings
+from voxline.telemetry import now_us
 
 
 def turn(turn_id: int = 1, user_text: str = "what time do you open", call_id: str = "c1") -> BrainTurn:
@@ -39,12 +42,48 @@ def turn(turn_id: int = 1, user_text: str = "what time do you open", call_id: st
 
 
 @pytest.mark.asyncio
-async def test_fake_stream_is_the_scripted_reply_word_by_word() -> None:
+async def test_fake_stream_is_the_first_token_then_the_scripted_sentences() -> None:
     provider = make_provider("fake", BrainSettings(fake_ttft_ms=0, fake_tokens_per_s=0))
-    tokens = [t async for t in provider.stream(turn(user_text="What are your opening hours?"))]
-    assert "".join(tokens) == f"You said: What are your opening hours. {AGENT_LINE}"
-    assert len(tokens) == len("".join(tokens).split(" "))
-    assert tokens == [t async for t in provider.stream(turn(user_text="What are your opening hours?"))]
+    events = [e async for e in provider.stream(turn(user_text="What are your opening hours?"))]
+    first, *rest = events
+    assert isinstance(first, FirstToken) and first.at_us > 0
+    assert rest == [Sentence("You said: What are your opening hours."), Sentence(AGENT_LINE)]
+
+
+class Scripted:
+    """A provider that plays a fixed list of events, then fails with `error` if given."""
+
+    def __init__(self, name: str, events: list[BrainEvent], error: ProviderError | None = None) -> None:
+        self.name, self.events, self.error = name, events, error
+
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
+        for event in self.events:
+            yield event
+        if self.error is not None:
+            raise self.error
+
+    async def load(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_the_chain_falls_back_after_a_first_token_but_not_after_a_sentence() -> None:
+    """A first token is not speech: the next provider may still answer in full. After a
+    sentence went out, starting over would say it twice."""
+    policy = RetryPolicy(attempts=1, backoff_s=0)
+    crash = ProviderError("a", "server", "stream cut", 500)
+    spare = Scripted("b", [FirstToken(2), Sentence("From b.")])
+    chain = FallbackBrainProvider("brain", [Scripted("a", [FirstToken(1)], crash), spare], policy)
+    assert [e async for e in chain.stream(turn())] == [FirstToken(1), FirstToken(2), Sentence("From b.")]
+    chain = FallbackBrainProvider("brain", [Scripted("a", [Sentence("From a.")], crash), spare], policy)
+    said: list[BrainEvent] = []
+    with pytest.raises(ProviderError):
+        async for event in chain.stream(turn()):
+            said.append(event)
+    assert said == [Sentence("From a.")]
 
 
 def test_fake_reply_without_words_prompts_again() -> None:
@@ -62,8 +101,9 @@ def no_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class GatedProvider:
-    """Yields what the test pushes, so the test decides when each token exists; tells the
-    test when each turn's stream starts and when it is closed."""
+    """Streams what the test pushes, so the test decides when each token exists (cut into
+    sentences as real providers do); tells the test when each turn's stream starts and
+    when it is closed."""
 
     name = "gated"
 
@@ -72,14 +112,19 @@ class GatedProvider:
         self.started: defaultdict[tuple[str, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.closed: defaultdict[tuple[str, int], asyncio.Event] = defaultdict(asyncio.Event)
 
-    async def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         key = (turn.call_id, turn.turn_id)
         self.started[key].set()
+        splitter = SentenceSplitter()
         try:
             while (item := await self.queue.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
-                yield item
+                yield FirstToken(now_us())
+                for sentence in splitter.feed(item):
+                    yield Sentence(sentence)
+            for sentence in splitter.flush():
+                yield Sentence(sentence)
         finally:
             self.closed[key].set()
 
@@ -115,6 +160,7 @@ async def test_reply_is_published_sentence_by_sentence_then_done(worker_bus: Bus
     assert [s.seq for s in sentences] == [0, 1]
     assert done.sentences == 2 and done.turn_id == 1
     assert all(s.first_token_us == sentences[0].first_token_us > 0 for s in sentences)
+    assert sentences[0].first_token_us <= sentences[0].at_us
     for seen in probe.received():
         assert seen.subject == subjects.reply_text("c1")
         assert seen.headers[CALL_ID] == "c1" and seen.headers[TURN_ID] == "1"

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from proto import subjects
@@ -72,7 +73,8 @@ async def make_worker(bus: Bus, provider: Any = None, **settings: Any) -> TtsWor
 
 
 def say(text: str, turn_id: int = 1, seq: int = 0, call_id: str = "c1", attempt: int = 0, **flags: bool) -> Synthesize:
-    return Synthesize(call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, attempt=attempt, **flags)
+    request = Synthesize(call_id=call_id, turn_id=turn_id, seq=seq, text=text, requested_at_us=0, attempt=attempt)
+    return msgspec.structs.replace(request, **flags)
 
 
 def frames(probe: Probe, call_id: str = "c1") -> list[AudioFrame]:

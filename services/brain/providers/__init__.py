@@ -10,19 +10,28 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from proto.messages import BrainTurn
-from services.brain.providers.base import BrainProvider, ReplyAction
+from services.brain.providers.base import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, heard
 from services.providers import FallbackChain, Registry, RetryPolicy
 from voxline.config import BrainSettings
 
-__all__ = ["REGISTRY", "BrainProvider", "FallbackBrainProvider", "ReplyAction", "make_provider"]
+__all__ = [
+    "REGISTRY",
+    "BrainEvent",
+    "BrainProvider",
+    "FallbackBrainProvider",
+    "FirstToken",
+    "ReplyAction",
+    "Sentence",
+    "make_provider",
+]
 
 
 FACTORIES = {"fake": "fake:FakeBrainProvider", "local": "openai_chat:local_llm", "openai": "openai_chat:openai_llm"}
 
 
 class FallbackBrainProvider(FallbackChain[BrainProvider]):
-    def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
-        return self.run(lambda provider: provider.stream(turn))
+    def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
+        return self.run(lambda provider: provider.stream(turn), committed=heard)
 
 
 def _chain(providers: list[BrainProvider], settings: BrainSettings) -> BrainProvider:

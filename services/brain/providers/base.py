@@ -1,8 +1,10 @@
 """What an LLM provider must offer the brain worker.
 
-`stream` is an async generator of text deltas, so cancelling the consuming task (a
-barge-in) raises inside the generator at its current await and closes the provider's
-HTTP stream there: no tokens keep flowing for a reply nobody will hear.
+`stream` is an async generator of typed events: the model's first token (timed), each
+complete sentence (cut by `services.brain.sentences`, the one place replies are split),
+and at most one action, last. Cancelling the consuming task (a barge-in) raises inside
+the generator at its current await and closes the provider's HTTP stream there: no
+tokens keep flowing for a reply nobody will hear.
 """
 
 from __future__ import annotations
@@ -16,6 +18,21 @@ from services.providers import Provider
 
 
 @dataclass(frozen=True)
+class FirstToken:
+    """The model produced its first token: latency is measured here, though nothing is
+    speakable yet. Not output the caller hears, so a failure after it may still retry."""
+
+    at_us: int
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One complete sentence of the reply, ready for TTS."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplyAction:
     """What to do once the reply was heard (a tool call of the model): it travels in
     ReplyDone, so the orchestrator acts only after the last words were played."""
@@ -24,7 +41,15 @@ class ReplyAction:
     arg: str = ""
 
 
+BrainEvent = FirstToken | Sentence | ReplyAction
+
+
+def heard(event: BrainEvent) -> bool:
+    """Whether the event commits the reply (a retry would repeat or contradict it)."""
+    return not isinstance(event, FirstToken)
+
+
 class BrainProvider(Provider, Protocol):
-    def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
-        """The reply to `turn` as text deltas, in order; at most one ReplyAction, last."""
+    def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
+        """The reply to `turn` as events, in order; at most one ReplyAction, last."""
         ...

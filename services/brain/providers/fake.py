@@ -1,5 +1,6 @@
-"""Fake brain: a fixed, deterministic answer streamed word by word at a configured
-time-to-first-token and token rate, so latency and barge-in behave like a real LLM's."""
+"""Fake brain: a fixed, deterministic answer generated word by word at a configured
+time-to-first-token and token rate, so latency and barge-in behave like a real LLM's;
+each sentence is given out as soon as the splitter knows it is complete."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from proto.messages import BrainTurn
+from services.brain.providers.base import BrainEvent, FirstToken, Sentence
+from services.brain.sentences import SentenceSplitter
 from voxline.config import BrainSettings
+from voxline.telemetry import now_us
 
 AGENT_LINE = "This is the Voxline test agent answering your call."
 REPROMPT = "Sorry, I did not catch that. Could you say it again, please?"
@@ -28,13 +32,18 @@ class FakeBrainProvider:
         self.ttft_s = settings.fake_ttft_ms / 1000
         self.token_gap_s = 1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s > 0 else 0.0
 
-    async def stream(self, turn: BrainTurn) -> AsyncIterator[str]:
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         words = fake_reply(turn.user_text).split(" ")
+        splitter = SentenceSplitter()
         await asyncio.sleep(self.ttft_s)
+        yield FirstToken(now_us())
         for i, word in enumerate(words):
             if i:
                 await asyncio.sleep(self.token_gap_s)
-            yield word if i == len(words) - 1 else word + " "
+            for sentence in splitter.feed(word if i == len(words) - 1 else word + " "):
+                yield Sentence(sentence)
+        for sentence in splitter.flush():
+            yield Sentence(sentence)
 
     async def load(self) -> None:
         pass  # nothing to load

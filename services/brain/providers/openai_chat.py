@@ -29,12 +29,13 @@ from openai.types.chat import ChatCompletionChunk
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
-from services.brain.providers.base import ReplyAction
+from services.brain.providers.base import BrainEvent, FirstToken, Sentence
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
 from services.providers import ProviderError, kind_of_status
 from voxline.agents import Agent, AgentStore
 from voxline.config import BrainSettings
+from voxline.telemetry import now_us
 
 log = logging.getLogger("voxline.brain.openai_chat")
 
@@ -99,7 +100,7 @@ class OpenAIChatProvider:
             ),
         )
 
-    async def stream(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         try:
             async for piece in self._rounds(turn):
                 yield piece
@@ -111,7 +112,7 @@ class OpenAIChatProvider:
         except (openai.APIConnectionError, httpx2.TransportError) as exc:
             raise ProviderError(self.name, "dropped", f"connection lost ({type(exc).__name__})") from None
 
-    async def _rounds(self, turn: BrainTurn) -> AsyncIterator[str | ReplyAction]:
+    async def _rounds(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         """One completion per round; a round that ends in webhook calls starts the next."""
         started = time.monotonic()
         agent, messages = self.prompts.messages(turn)
@@ -129,18 +130,18 @@ class OpenAIChatProvider:
                     if delta.tool_calls:
                         calls.add(delta.tool_calls)
                     if delta.content and not said and not text:
-                        yield ""  # the model's first token: the worker times it; nothing to say yet
+                        yield FirstToken(now_us())
                     if delta.content and not reply.full:
                         text.append(delta.content)
                         for sentence in reply.feed(delta.content):
                             said.append(sentence)
-                            yield sentence + " "  # the trailing space lets the worker cut at once
+                            yield Sentence(sentence)
                     if reply.full and not tools:
                         break  # the rest would never be spoken; with tools a call may follow
                 else:
                     for sentence in reply.flush():
                         said.append(sentence)
-                        yield sentence + " "
+                        yield Sentence(sentence)
             finally:
                 # Also on cancellation (barge-in): closing the response ends the HTTP stream,
                 # and the endpoint stops generating when its client goes away.
@@ -153,7 +154,7 @@ class OpenAIChatProvider:
                 tool = tools.get(call.name)
                 if tool is not None and (action := call_action(tool, call)) is not None:
                     if not said and (say := tool.spoken_when_silent(agent.goodbye)):
-                        yield say + " "
+                        yield Sentence(say)
                     yield action
                     return
                 if tool is not None and tool.kind == "transfer_call":
