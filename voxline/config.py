@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["fake", "local", "cloud"]
@@ -75,6 +75,124 @@ class WorkerSettings(CommonSettings):
     health_port: int = Field(0, description="Port of /healthz, /readyz, /metrics (0 = pick a free one).")
 
 
+class ProviderSettings(BaseSettings):
+    """One provider's settings, under its own env prefix, so they live with the provider
+    and one provider's variable never configures another. Keys are SecretStr: a repr or
+    a log line of the settings shows '**********'; only the provider's client gets the value."""
+
+    # Code and tests may also pass a key by its field name (`api_key=`), not only its alias.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+
+def _key(*env: str, default: str = "", description: str) -> Any:
+    """An API key read from exactly these variables (the first set wins)."""
+    return Field(SecretStr(default), validation_alias=AliasChoices(*env), description=description)
+
+
+class DeepgramSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_DEEPGRAM_", extra="ignore")
+
+    api_key: SecretStr = _key(
+        "VOXLINE_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY", description="API key (sent as 'Authorization: Token')."
+    )
+    url: str = Field("wss://api.deepgram.com", description="WebSocket base URL (/v1/listen is appended).")
+    model: str = Field("nova-3", description="nova-3 (agent keywords sent as keyterm) or nova-2 (as keywords).")
+    endpointing_ms: int = Field(
+        300, description="Silence after speech that makes a result speech_final (ends the caller's turn)."
+    )
+    utterance_end_ms: int = Field(
+        1000, description="Word gap that sends UtteranceEnd, the fallback end of turn in noise."
+    )
+    early_pause_ms: int = Field(
+        80,
+        description="Quiet this long, with interim text covering every word, sends SpeechPaused "
+        "(a preemptive reply starts before the final); 0 = off.",
+    )
+    connect_timeout_s: float = Field(3.0, description="Handshake timeout of one connection attempt.")
+    stall_timeout_s: float = Field(
+        5.0, description="Audio flowing this long with no message back counts as a stall: reconnect."
+    )
+    keepalive_s: float = Field(5.0, description="KeepAlive after this long without audio (idle sockets close at 10 s).")
+    max_retries: int = Field(
+        6, description="Failed connects in a row (backoff 0.1 s doubling, max 2 s) before SttError."
+    )
+    replay_max_s: float = Field(
+        30.0, description="Most unacknowledged audio kept for replay after a reconnect (oldest dropped)."
+    )
+
+
+class LocalLlmSettings(ProviderSettings):
+    """Brain 'local': the llama-server the dev stack runs (or any endpoint set here)."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_LLM_", extra="ignore")
+
+    base_url: str = Field("", description="OpenAI-compatible endpoint; the dev stack sets its llama-server.")
+    # Only VOXLINE_LLM_API_KEY: a cloud key set for the 'openai' brain must not be sent to
+    # a local server (or to whatever VOXLINE_LLM_BASE_URL points at).
+    api_key: SecretStr = _key("VOXLINE_LLM_API_KEY", default="sk-no-key", description="Key; llama-server ignores it.")
+    model: str = Field("local", description="Model name sent to the endpoint (llama-server ignores it).")
+    timeout_s: float = Field(20.0, description="HTTP timeout of one completion request.")
+    warmup_agents: str = Field(
+        "demo", description="Comma-separated agents whose system prompt is pre-filled into the LLM cache at start."
+    )
+
+
+class OpenAiLlmSettings(ProviderSettings):
+    """Brain 'openai': OpenAI or any OpenAI-compatible cloud endpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_OPENAI_", extra="ignore")
+
+    api_key: SecretStr = _key("VOXLINE_OPENAI_API_KEY", "OPENAI_API_KEY", description="API key (a bearer token).")
+    base_url: str = Field("", description="Any OpenAI-compatible base URL (Groq, vLLM, Azure v1); empty = OpenAI.")
+    model: str = Field("gpt-4o", description="Model name sent to the endpoint.")
+    timeout_s: float = Field(5.0, description="Connect timeout, and longest wait for the next streamed byte (a stall).")
+
+
+class PiperSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_PIPER_", extra="ignore")
+
+    threads: int = Field(2, description="onnxruntime threads of the Piper voice.")
+    length_scale: float = Field(1.0, description="Speaking pace (above 1 is slower).")
+
+
+class ElevenLabsSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_ELEVENLABS_", extra="ignore")
+
+    api_key: SecretStr = _key(
+        "ELEVENLABS_API_KEY", "VOXLINE_ELEVENLABS_API_KEY", description="API key (sent as the xi-api-key header)."
+    )
+    base_url: str = Field("wss://api.elevenlabs.io", description="WebSocket base URL.")
+    model: str = Field("eleven_flash_v2_5", description="Model id (Flash is the fastest).")
+    voice_id: str = Field("21m00Tcm4TlvDq8ikWAM", description="Voice used when the agent names none (or a non-id).")
+    stability: float = Field(0.5, description="voice_settings.stability.")
+    similarity_boost: float = Field(0.75, description="voice_settings.similarity_boost.")
+    chunk_schedule: str = Field(
+        "50,90,120,150", description="generation_config.chunk_length_schedule, comma-separated."
+    )
+    timeout_s: float = Field(
+        2.0, description="Handshake, first audio and gap between audio messages before a timeout error."
+    )
+    warm_sockets: int = Field(
+        1, description="Sockets kept open and initialised per voice, so no sentence waits on a handshake."
+    )
+    socket_max_idle_s: float = Field(
+        15.0, description="A warm socket older than this is replaced (the server closes idle ones at 20 s)."
+    )
+
+
+class OpenAiTtsSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLINE_OPENAI_TTS_", extra="ignore")
+
+    api_key: SecretStr = _key("VOXLINE_OPENAI_TTS_API_KEY", "OPENAI_API_KEY", description="API key.")
+    base_url: str = Field("", description="API base URL; empty = api.openai.com.")
+    model: str = Field("gpt-4o-mini-tts", description="gpt-4o-mini-tts, tts-1 or tts-1-hd.")
+    voice: str = Field("alloy", description="Voice used when the agent names none it knows.")
+    instructions: str = Field("", description="Speaking style (gpt-4o-mini-tts only).")
+    timeout_s: float = Field(
+        2.0, description="Connect, first audio and gap between audio pieces before a timeout error."
+    )
+
+
 class OrchestratorSettings(WorkerSettings):
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
     stt_assign_timeout_s: float = Field(1.0, description="How long to wait for an STT worker to take a call.")
@@ -102,40 +220,8 @@ class SttSettings(WorkerSettings):
         300, description="Local STT: silence that ends an utterance; shorter cuts callers off at natural pauses."
     )
     stt_max_utterance_s: float = Field(25.0, description="Local STT: an utterance is cut here (Whisper sees 30 s).")
-    deepgram_api_key: str = Field(
-        "",
-        validation_alias=AliasChoices("VOXLINE_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY"),
-        description="Deepgram: API key (sent as 'Authorization: Token', never logged).",
-    )
-    deepgram_url: str = Field(
-        "wss://api.deepgram.com", description="Deepgram: WebSocket base URL (/v1/listen is appended)."
-    )
-    deepgram_model: str = Field(
-        "nova-3", description="Deepgram: model, nova-3 (agent keywords sent as keyterm) or nova-2 (as keywords)."
-    )
-    deepgram_endpointing_ms: int = Field(
-        300, description="Deepgram: silence after speech that makes a result speech_final (ends the caller's turn)."
-    )
-    deepgram_utterance_end_ms: int = Field(
-        1000, description="Deepgram: word gap that sends UtteranceEnd, the fallback end of turn in noise."
-    )
-    deepgram_early_pause_ms: int = Field(
-        80,
-        description="Deepgram: quiet this long, with interim text covering every word, sends SpeechPaused "
-        "(a preemptive reply starts before the final); 0 = off.",
-    )
-    deepgram_connect_timeout_s: float = Field(3.0, description="Deepgram: handshake timeout of one connection attempt.")
-    deepgram_stall_timeout_s: float = Field(
-        5.0, description="Deepgram: audio flowing this long with no message back counts as a stall: reconnect."
-    )
-    deepgram_keepalive_s: float = Field(
-        5.0, description="Deepgram: KeepAlive after this long without audio (idle sockets close at 10 s)."
-    )
-    deepgram_max_retries: int = Field(
-        6, description="Deepgram: failed connects in a row (backoff 0.1 s doubling, max 2 s) before SttError."
-    )
-    deepgram_replay_max_s: float = Field(
-        30.0, description="Deepgram: most unacknowledged audio kept for replay after a reconnect (oldest dropped)."
+    deepgram: DeepgramSettings = Field(
+        default_factory=lambda: DeepgramSettings(), description="Deepgram (its own env prefix)."
     )
 
 
@@ -146,34 +232,9 @@ class BrainSettings(WorkerSettings):
     brain_stall_timeout_s: float = Field(
         10.0, description="A provider silent this long (before or between tokens) fails the turn with a ReplyError."
     )
-    llm_base_url: str = Field(
-        "", description="OpenAI-compatible endpoint; empty = api.openai.com (the dev stack sets its llama-server)."
-    )
-    llm_api_key: str = Field(
-        "sk-no-key",
-        validation_alias=AliasChoices("VOXLINE_LLM_API_KEY", "OPENAI_API_KEY"),
-        description="API key of the endpoint; llama-server ignores it.",
-    )
-    llm_model: str = Field("local", description="Model name sent to the endpoint (llama-server ignores it).")
     llm_temperature: float = Field(0.2, description="Sampling temperature; low keeps a small model on the facts.")
     llm_max_tokens: int = Field(80, description="Cap on reply tokens; the reply is cut after two sentences anyway.")
-    llm_timeout_s: float = Field(20.0, description="HTTP timeout of one completion request.")
-    llm_warmup_agents: str = Field(
-        "demo", description="Comma-separated agents whose system prompt is pre-filled into the LLM cache at start."
-    )
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
-    openai_api_key: str = Field(
-        "",
-        validation_alias=AliasChoices("VOXLINE_OPENAI_API_KEY", "OPENAI_API_KEY"),
-        description="Brain 'openai': API key of the endpoint (sent as a bearer token, never logged).",
-    )
-    openai_base_url: str = Field(
-        "", description="Brain 'openai': any OpenAI-compatible base URL (Groq, vLLM, Azure v1); empty = OpenAI."
-    )
-    openai_model: str = Field("gpt-4o", description="Brain 'openai': model name sent to the endpoint.")
-    openai_timeout_s: float = Field(
-        5.0, description="Brain 'openai': connect timeout, and longest wait for the next streamed byte (a stall)."
-    )
     brain_attempts: int = Field(
         2, description="Tries per brain provider on 429/5xx/dropped stream, before the reply's first words."
     )
@@ -183,6 +244,10 @@ class BrainSettings(WorkerSettings):
     )
     knowledge_top_k: int = Field(3, description="Knowledge paragraphs put into the system prompt per turn.")
     tool_rounds: int = Field(3, description="Most webhook tool calls the model may chain within one reply.")
+    llm: LocalLlmSettings = Field(default_factory=lambda: LocalLlmSettings(), description="Brain 'local' endpoint.")
+    openai: OpenAiLlmSettings = Field(
+        default_factory=lambda: OpenAiLlmSettings(), description="Brain 'openai' endpoint."
+    )
 
 
 class TtsSettings(WorkerSettings):
@@ -196,48 +261,13 @@ class TtsSettings(WorkerSettings):
     tts_stall_timeout_s: float = Field(
         5.0, description="A provider silent this long fails the sentence: TtsError, and the sentence is closed."
     )
-    piper_threads: int = Field(2, description="Local TTS: onnxruntime threads of the Piper voice.")
-    piper_length_scale: float = Field(1.0, description="Local TTS: speaking pace (above 1 is slower).")
     tts_provider_attempts: int = Field(
         2, description="Tries per provider on 429/5xx/dropped socket before the next provider in the chain."
     )
     tts_retry_backoff_s: float = Field(0.2, description="Wait before a retry, doubled per try (the caller is waiting).")
-    elevenlabs_api_key: str = Field(
-        "",
-        validation_alias=AliasChoices("ELEVENLABS_API_KEY", "VOXLINE_ELEVENLABS_API_KEY"),
-        description="ElevenLabs: API key (sent as the xi-api-key header, never logged).",
-    )
-    elevenlabs_base_url: str = Field("wss://api.elevenlabs.io", description="ElevenLabs: WebSocket base URL.")
-    elevenlabs_model: str = Field("eleven_flash_v2_5", description="ElevenLabs: model id (Flash is the fastest).")
-    elevenlabs_voice_id: str = Field(
-        "21m00Tcm4TlvDq8ikWAM", description="ElevenLabs: voice used when the agent names none (or a non-id)."
-    )
-    elevenlabs_stability: float = Field(0.5, description="ElevenLabs: voice_settings.stability.")
-    elevenlabs_similarity_boost: float = Field(0.75, description="ElevenLabs: voice_settings.similarity_boost.")
-    elevenlabs_chunk_schedule: str = Field(
-        "50,90,120,150", description="ElevenLabs: generation_config.chunk_length_schedule, comma-separated."
-    )
-    elevenlabs_timeout_s: float = Field(
-        2.0, description="ElevenLabs: handshake, first audio and gap between audio messages before a timeout error."
-    )
-    elevenlabs_warm_sockets: int = Field(
-        1, description="ElevenLabs: sockets kept open and initialised per voice, so no sentence waits on a handshake."
-    )
-    elevenlabs_socket_max_idle_s: float = Field(
-        15.0, description="ElevenLabs: a warm socket older than this is replaced (the server closes idle ones at 20 s)."
-    )
-    openai_tts_api_key: str = Field(
-        "",
-        validation_alias=AliasChoices("VOXLINE_OPENAI_TTS_API_KEY", "OPENAI_API_KEY"),
-        description="OpenAI TTS: API key (never logged).",
-    )
-    openai_tts_base_url: str = Field("", description="OpenAI TTS: API base URL; empty = api.openai.com.")
-    openai_tts_model: str = Field("gpt-4o-mini-tts", description="OpenAI TTS: gpt-4o-mini-tts, tts-1 or tts-1-hd.")
-    openai_tts_voice: str = Field("alloy", description="OpenAI TTS: voice used when the agent names none it knows.")
-    openai_tts_instructions: str = Field("", description="OpenAI TTS: speaking style (gpt-4o-mini-tts only).")
-    openai_tts_timeout_s: float = Field(
-        2.0, description="OpenAI TTS: connect, first audio and gap between audio pieces before a timeout error."
-    )
+    piper: PiperSettings = Field(default_factory=lambda: PiperSettings(), description="Local TTS (Piper).")
+    elevenlabs: ElevenLabsSettings = Field(default_factory=lambda: ElevenLabsSettings(), description="ElevenLabs.")
+    openai_tts: OpenAiTtsSettings = Field(default_factory=lambda: OpenAiTtsSettings(), description="OpenAI TTS.")
 
 
 class LlmServerSettings(CommonSettings):
@@ -252,6 +282,16 @@ class LlmServerSettings(CommonSettings):
         "auto", description="Use libggml-python's generic CPU library (auto: when the CPU lacks AVX-VNNI)."
     )
 
+
+# Nested in the service settings above (`BrainSettings().openai`), each from its own prefix.
+PROVIDER_SETTINGS: dict[str, type[ProviderSettings]] = {
+    "stt deepgram": DeepgramSettings,
+    "brain local": LocalLlmSettings,
+    "brain openai": OpenAiLlmSettings,
+    "tts local": PiperSettings,
+    "tts elevenlabs": ElevenLabsSettings,
+    "tts openai": OpenAiTtsSettings,
+}
 
 ALL_SETTINGS: dict[str, type[CommonSettings]] = {
     "gateway": GatewaySettings,

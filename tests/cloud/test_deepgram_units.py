@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from proto.audio_frame import AudioFrame
 from proto.messages import Message, SpeechEnded, SpeechStarted, SttAssign, SttError, Transcript
@@ -17,7 +19,7 @@ from services.stt.providers.deepgram import DeepgramSttProvider
 from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
 from tests.emulators.deepgram import DeepgramEmulator
 from voxline.audio import pcm16_to_mulaw, silence_mulaw, tone_pcm16
-from voxline.config import SttSettings
+from voxline.config import DeepgramSettings, SttSettings
 
 FRAME = 160  # 20 ms
 T0 = 1_700_000_000_000_000  # wall clock (us) of the end of the first frame
@@ -67,21 +69,17 @@ def test_unacknowledged_audio_is_capped_oldest_first() -> None:
     assert ledger.read(ledger.replay_start(), FRAME) == bytes([100 - ledger.unacked_bytes // FRAME]) * FRAME
 
 
-def settings(emulator: DeepgramEmulator, **overrides: object) -> SttSettings:
-    values: dict[str, object] = {
-        "deepgram_api_key": emulator.api_key,
-        "deepgram_url": emulator.url,
-        "deepgram_stall_timeout_s": 1.0,
-        **overrides,
-    }
-    return SttSettings(**values)  # type: ignore[arg-type]
+def settings(emulator: DeepgramEmulator, **overrides: Any) -> SttSettings:
+    """Deepgram settings pointed at the emulator; `overrides` are DeepgramSettings fields."""
+    values: dict[str, Any] = {"api_key": SecretStr(emulator.api_key), "url": emulator.url, "stall_timeout_s": 1.0}
+    return SttSettings(deepgram=DeepgramSettings(**{**values, **overrides}))
 
 
 def test_keywords_go_out_as_keyterm_for_nova3_and_keywords_for_nova2() -> None:
     emulator = DeepgramEmulator()
     assign = SttAssign(call_id="c", agent_id="demo", keywords=["Bright Smile", " ", "Aetna"])
     nova3 = DeepgramSttProvider(settings(emulator)).connect_params(assign)
-    nova2 = DeepgramSttProvider(settings(emulator, deepgram_model="nova-2")).connect_params(assign)
+    nova2 = DeepgramSttProvider(settings(emulator, model="nova-2")).connect_params(assign)
     assert nova3["keyterm"] == ["Bright Smile", "Aetna"] and "keywords" not in nova3
     assert nova2["keywords"] == ["Bright Smile", "Aetna"] and "keyterm" not in nova2
     assert nova3["encoding"] == "mulaw" and nova3["sample_rate"] == 8000 and nova3["channels"] == 1
@@ -155,7 +153,7 @@ async def test_keep_alive_while_no_audio_flows(emulator: DeepgramEmulator) -> No
     async def ignore(_: Message) -> None:
         pass
 
-    provider = DeepgramSttProvider(settings(emulator, deepgram_keepalive_s=0.3))
+    provider = DeepgramSttProvider(settings(emulator, keepalive_s=0.3))
     session = await provider.open(SttAssign(call_id="c2", agent_id="demo"), ignore)
     await session.feed(AudioFrame(silence_mulaw(20), timestamp_us=T0))
     deadline = asyncio.get_running_loop().time() + 5
@@ -167,7 +165,7 @@ async def test_keep_alive_while_no_audio_flows(emulator: DeepgramEmulator) -> No
 
 async def test_rejected_key_is_one_stt_error_and_never_retried(emulator: DeepgramEmulator) -> None:
     emulator.api_key = "the-right-key"
-    wrong = {"deepgram_api_key": "a-wrong-key-123"}
+    wrong = {"api_key": SecretStr("a-wrong-key-123")}
     events = await run_session(emulator, silence_mulaw(200), lambda e: isinstance(e, SttError), **wrong)
     errors = [e for e in events if isinstance(e, SttError)]
     assert len(errors) == 1 and "401" in errors[0].message and "a-wrong-key-123" not in errors[0].message

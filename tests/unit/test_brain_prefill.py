@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.providers import FirstToken, Sentence
 from services.brain.providers.openai_chat import OpenAIChatProvider
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.integration.conftest import wait_until
-from voxline.config import BrainSettings
+from voxline.config import BrainSettings, LocalLlmSettings, OpenAiLlmSettings
 
 
 @pytest.fixture
@@ -24,13 +25,10 @@ def chat() -> Iterator[OpenAiChatEmulator]:
 
 
 def provider(chat: OpenAiChatEmulator, name: str) -> OpenAIChatProvider:
-    settings = BrainSettings.model_validate(
-        {
-            "llm_base_url": chat.base_url,
-            "VOXLINE_LLM_API_KEY": DEFAULT_KEY,
-            "openai_base_url": chat.base_url,
-            "VOXLINE_OPENAI_API_KEY": DEFAULT_KEY,
-        }
+    key = SecretStr(DEFAULT_KEY)
+    settings = BrainSettings(
+        llm=LocalLlmSettings(base_url=chat.base_url, api_key=key),
+        openai=OpenAiLlmSettings(base_url=chat.base_url, api_key=key),
     )
     return OpenAIChatProvider(settings, name=name)
 

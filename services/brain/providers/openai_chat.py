@@ -53,13 +53,13 @@ class OpenAIChatProvider:
         self.agents = AgentStore(settings.agents_dir)
         self.prompts = PromptBuilder(self.agents, settings.knowledge_top_k)
         self.local = name == "local"
-        if self.local and not settings.llm_base_url:
+        endpoint = settings.llm if self.local else settings.openai
+        if self.local and not endpoint.base_url:
             raise ValueError("the local brain needs VOXLINE_LLM_BASE_URL (the dev stack sets it to its llama-server)")
-        base_url = settings.llm_base_url if self.local else settings.openai_base_url
-        api_key = settings.llm_api_key if self.local else settings.openai_api_key
-        self.model = settings.llm_model if self.local else settings.openai_model
+        base_url, api_key = endpoint.base_url, endpoint.api_key.get_secret_value()
+        self.model = endpoint.model
         # Local: a long prefill may pass between bytes. Cloud: a silence this long is a stall.
-        wait = self.wait_s = settings.llm_timeout_s if self.local else settings.openai_timeout_s
+        wait = self.wait_s = endpoint.timeout_s
         # No SDK retries: the fallback chain owns retrying, bounded by what a caller waits.
         self.client = AsyncOpenAI(
             base_url=base_url or None,
@@ -207,7 +207,7 @@ class OpenAIChatProvider:
             except openai.APIError as exc:
                 log.warning("%s warm-up failed: %s", self.name, type(exc).__name__)
             return
-        for agent_id in [a.strip() for a in self.settings.llm_warmup_agents.split(",") if a.strip()]:
+        for agent_id in [a.strip() for a in self.settings.llm.warmup_agents.split(",") if a.strip()]:
             started = time.monotonic()
             for user_text, max_tokens in WARMUP_REQUESTS:
                 await self._warm(agent_id, user_text, max_tokens, started)

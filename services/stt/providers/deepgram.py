@@ -34,27 +34,27 @@ class DeepgramSttProvider:
     name = PROVIDER
 
     def __init__(self, settings: SttSettings) -> None:
-        if not settings.deepgram_api_key:
+        if not settings.deepgram.api_key.get_secret_value():
             raise ProviderUnavailable("stt provider deepgram needs an API key (DEEPGRAM_API_KEY)")
         self.settings = settings
-        ws = settings.deepgram_url.rstrip("/")
+        ws = settings.deepgram.url.rstrip("/")
         http = ws.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
         env = DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
-        self.client = AsyncDeepgramClient(api_key=settings.deepgram_api_key, environment=env)
+        self.client = AsyncDeepgramClient(api_key=settings.deepgram.api_key.get_secret_value(), environment=env)
         self._auth_refused_at: float | None = None
 
     def connect_params(self, assign: SttAssign) -> dict[str, Any]:
         """Query parameters of /v1/listen: the orchestrator's pause_ms as endpointing when set,
         agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
-        s = self.settings
+        s = self.settings.deepgram
         params: dict[str, Any] = {
-            "model": s.deepgram_model,
+            "model": s.model,
             "encoding": "mulaw",
             "sample_rate": 8000,
             "channels": 1,
             "interim_results": True,
-            "endpointing": assign.pause_ms if assign.pause_ms > 0 else s.deepgram_endpointing_ms,
-            "utterance_end_ms": s.deepgram_utterance_end_ms,
+            "endpointing": assign.pause_ms if assign.pause_ms > 0 else s.endpointing_ms,
+            "utterance_end_ms": s.utterance_end_ms,
             "vad_events": True,
             "smart_format": True,
         }
@@ -62,7 +62,7 @@ class DeepgramSttProvider:
             params["language"] = assign.language
         words = [k.strip() for k in assign.keywords if k.strip()]
         if words:
-            params["keyterm" if s.deepgram_model.startswith("nova-3") else "keywords"] = words
+            params["keyterm" if s.model.startswith("nova-3") else "keywords"] = words
         return params
 
     async def open(self, assign: SttAssign, emit: Emit) -> DeepgramSession:

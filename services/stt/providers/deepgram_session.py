@@ -54,7 +54,7 @@ class DeepgramSession:
     ) -> None:
         self.call_id, self.client, self.params, self.settings = call_id, client, params, settings
         self._emit = emit
-        self.ledger = AudioLedger(settings.deepgram_replay_max_s)
+        self.ledger = AudioLedger(settings.deepgram.replay_max_s)
         self.connections = 0  # sockets opened so far (tests and logs)
         self._socket: AsyncV1SocketClient | None = None
         self._live = False  # connected and caught up: frames go straight out
@@ -70,7 +70,7 @@ class DeepgramSession:
         self._in_speech = False
         self._words: list[str] = []  # finalized text of the current utterance
         self._speech_end = 0  # call offset of the end of its last word
-        self.pause = PauseWatch(settings.deepgram_early_pause_ms)
+        self.pause = PauseWatch(settings.deepgram.early_pause_ms)
         self.on_auth_refused: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -129,7 +129,7 @@ class DeepgramSession:
             failures = 1 if self._answered else failures + 1
             if error.kind == "auth":
                 self.on_auth_refused()
-            if error.kind in FATAL_KINDS or failures > self.settings.deepgram_max_retries:
+            if error.kind in FATAL_KINDS or failures > self.settings.deepgram.max_retries:
                 log.error("stt provider %s failed, giving up: %s", PROVIDER, error)
                 await self._fail(str(error))
                 return
@@ -140,7 +140,7 @@ class DeepgramSession:
     async def _connect_once(self) -> ProviderError | None:
         """One socket from handshake to close; None when we closed it, else why it ended."""
         self._answered = False
-        timeout = self.settings.deepgram_connect_timeout_s
+        timeout = self.settings.deepgram.connect_timeout_s
         connect = self.client.listen.v1.connect(**self.params)
         try:
             socket = await asyncio.wait_for(connect.__aenter__(), timeout)
@@ -195,11 +195,11 @@ class DeepgramSession:
                 except Exception:
                     log.exception("deepgram: could not handle a %s message", type(message).__name__)
             now = time.monotonic()
-            stall_s = self.settings.deepgram_stall_timeout_s
+            stall_s = self.settings.deepgram.stall_timeout_s
             waited = now - self._unanswered_since if self._unanswered_since is not None else 0.0
             if waited > stall_s and self._unanswered_bytes >= stall_s * BYTES_PER_S / 2:
                 return ProviderError(PROVIDER, "timeout", "no results while audio flows (stall)")
-            if self._live and now - self._last_sent >= self.settings.deepgram_keepalive_s:
+            if self._live and now - self._last_sent >= self.settings.deepgram.keepalive_s:
                 await socket.send_keep_alive()
                 self._last_sent = now
 
@@ -216,7 +216,7 @@ class DeepgramSession:
         elif isinstance(message, ListenV1UtteranceEnd):
             if self._in_speech:  # no speech_final came for this utterance
                 end = self._offset(message.last_word_end) if self._words else self._speech_end
-                await self._end_utterance(end, self.settings.deepgram_utterance_end_ms)
+                await self._end_utterance(end, self.settings.deepgram.utterance_end_ms)
         elif isinstance(message, ListenV1Metadata):
             log.debug("deepgram: metadata (request %s, %.1fs)", message.request_id, message.duration)
         elif isinstance(message, ListenV1Error):

@@ -62,11 +62,11 @@ class ElevenLabsTtsProvider:
 
     def __init__(self, settings: TtsSettings) -> None:
         self.settings = settings
-        self.timeout_s = settings.elevenlabs_timeout_s
-        schedule = [float(x) for x in settings.elevenlabs_chunk_schedule.split(",") if x.strip()]
+        self.timeout_s = settings.elevenlabs.timeout_s
+        schedule = [float(x) for x in settings.elevenlabs.chunk_schedule.split(",") if x.strip()]
         init = InitializeConnection(
             voice_settings=RealtimeVoiceSettings(
-                stability=settings.elevenlabs_stability, similarity_boost=settings.elevenlabs_similarity_boost
+                stability=settings.elevenlabs.stability, similarity_boost=settings.elevenlabs.similarity_boost
             ),
             generation_config=GenerationConfig(chunk_length_schedule=schedule or None),
         )
@@ -80,20 +80,20 @@ class ElevenLabsTtsProvider:
 
     def voice_for(self, voice: str) -> str:
         """Agents may name a voice of another provider (a fallback chain); only an id is ours."""
-        return voice if _VOICE_ID.fullmatch(voice) else self.settings.elevenlabs_voice_id
+        return voice if _VOICE_ID.fullmatch(voice) else self.settings.elevenlabs.voice_id
 
     def url(self, voice_id: str) -> str:
-        query = urlencode({"model_id": self.settings.elevenlabs_model, "output_format": OUTPUT_FORMAT})
-        base = self.settings.elevenlabs_base_url.rstrip("/")
+        query = urlencode({"model_id": self.settings.elevenlabs.model, "output_format": OUTPUT_FORMAT})
+        base = self.settings.elevenlabs.base_url.rstrip("/")
         return f"{base}/v1/text-to-speech/{quote(voice_id)}/stream-input?{query}"
 
     async def load(self) -> None:
         """Open the default voice's warm sockets before the worker reports ready; a refusal
         here is logged (so a bad key shows at start) but does not stop the worker."""
-        if self.settings.elevenlabs_warm_sockets > 0:
-            self._refill_soon(self.settings.elevenlabs_voice_id)
+        if self.settings.elevenlabs.warm_sockets > 0:
+            self._refill_soon(self.settings.elevenlabs.voice_id)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._refills[self.settings.elevenlabs_voice_id]), self.timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._refills[self.settings.elevenlabs.voice_id]), self.timeout_s)
             if self._keeper is None:
                 self._keeper = asyncio.create_task(self._keep_fresh(), name="elevenlabs-keeper")
 
@@ -101,7 +101,7 @@ class ElevenLabsTtsProvider:
         try:
             ws = await connect(
                 self.url(voice_id),
-                additional_headers={"xi-api-key": self.settings.elevenlabs_api_key},
+                additional_headers={"xi-api-key": self.settings.elevenlabs.api_key.get_secret_value()},
                 open_timeout=self.timeout_s,
                 close_timeout=1.0,
                 max_size=2**22,
@@ -129,7 +129,7 @@ class ElevenLabsTtsProvider:
         fresh: ClientConnection | None = None
         while pool and fresh is None:
             ws, opened = pool.pop(0)
-            if ws.state is State.OPEN and time.monotonic() - opened < self.settings.elevenlabs_socket_max_idle_s:
+            if ws.state is State.OPEN and time.monotonic() - opened < self.settings.elevenlabs.socket_max_idle_s:
                 fresh = ws
             else:
                 self._close_later(ws)
@@ -145,7 +145,7 @@ class ElevenLabsTtsProvider:
         running = self._refills.get(voice_id)
         paused = time.monotonic() < self._refill_paused_until.get(voice_id, 0.0)
         if (
-            self.settings.elevenlabs_warm_sockets > 0
+            self.settings.elevenlabs.warm_sockets > 0
             and not self._closed
             and not paused
             and (running is None or running.done())
@@ -154,7 +154,7 @@ class ElevenLabsTtsProvider:
 
     async def _refill(self, voice_id: str) -> None:
         pool = self._pool.setdefault(voice_id, [])
-        while len(pool) < self.settings.elevenlabs_warm_sockets and not self._closed:
+        while len(pool) < self.settings.elevenlabs.warm_sockets and not self._closed:
             try:
                 ws = await self._connect(voice_id)
             except ProviderError as exc:
@@ -170,7 +170,7 @@ class ElevenLabsTtsProvider:
 
     async def _keep_fresh(self) -> None:
         """Replace warm sockets before the server closes them for inactivity."""
-        max_idle = self.settings.elevenlabs_socket_max_idle_s
+        max_idle = self.settings.elevenlabs.socket_max_idle_s
         while not self._closed:
             await asyncio.sleep(max_idle / 3)
             now = time.monotonic()

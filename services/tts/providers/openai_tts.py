@@ -57,10 +57,10 @@ class OpenAiTtsProvider:
 
     def __init__(self, settings: TtsSettings) -> None:
         self.settings = settings
-        timeout = settings.openai_tts_timeout_s
+        timeout = settings.openai_tts.timeout_s
         self.client = openai.AsyncOpenAI(
-            api_key=settings.openai_tts_api_key or "missing-key",
-            base_url=settings.openai_tts_base_url or None,
+            api_key=settings.openai_tts.api_key.get_secret_value() or "missing-key",
+            base_url=settings.openai_tts.base_url or None,
             max_retries=0,
             timeout=httpx2.Timeout(timeout, connect=timeout),
             # Keep idle connections longer than the 5 s default, so a quiet minute in a call
@@ -71,7 +71,7 @@ class OpenAiTtsProvider:
         )
 
     def voice_for(self, voice: str) -> str:
-        return voice if voice in VOICES else self.settings.openai_tts_voice
+        return voice if voice in VOICES else self.settings.openai_tts.voice
 
     async def load(self) -> None:
         """Open a connection (and check the key) before the first caller needs it."""
@@ -86,11 +86,11 @@ class OpenAiTtsProvider:
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         converter = PcmToMulaw()
         extra: dict[str, Any] = {}
-        if self.settings.openai_tts_instructions and self.settings.openai_tts_model.startswith("gpt-"):
-            extra["instructions"] = self.settings.openai_tts_instructions
+        if self.settings.openai_tts.instructions and self.settings.openai_tts.model.startswith("gpt-"):
+            extra["instructions"] = self.settings.openai_tts.instructions
         try:
             async with self.client.audio.speech.with_streaming_response.create(
-                model=self.settings.openai_tts_model,
+                model=self.settings.openai_tts.model,
                 voice=self.voice_for(voice),
                 input=text,
                 response_format="pcm",
@@ -104,7 +104,7 @@ class OpenAiTtsProvider:
             status = exc.status_code
             raise ProviderError(self.name, kind_of_status(status), "request refused", status) from None
         except (openai.APITimeoutError, httpx2.TimeoutException):
-            raise ProviderError(self.name, "timeout", f"no audio for {self.settings.openai_tts_timeout_s}s") from None
+            raise ProviderError(self.name, "timeout", f"no audio for {self.settings.openai_tts.timeout_s}s") from None
         except (openai.APIConnectionError, httpx2.TransportError) as exc:
             raise ProviderError(self.name, "dropped", f"connection lost ({type(exc).__name__})") from None
         if tail := converter.finish():

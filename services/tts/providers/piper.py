@@ -52,7 +52,7 @@ class PiperTtsProvider:
         started = time.monotonic()
         model_path, config_path = piper_voice_paths()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.settings.piper_threads
+        opts.intra_op_num_threads = self.settings.piper.threads
         opts.inter_op_num_threads = 1
         # Idle ORT threads otherwise spin for a while, stealing the cores llama-server is
         # decoding the next sentence on; on two cores that halves its token rate.
@@ -60,7 +60,7 @@ class PiperTtsProvider:
         session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         self._voice = PiperVoice(session=session, config=config)
-        self._syn_config = SynthesisConfig(length_scale=self.settings.piper_length_scale)
+        self._syn_config = SynthesisConfig(length_scale=self.settings.piper.length_scale)
         log.info("model piper %s loaded in %.0f ms", VOICE_NAME, (time.monotonic() - started) * 1000)
         started = time.monotonic()
         # The first run loads espeak-ng's data and sizes ONNX buffers; not on a caller's time.
