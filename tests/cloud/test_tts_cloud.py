@@ -254,8 +254,14 @@ async def test_all_providers_failing_every_turn_concludes_then_a_clean_hang_up(
     assert "replies in a row could not be spoken: hanging up" in service_log(stack, "orchestrator")
 
 
-async def test_keys_never_reach_a_log(stack: DevStack) -> None:
+async def test_keys_never_reach_a_log(stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator) -> None:
+    # Every key in use, a refused one included, within this test: run alone, it must still
+    # have had each key sent and refused or accepted (it once relied on earlier tests).
+    assert (await call(stack, "hello")).accepted
+    async with tts_with(stack, ELEVENLABS_API_KEY=WRONG_KEY):
+        assert (await call(stack, "are you there")).accepted
+    assert el.text_sessions() and 401 in el.handshakes and oa.requests
+    assert "elevenlabs auth (status 401)" in service_log(stack, "tts")
     logs = all_logs(stack)
-    assert logs  # the module's calls have written plenty
     for key in (EL_KEY, OA_KEY, WRONG_KEY, OA_KEY[-4:] + "."):
         assert key not in logs
