@@ -301,3 +301,20 @@ ALL_SETTINGS: dict[str, type[CommonSettings]] = {
     "tts": TtsSettings,
     "llama-server": LlmServerSettings,
 }
+
+
+def documented(cls: type[BaseSettings]) -> list[tuple[str, object, str]]:
+    """(variables, default, description) of every setting of `cls`, the provider settings
+    nested in it included under their own prefixes: what `voxline settings` prints."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    rows: list[tuple[str, object, str]] = []
+    for name, info in cls.model_fields.items():
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, ProviderSettings):
+            rows += documented(nested)
+            continue
+        alias = info.validation_alias
+        env = " | ".join(map(str, alias.choices)) if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
+        default = "(computed)" if info.default_factory is not None else info.default
+        rows.append((env, "(secret)" if isinstance(default, SecretStr) else default, info.description or ""))
+    return rows

@@ -8,7 +8,7 @@ import pytest
 
 from services.brain.providers import FallbackBrainProvider, make_provider
 from services.brain.providers.openai_chat import OpenAIChatProvider
-from voxline.config import BrainSettings, SttSettings, TtsSettings
+from voxline.config import BrainSettings, SttSettings, TtsSettings, documented
 
 CLOUD_KEY = "sk-proj-cloudkey0123456789abcdef"
 KEYS = {
@@ -67,3 +67,13 @@ def test_keys_never_show_in_a_repr_or_a_dump(monkeypatch: pytest.MonkeyPatch) ->
         shown = repr(settings) + str(settings) + settings.model_dump_json()
         for key in KEYS.values():
             assert key not in shown
+
+
+def test_every_provider_variable_is_documented_under_its_own_name() -> None:
+    """What `voxline settings` prints: each variable a user may set, never a nested blob,
+    and a key's default as '(secret)'."""
+    rows = {env: default for cls in (SttSettings, BrainSettings, TtsSettings) for env, default, _ in documented(cls)}
+    for env in ("VOXLINE_LLM_BASE_URL", "VOXLINE_OPENAI_MODEL", "VOXLINE_DEEPGRAM_EARLY_PAUSE_MS"):
+        assert env in rows
+    assert rows["VOXLINE_LLM_API_KEY"] == rows["VOXLINE_OPENAI_API_KEY | OPENAI_API_KEY"] == "(secret)"
+    assert not {"VOXLINE_LLM", "VOXLINE_OPENAI", "VOXLINE_DEEPGRAM", "VOXLINE_ELEVENLABS"} & set(rows)
