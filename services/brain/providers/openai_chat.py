@@ -32,6 +32,7 @@ from services.brain.prompt import PromptBuilder
 from services.brain.providers.base import BrainEvent, FirstToken, Sentence
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
+from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
 from voxline.agents import Agent, AgentStore
 from voxline.config import BrainSettings
@@ -101,16 +102,9 @@ class OpenAIChatProvider:
         )
 
     async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
-        try:
+        with openai_errors(self.name, f"no output for {self.wait_s}s"):
             async for piece in self._rounds(turn):
                 yield piece
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            raise ProviderError(self.name, kind_of_status(status), "request refused", status) from None
-        except (openai.APITimeoutError, httpx2.TimeoutException):
-            raise ProviderError(self.name, "timeout", f"no output for {self.wait_s}s") from None
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
-            raise ProviderError(self.name, "dropped", f"connection lost ({type(exc).__name__})") from None
 
     async def _rounds(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         """One completion per round; a round that ends in webhook calls starts the next."""

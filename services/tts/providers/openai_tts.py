@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import soxr
 
+from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
 from voxline.audio import TELEPHONY_RATE, pcm16_to_mulaw
 from voxline.config import TtsSettings
@@ -88,7 +89,7 @@ class OpenAiTtsProvider:
         extra: dict[str, Any] = {}
         if self.settings.openai_tts.instructions and self.settings.openai_tts.model.startswith("gpt-"):
             extra["instructions"] = self.settings.openai_tts.instructions
-        try:
+        with openai_errors(self.name, f"no audio for {self.settings.openai_tts.timeout_s}s"):
             async with self.client.audio.speech.with_streaming_response.create(
                 model=self.settings.openai_tts.model,
                 voice=self.voice_for(voice),
@@ -99,14 +100,6 @@ class OpenAiTtsProvider:
                 async for piece in response.iter_bytes():
                     if audio := converter.push(piece):
                         yield audio
-        except openai.APIStatusError as exc:
-            # Never the body: OpenAI echoes a masked key in its 401 message.
-            status = exc.status_code
-            raise ProviderError(self.name, kind_of_status(status), "request refused", status) from None
-        except (openai.APITimeoutError, httpx2.TimeoutException):
-            raise ProviderError(self.name, "timeout", f"no audio for {self.settings.openai_tts.timeout_s}s") from None
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
-            raise ProviderError(self.name, "dropped", f"connection lost ({type(exc).__name__})") from None
         if tail := converter.finish():
             yield tail
 
