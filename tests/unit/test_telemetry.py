@@ -32,6 +32,11 @@ def _connect(key: str) -> None:
     raise ConnectionError(f"handshake refused with {headers}")
 
 
+def _region_of_hardcoded_client() -> str:
+    # The key is only in this frame's source line, which the traceback prints; the error says 'region'.
+    return {"api_key": "sk-proj-abcdefghijklmnopqrstuvwx", "zone": "eu"}["region"]
+
+
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_a_traceback_that_quotes_a_key_is_masked(log_text: tuple[logging.Logger, io.StringIO], fmt: str) -> None:
     log, out = log_text
@@ -44,6 +49,20 @@ def test_a_traceback_that_quotes_a_key_is_masked(log_text: tuple[logging.Logger,
     assert "ConnectionError" in text and "handshake refused" in text  # the traceback is there
     assert KEY not in text
     assert "***" in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_key_in_a_frames_source_line_is_masked(log_text: tuple[logging.Logger, io.StringIO], fmt: str) -> None:
+    log, out = log_text
+    setup_logging("test", "INFO", fmt, stream=out)
+    try:
+        _region_of_hardcoded_client()
+    except KeyError:
+        log.exception("config lookup failed")
+    text = out.getvalue()
+    assert "_region_of_hardcoded_client" in text and "KeyError" in text  # the frame is there
+    assert OPENAI_STYLE not in text
+    assert "sk-***" in text
 
 
 def test_message_stack_and_credential_shapes_are_masked(log_text: tuple[logging.Logger, io.StringIO]) -> None:
