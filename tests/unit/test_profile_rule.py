@@ -34,13 +34,17 @@ def test_an_unknown_profile_is_a_clear_error() -> None:
 
 
 def _make_run_command(env: dict[str, str], *args: str) -> str:
-    """The `voxline up` line `make run` would execute (make -n prints, runs nothing)."""
+    """The `voxline up` line `make run` would execute (make -n prints, runs nothing). make reads
+    every environment variable as a make variable, so a PROFILE left in the runner's
+    environment is dropped: only `env` and `args` decide."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "VOXLINE_PROFILE")}
     out = subprocess.run(
-        ["make", "-n", "run", *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True
+        ["make", "-n", "run", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, check=True
     ).stdout
     return next(line for line in out.splitlines() if "voxline up" in line)
 
 
 def test_make_run_leaves_the_variable_alone_unless_asked() -> None:
+    assert "--profile" not in _make_run_command({})
     assert "--profile" not in _make_run_command({"VOXLINE_PROFILE": "cloud"})
     assert _make_run_command({"VOXLINE_PROFILE": "cloud"}, "PROFILE=fake").rstrip().endswith("--profile fake")
