@@ -120,6 +120,32 @@ def all_logs(stack: DevStack) -> str:
     return "\n".join(f.read_text() for f in sorted(stack.log_dir.glob("*.log")))
 
 
+class LogsSince:
+    """The service logs as written after this point. A module's stack appends to the same
+    files across tests and restarts, so a line asserted on the whole file may have been
+    logged by an earlier test: the test would pass without the behaviour it checks."""
+
+    def __init__(self, stack: DevStack) -> None:
+        assert stack.log_dir is not None
+        self._dir = stack.log_dir
+        self._start = {path.name: path.stat().st_size for path in self._dir.glob("*.log")}
+
+    def of(self, service: str) -> str:
+        path = self._dir / f"{service}.log"
+        with path.open("rb") as log:
+            log.seek(self._start.get(path.name, 0))
+            return log.read().decode(errors="replace")
+
+    def all(self) -> str:
+        return "\n".join(self.of(path.stem) for path in sorted(self._dir.glob("*.log")))
+
+
+@pytest.fixture
+def new_logs(stack: DevStack) -> LogsSince:
+    """What the stack logs during this test (each module defines its own `stack`)."""
+    return LogsSince(stack)
+
+
 async def metrics(stack: DevStack, service: str) -> str:
     async with httpx.AsyncClient() as client:
         return (await client.get(f"http://127.0.0.1:{stack.health_port(service)}/metrics")).text

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.cloud.conftest import all_logs, counter_value, metrics, running, start_stack
+from tests.cloud.conftest import LogsSince, all_logs, counter_value, metrics, running, start_stack
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN, wait_until
@@ -262,7 +262,9 @@ async def test_barge_in_closes_the_model_stream(stack: DevStack, chat: OpenAiCha
 # --- provider errors ------------------------------------------------------------------
 
 
-async def test_bad_key_apologises_and_never_logs_the_key(stack: DevStack, chat: OpenAiChatEmulator) -> None:
+async def test_bad_key_apologises_and_never_logs_the_key(
+    stack: DevStack, chat: OpenAiChatEmulator, new_logs: LogsSince
+) -> None:
     before = await provider_errors(stack, "auth")
     chat.api_key = "sk-the-right-one-is-elsewhere"  # so the brain's key is refused, echoed masked
     try:
@@ -273,7 +275,7 @@ async def test_bad_key_apologises_and_never_logs_the_key(stack: DevStack, chat: 
     assert [(t["kind"], t["reply_text"]) for t in replies(result)] == [("apology", APOLOGY)]
     assert await provider_errors(stack, "auth") == before + 1
     logs = all_logs(stack)
-    assert "openai auth (status 401)" in logs
+    assert "openai auth (status 401)" in new_logs.all()
     assert DEFAULT_KEY not in logs and DEFAULT_KEY[-4:] not in logs
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.cloud.conftest import (
     BackgroundLoop,
+    LogsSince,
     all_logs,
     counter_value,
     metrics,
@@ -18,7 +19,7 @@ from tests.cloud.conftest import (
     start_stack,
 )
 from tests.emulators.deepgram import FRAME_MS, DeepgramEmulator
-from tests.integration.conftest import AUTH_TOKEN, service_log, wait_until
+from tests.integration.conftest import AUTH_TOKEN, wait_until
 from voxline.agents.turn_options import TurnOptions
 from voxline.audio import FRAME_SAMPLES, rms_dbfs
 from voxline.devstack import DevStack
@@ -132,19 +133,18 @@ def voiced_only(text: str) -> np.ndarray:
 
 
 async def test_caller_going_on_after_the_pause_gets_one_answer_to_all_of_it(
-    stack: DevStack, deepgram: DeepgramEmulator
+    stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince
 ) -> None:
     # 140 ms of quiet: long enough for the early pause (80 ms), too short for Deepgram's
     # endpoint (200 ms), so the preemptive reply on "everything so far" must be dropped.
     said = "I need to cancel my appointment for tomorrow"
     gap = np.zeros(8 * 140, dtype=np.int16)
     audio = np.concatenate([voiced_only("I need to cancel"), gap, synthesize("my appointment for tomorrow")])
-    continued = service_log(stack, "orchestrator").count("cancelled: caller_continued")
     result = await call(stack, deepgram, said, utterances=[Utterance(pcm8k=audio)])
     assert result.accepted and not result.errors, result.errors
     assert caller_texts(result) == [said]
     assert result.record is not None and len([t for t in result.record["turns"] if t["kind"] == "reply"]) == 1
-    assert service_log(stack, "orchestrator").count("cancelled: caller_continued") > continued
+    assert "cancelled: caller_continued" in new_logs.of("orchestrator")
     assert result.turns[0].completed
 
 
@@ -159,7 +159,9 @@ async def test_barge_in_on_deepgram_speech_started(stack: DevStack, deepgram: De
     assert caller_texts(result)[-1] == second and result.turns[-1].completed
 
 
-async def test_socket_dropped_mid_utterance_loses_no_words(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+async def test_socket_dropped_mid_utterance_loses_no_words(
+    stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince
+) -> None:
     text = "what are your opening hours on saturday"
     dropped_before = await errors_of(stack, "dropped")
     deepgram.drop_after_speech_ms = 500
@@ -174,10 +176,12 @@ async def test_socket_dropped_mid_utterance_loses_no_words(stack: DevStack, deep
     assert final.connection == new[1].index and final.text == text
     assert abs(final.speech_ms - voiced_span_ms(text)) <= 2 * FRAME_MS
     assert await errors_of(stack, "dropped") == dropped_before + 1
-    assert "replaying" in service_log(stack, "stt")
+    assert "replaying" in new_logs.of("stt")
 
 
-async def test_429_and_503_at_connect_are_retried(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+async def test_429_and_503_at_connect_are_retried(
+    stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince
+) -> None:
     limited, server = await errors_of(stack, "rate_limited"), await errors_of(stack, "server")
     deepgram.reject_next = [429, 503]
     before = len(deepgram.rejected)
@@ -186,11 +190,11 @@ async def test_429_and_503_at_connect_are_retried(stack: DevStack, deepgram: Dee
     assert caller_texts(result) == ["hello there"]
     assert deepgram.rejected[before:] == [429, 503]
     assert await errors_of(stack, "rate_limited") == limited + 1 and await errors_of(stack, "server") == server + 1
-    log = service_log(stack, "stt")
+    log = new_logs.of("stt")
     assert "deepgram rate_limited (status 429)" in log and "deepgram server (status 503)" in log
 
 
-async def test_stalled_socket_is_replaced(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+async def test_stalled_socket_is_replaced(stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince) -> None:
     timeouts = await errors_of(stack, "timeout")
     deepgram.stall_next = 1
     before = len(deepgram.connections)
@@ -200,10 +204,12 @@ async def test_stalled_socket_is_replaced(stack: DevStack, deepgram: DeepgramEmu
     new = deepgram.connections[before:]
     assert new[0].stalled and len(new) == 2
     assert await errors_of(stack, "timeout") == timeouts + 1
-    assert "no results while audio flows (stall)" in service_log(stack, "stt")
+    assert "no results while audio flows (stall)" in new_logs.of("stt")
 
 
-async def test_refused_key_ends_the_call_politely(stack: DevStack, deepgram: DeepgramEmulator) -> None:
+async def test_refused_key_ends_the_call_politely(
+    stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince
+) -> None:
     """401: one SttError, no retry; the orchestrator's reassignment fails at once
     (the provider holds a refused key), so it apologises and hangs up."""
     deepgram.api_key = "a-rotated-key-0000"  # the stack's key is no longer valid
@@ -212,14 +218,14 @@ async def test_refused_key_ends_the_call_politely(stack: DevStack, deepgram: Dee
         result = await call(stack, deepgram, "hello", reply_timeout_s=5.0)
 
         async def hung_up() -> bool:
-            return "ending the call" in service_log(stack, "orchestrator")
+            return "ending the call" in new_logs.of("orchestrator")
 
         await wait_until(hung_up, timeout=10, what="the orchestrator to end the call")
         assert deepgram.rejected[before:] == [401]
         assert await errors_of(stack, "auth") == auth + 1
         assert result.closed_by_gateway
         assert result.record is not None and result.record["turns"][-1]["kind"] == "failure"
-        assert "deepgram auth (status 401)" in service_log(stack, "stt")
+        assert "deepgram auth (status 401)" in new_logs.of("stt")
         logs = all_logs(stack)
         assert KEY not in logs and deepgram.api_key not in logs
     finally:

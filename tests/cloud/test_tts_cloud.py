@@ -13,12 +13,12 @@ import pytest
 
 from services.providers import ProviderError
 from services.tts.providers import FallbackTtsProvider, make_provider
-from tests.cloud.conftest import all_logs, counter_value, metrics, running, start_stack
+from tests.cloud.conftest import LogsSince, all_logs, counter_value, metrics, running, start_stack
 from tests.emulators.elevenlabs import DEFAULT_KEY as EL_KEY
 from tests.emulators.elevenlabs import ElevenLabsEmulator
 from tests.emulators.openai_speech import DEFAULT_KEY as OA_KEY
 from tests.emulators.openai_speech import OpenAiSpeechEmulator
-from tests.integration.conftest import AUTH_TOKEN, service_log
+from tests.integration.conftest import AUTH_TOKEN
 from voxline.config import TtsSettings
 from voxline.devstack import DevStack
 from voxline.simulator import CallResult, CallScript, Utterance, run_call
@@ -217,7 +217,7 @@ async def test_barge_in_closes_the_elevenlabs_stream(stack: DevStack, el: Eleven
 
 
 async def test_bad_elevenlabs_key_falls_back_to_openai(
-    stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator
+    stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator, new_logs: LogsSince
 ) -> None:
     async with tts_with(stack, ELEVENLABS_API_KEY=WRONG_KEY):
         result = await call(stack, "what are your opening hours")
@@ -227,11 +227,11 @@ async def test_bad_elevenlabs_key_falls_back_to_openai(
     assert 401 in el.handshakes and not el.text_sessions()
     assert any("opening hours" in r.body["input"] for r in oa.requests)
     assert auth_errors >= 2  # the greeting and the reply, at least
-    assert "elevenlabs auth (status 401): handshake refused; falling back to openai" in service_log(stack, "tts")
+    assert "elevenlabs auth (status 401): handshake refused; falling back to openai" in new_logs.of("tts")
 
 
 async def test_all_providers_failing_every_turn_concludes_then_a_clean_hang_up(
-    stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator
+    stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator, new_logs: LogsSince
 ) -> None:
     async with tts_with(stack, VOXLINE_ELEVENLABS_WARM_SOCKETS="0"):
         el.handshake_failures, oa.failures = [503] * 100, [500] * 100
@@ -249,19 +249,21 @@ async def test_all_providers_failing_every_turn_concludes_then_a_clean_hang_up(
     assert all(not t["heard_text"] for t in result.record["turns"])
     assert counter_value(text, ERRORS, provider="elevenlabs", kind="server") > 0
     assert counter_value(text, ERRORS, provider="openai", kind="server") > 0
-    assert "no provider left" in service_log(stack, "tts")
-    assert "openai server (status 500): request refused" in service_log(stack, "orchestrator")  # the TtsError
-    assert "replies in a row could not be spoken: hanging up" in service_log(stack, "orchestrator")
+    assert "no provider left" in new_logs.of("tts")
+    assert "openai server (status 500): request refused" in new_logs.of("orchestrator")  # the TtsError
+    assert "replies in a row could not be spoken: hanging up" in new_logs.of("orchestrator")
 
 
-async def test_keys_never_reach_a_log(stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator) -> None:
+async def test_keys_never_reach_a_log(
+    stack: DevStack, el: ElevenLabsEmulator, oa: OpenAiSpeechEmulator, new_logs: LogsSince
+) -> None:
     # Every key in use, a refused one included, within this test: run alone, it must still
     # have had each key sent and refused or accepted (it once relied on earlier tests).
     assert (await call(stack, "hello")).accepted
     async with tts_with(stack, ELEVENLABS_API_KEY=WRONG_KEY):
         assert (await call(stack, "are you there")).accepted
     assert el.text_sessions() and 401 in el.handshakes and oa.requests
-    assert "elevenlabs auth (status 401)" in service_log(stack, "tts")
+    assert "elevenlabs auth (status 401)" in new_logs.of("tts")
     logs = all_logs(stack)
     for key in (EL_KEY, OA_KEY, WRONG_KEY, OA_KEY[-4:] + "."):
         assert key not in logs
