@@ -283,16 +283,6 @@ class LlmServerSettings(CommonSettings):
     )
 
 
-# Nested in the service settings above (`BrainSettings().openai`), each from its own prefix.
-PROVIDER_SETTINGS: dict[str, type[ProviderSettings]] = {
-    "stt deepgram": DeepgramSettings,
-    "brain local": LocalLlmSettings,
-    "brain openai": OpenAiLlmSettings,
-    "tts local": PiperSettings,
-    "tts elevenlabs": ElevenLabsSettings,
-    "tts openai": OpenAiTtsSettings,
-}
-
 ALL_SETTINGS: dict[str, type[CommonSettings]] = {
     "gateway": GatewaySettings,
     "orchestrator": OrchestratorSettings,
