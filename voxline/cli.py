@@ -44,21 +44,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(_: argparse.Namespace) -> int:
-    from pydantic import AliasChoices
-
-    from voxline.config import ALL_SETTINGS
+    from voxline.config import ALL_SETTINGS, documented
 
     for service, cls in ALL_SETTINGS.items():
         print(f"[{service}]")
-        for name, info in cls.model_fields.items():
-            default = info.default if info.default_factory is None else "(computed)"
-            alias = info.validation_alias
-            env = (
-                " | ".join(str(c) for c in alias.choices)
-                if isinstance(alias, AliasChoices)
-                else f"VOXLINE_{name.upper()}"
-            )
-            print(f"  {env:<36} {default!r:<28} {info.description or ''}")
+        for env, default, description in documented(cls):
+            print(f"  {env:<36} {default!r:<28} {description}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""One profile rule: `--profile` > `VOXLINE_PROFILE` > the offline default, and `make run`
-neither hides nor overrides the variable."""
+"""The `voxline` command: one profile rule (`--profile` > `VOXLINE_PROFILE` > the offline
+default, and `make run` neither hides nor overrides the variable), and `voxline settings`."""
 
 from __future__ import annotations
 
@@ -48,3 +48,15 @@ def test_make_run_leaves_the_variable_alone_unless_asked() -> None:
     assert "--profile" not in _make_run_command({})
     assert "--profile" not in _make_run_command({"VOXLINE_PROFILE": "cloud"})
     assert _make_run_command({"VOXLINE_PROFILE": "cloud"}, "PROFILE=fake").rstrip().endswith("--profile fake")
+
+
+def test_voxline_settings_prints_each_provider_variable_and_no_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxline.cli import main
+
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-secret-value-123456")
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "VOXLINE_DEEPGRAM_MODEL" in out and "VOXLINE_PROFILE" in out
+    assert "(secret)" in out and "dg-secret-value-123456" not in out
