@@ -41,22 +41,11 @@ from proto.messages import (
     TurnCancel,
     TurnKind,
 )
+from services.orchestrator import intents
 from services.orchestrator.call import Call
 from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ObserveTurnLatency, ReassignStt, SaveRecord
 from services.orchestrator.events import Event, Greet, SttLost, SttReassigned, TimerFired
-from services.orchestrator.intents import (
-    Arm,
-    CallerTalking,
-    Cancel,
-    Commit,
-    Disarm,
-    Intent,
-    Listen,
-    Pause,
-    Resume,
-    StartTentative,
-)
 from services.orchestrator.speech import Speech
 from services.orchestrator.states import CallState, transition
 from services.orchestrator.timers import Timer, TimerKind
@@ -132,17 +121,17 @@ class _Step(Speech):
         for intent in hear(call.caller, event, call.current, call.agent.turn, self.now_us):
             self.apply(intent)
 
-    def apply(self, intent: Intent) -> None:
+    def apply(self, intent: intents.Intent) -> None:
         call = self.call
         match intent:
-            case Cancel():
+            case intents.Cancel():
                 turn = self.turn_by_id(intent.turn_id)
                 if turn is not None and turn.active:
                     self.cancel_turn(turn, intent.reason)
-            case Pause():
+            case intents.Pause():
                 self.control(PlaybackPause(call_id=call.call_id, turn_id=intent.turn_id, at_us=self.now_us))
                 self.go(CallState.PAUSED)
-            case Resume():
+            case intents.Resume():
                 turn = self.turn_by_id(intent.turn_id)
                 if turn is None or not turn.active:
                     return
@@ -150,24 +139,24 @@ class _Step(Speech):
                 if call.agent.turn.barge_in == "pause":
                     self.control(PlaybackResume(call_id=call.call_id, turn_id=turn.turn_id, at_us=self.now_us))
                 self.go(CallState.SPEAKING if "first_media" in turn.times_us else CallState.THINKING)
-            case StartTentative():
+            case intents.StartTentative():
                 self.start_reply(intent.text, tentative=True)
-            case Commit():
+            case intents.Commit():
                 tentative = self.live_turn(intent.turn_id) if intent.turn_id else None
                 if tentative is not None and not tentative.committed:
                     tentative.caller_text = intent.text
                     self.commit_reply(tentative, intent)
                 else:
                     self.commit_reply(self.start_reply(intent.text, tentative=False), intent)
-            case CallerTalking():
+            case intents.CallerTalking():
                 self.go(CallState.CALLER_SPEAKING)
-            case Listen():
+            case intents.Listen():
                 self.go(CallState.LISTENING)
                 if intent.idle:
                     self.start_idle_timer()
-            case Arm():
+            case intents.Arm():
                 self.start_timer(Timer(intent.kind), intent.seconds)
-            case Disarm():
+            case intents.Disarm():
                 self.cancel_timer(Timer(intent.kind))
 
     def _on_timer(self, event: TimerFired) -> None:
@@ -206,7 +195,7 @@ class _Step(Speech):
         self.publish(subjects.BRAIN_TURN, request, turn.turn_id)
         return turn
 
-    def commit_reply(self, turn: Turn, commit: Commit) -> None:
+    def commit_reply(self, turn: Turn, commit: intents.Commit) -> None:
         """The caller's turn ended: timings for the record, then release held sentences."""
         turn.committed = True
         turn.mark("speech_end", commit.speech_end_us)
