@@ -207,3 +207,19 @@ def test_barge_in_ignores_stops_of_newer_turns(clock: Clock) -> None:
     m = measure_barge_in(100.05, buf.played(), buf.voice_stops())
     assert (m.interrupted_turn, m.stopped_by) == (1, "dry")
     assert m.latency_ms == pytest.approx(150.0)
+
+
+def test_a_clear_sends_back_marks_already_played_first_as_played(clock: Clock) -> None:
+    buf = PlaybackBuffer(clock)
+    for i in range(3):
+        buf.add_audio(FRAME * 5)
+        buf.add_mark(f"t2.s0.c{i}.e{(i + 1) * 100}")
+    clock.t = 100.15  # chunk 0 played out, but the player has not echoed it yet
+    released = buf.clear()
+    # Every outstanding mark comes back, in order; the one playback had reached is played.
+    assert [(m.name, m.by_clear) for m in released] == [
+        ("t2.s0.c0.e100", False),
+        ("t2.s0.c1.e200", True),
+        ("t2.s0.c2.e300", True),
+    ]
+    assert buf.clear() == []  # none is sent back twice

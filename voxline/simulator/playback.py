@@ -4,7 +4,7 @@ The gateway learns what the caller heard only from mark echoes, so the simulator
 echo marks at the moment real playback would reach them: audio plays at exactly 8000
 samples/s from the time it arrives (or from the end of the audio queued before it), a
 mark is due when the audio queued before it has played, and `clear` drops the rest of
-the audio and releases every pending mark at once. Everything is computed from the
+the audio and sends back every outstanding mark at once. Everything is computed from the
 schedule rather than from ticks, so timing is as exact as the clock.
 """
 
@@ -108,17 +108,31 @@ class PlaybackBuffer:
         return self.due_marks()
 
     def clear(self) -> list[PendingMark]:
-        """Drop unplayed audio and release every pending mark, as Twilio does."""
+        """Drop unplayed audio and send back every mark still outstanding, as Twilio does.
+
+        Twilio's Media Streams "WebSocket Messages" page, section "Send a Clear message": a
+        `clear` empties all buffered audio and causes any pending `mark` messages to be sent
+        back (https://www.twilio.com/docs/voice/media-streams/websocket-messages).
+        A flushed mark's echo is the same `mark` event as a played one: the gateway cannot
+        tell them apart, and `by_clear` exists only for the simulator's own accounting.
+
+        Marks that playback had already reached go out first, as played: Twilio would have
+        echoed them before the `clear` arrived; only the player task had not woken yet.
+        ASSUMPTION: the flushed marks come back in the order they were sent, before any
+        message the gateway writes after the `clear` (the page does not say; one socket,
+        processed in order, behaves so).
+        """
         now = self.clock()
+        played = self.due_marks()
         was_playing = self.is_playing(now)
         self.clear_times.append((now, was_playing))
         self._cut_at(now)
         self._unmarked.clear()  # their mark, if it ever comes, names audio sent after the clear
-        released = [m for m in self.marks if m.echoed_at is None]
+        released = [m for m in self.marks[self._first_pending :] if m.echoed_at is None]
         for mark in released:
             mark.echoed_at = now
             mark.by_clear = True
-        return released
+        return played + released
 
     def finish(self) -> None:
         """The call ended: whatever had not played yet never will."""
