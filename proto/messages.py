@@ -202,7 +202,9 @@ class TtsError(_Msg, kw_only=True, frozen=True):
 
 
 class MarkPlayed(_Msg, kw_only=True, frozen=True):
-    """gateway -> orchestrator: Twilio echoed a mark, so the caller heard audio up to it."""
+    """gateway -> orchestrator: the caller heard audio up to this mark: Twilio echoed it, or,
+    at a `clear` (after which echoes cannot tell played from flushed), the gateway estimated
+    playback had reached it (`end_ms` then may fall inside the chunk, closing nothing)."""
 
     turn_id: int
     seq: int

@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from proto import AudioFrame, call_headers, subjects
+from proto import AudioFrame, MarkName, call_headers, subjects
 from proto.messages import (
     CallRefused,
     CallStart,
@@ -37,7 +37,7 @@ from proto.messages import (
     TurnCancel,
 )
 from services.gateway import twilio_protocol as tp
-from services.gateway.playback import Chunk, Playback
+from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
@@ -71,8 +71,10 @@ class MediaStream:
         settings: GatewaySettings,
         tokens: StreamTokens,
         transfer: TransferCall | None = None,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         self.ws = ws
+        self.clock = clock  # µs: when chunks went out, echoes came back and clears were sent
         self.transfer = transfer
         self._end_reason = ""
         self.bus = bus
@@ -245,7 +247,7 @@ class MediaStream:
             if chunk.frame.payload:
                 await self.ws.send_text(self.serializer.media(chunk.frame.payload))
             await self.ws.send_text(self.serializer.mark(chunk.mark.encode()))
-            if self.playback.sent(chunk, now_us()):
+            if self.playback.sent(chunk, self.clock()):
                 first_audio.append(chunk.frame.turn_id)
             sent.append(chunk)
         return sent, first_audio
@@ -254,15 +256,25 @@ class MediaStream:
         for turn_id in turns:
             await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=turn_id, at_us=now_us()))
 
-    async def _send_clear(self) -> None:
-        """The caller holds the send lock."""
+    async def _send_clear(self, cleared: Cleared) -> None:
+        """The caller holds the send lock. A newer turn's audio that was on its way behind
+        the cleared one goes out again at once, ahead of the rest of that turn."""
         await self.ws.send_text(self.serializer.clear())
         CLEARS.inc()
+        await self._send(cleared.resend)
+
+    async def _report_heard(self, cleared: Cleared | None) -> None:
+        """What the caller heard up to a clear, as if Twilio had echoed it: the echoes that
+        follow a clear cannot tell played from flushed (see `Playback.mark_echoed`)."""
+        for mark in cleared.heard if cleared else []:
+            await self._report_played(mark)
 
     async def _on_mark_echo(self, name: str) -> None:
-        mark = self.playback.mark_echoed(name, now_us())
-        if mark is None:
-            return
+        mark = self.playback.mark_echoed(name, self.clock())
+        if mark is not None:
+            await self._report_played(mark)
+
+    async def _report_played(self, mark: MarkName) -> None:
         await self._publish(
             MarkPlayed(
                 call_id=self.call_id,
@@ -272,7 +284,7 @@ class MediaStream:
                 end_ms=mark.end_ms,
                 sentence_end=mark.sentence_end,
                 turn_end=mark.turn_end,
-                at_us=now_us(),
+                at_us=self.clock(),
             )
         )
 
@@ -312,9 +324,11 @@ class MediaStream:
     async def _pause(self, turn_id: int) -> None:
         # Under the send lock: the chunks held are exactly those sent before the `clear`.
         async with self._send_lock:
-            if not self._closing and self.playback.pause(turn_id, now_us()):
-                await self._send_clear()
+            cleared = None if self._closing else self.playback.pause(turn_id, self.clock())
+            if cleared is not None:
+                await self._send_clear(cleared)
         log.info("paused turn %d (%d chunks held)", turn_id, len(self.playback.held))
+        await self._report_heard(cleared)
 
     async def _resume(self, turn_id: int) -> None:
         async with self._send_lock:
@@ -327,9 +341,11 @@ class MediaStream:
     async def _cancel(self, turn_id: int) -> None:
         self.playback.cancel(turn_id)  # at once: a send under way stops at its next chunk
         async with self._send_lock:
-            if not self._closing and self.playback.flush(turn_id):
-                await self._send_clear()
+            cleared = None if self._closing else self.playback.flush(turn_id, self.clock())
+            if cleared is not None:
+                await self._send_clear(cleared)
                 log.info("cleared Twilio's buffer for turn %d", turn_id)
+        await self._report_heard(cleared)
 
     def status(self) -> StreamStatus:
         return StreamStatus(subscriptions=len(self._subs), malformed=self.malformed)

@@ -8,6 +8,13 @@ barge-in). `Playback` decides what goes out and in which order, what is held whi
 caller talks over the reply (pause), what Twilio still holds unplayed (the in-flight
 chunks, known from the mark echoes) and what a `clear` throws away.
 
+A `clear` is where what the caller heard is decided, once: Twilio then sends back every
+outstanding mark, flushed or played alike, so the echoes that follow it cannot say.
+`playback_position` estimates it from the last echo and the time since; the chunks heard
+are reported as played at the clear, the rest of the paused turn is held for a resume, and
+the rest of a newer turn (already on its way behind the turn being cleared) goes out again
+at once, since Twilio threw it away too.
+
 Its methods are synchronous, so each is atomic with respect to the others on the event
 loop. The media stream calls the ones that decide what goes on the wire (`push`,
 `pause`, `resume`, `flush`) and writes what they return under one send lock, so the
@@ -16,6 +23,7 @@ in-flight chunks a pause holds are exactly those sent before its `clear`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -24,7 +32,7 @@ from typing import NamedTuple
 from prometheus_client import Counter as MetricCounter
 
 from proto import AudioFrame, FrameFlags, MarkName
-from services.gateway.playback_position import unplayed
+from services.gateway.playback_position import InFlight, heard_at_clear, heard_part
 from voxline.audio import mulaw_duration_ms
 
 log = logging.getLogger("voxline.gateway.playback")
@@ -41,7 +49,12 @@ class Chunk(NamedTuple):
     mark: MarkName
 
 
-InFlight = tuple[AudioFrame, MarkName, int]  # a chunk Twilio holds, with when we sent it (µs)
+@dataclass
+class Cleared:
+    """What a `clear` settled, for the media stream to act on after writing it."""
+
+    heard: list[MarkName] = field(default_factory=list)  # reached before the clear: report as played
+    resend: list[Chunk] = field(default_factory=list)  # newer turns' audio it threw away: send again now
 
 
 @dataclass
@@ -122,7 +135,7 @@ class Playback:
         self.order: ReplyOrder | None = None
         self.cancelled_upto = 0  # this turn and every older one are cancelled
         self.inflight: deque[InFlight] = deque()  # sent, mark not echoed yet: what a `clear` drops
-        self.flushing: Counter[str] = Counter()  # marks Twilio echoes because of our `clear`, not playback
+        self.settled: Counter[str] = Counter()  # decided at a clear: their one echo still to come says nothing
         self.paused_turn = 0
         self.held: list[Chunk] = []  # what a resume plays
         self.last_echo_us = 0  # when the newest played mark came back
@@ -172,17 +185,29 @@ class Playback:
         return False
 
     def mark_echoed(self, name: str, at_us: int) -> MarkName | None:
-        """Twilio echoed a mark: the chunk it closes was played, unless the echo is one of a
-        `clear`'s flushed marks or a name we never wrote (then None)."""
-        if self.flushing[name]:
-            self.flushing[name] -= 1
-            if not self.flushing[name]:
-                del self.flushing[name]
+        """Twilio echoed a mark: the chunk it closes was played, unless the mark was in
+        flight at a `clear` (decided there, see `Cleared`) or is not in flight at all (then
+        None).
+
+        Every mark in flight at a clear gets exactly one echo, played or flushed, and all
+        of them arrive before the echo of any mark written after the clear. ASSUMPTION:
+        Twilio handles our messages in order and sends the flushed marks back as it handles
+        the clear, over the one ordered socket. So the first echoes of settled names are
+        those, even when a resume has already sent the same names again."""
+        if self.settled[name]:
+            self.settled[name] -= 1
+            if not self.settled[name]:
+                del self.settled[name]
             return None
         mark = MarkName.parse(name)
-        if mark is None:
-            log.warning("mark echo with a name we did not send: %r", name[:80])
+        if mark is None or not any(sent == mark for _, sent, _ in self.inflight):
+            log.warning("echo of a mark that is not in flight: %r", name[:80])
             return None
+        if self.settled:
+            # An echo of a mark written after the clear: whatever the clear left unechoed
+            # will never come, and must not swallow the echo of a resent mark later.
+            log.warning("%d marks in flight at a clear were never sent back", self.settled.total())
+            self.settled.clear()
         while self.inflight:
             _, sent, _ = self.inflight.popleft()
             if sent == mark:
@@ -192,27 +217,41 @@ class Playback:
 
     # --- orders from the orchestrator ----------------------------------------------
 
-    def flush(self, turn_upto: int) -> bool:
-        """If Twilio holds audio of this turn or older ones, forget everything it holds and
-        return True: the caller must send `clear` before anything else goes out."""
+    def flush(self, turn_upto: int, at_us: int) -> Cleared | None:
+        """If Twilio holds audio of this turn or older ones, the caller must send `clear`
+        (at `at_us`) before anything else goes out, then act on the `Cleared`; else None."""
         if not any(frame.turn_id <= turn_upto for frame, _, _ in self.inflight):
-            return False
-        self.flushing.update(mark.encode() for _, mark, _ in self.inflight)
+            return None
+        cleared = Cleared()
+        held: list[Chunk] = []
+        heard = heard_at_clear(self.inflight, self.last_echo_us, at_us)
+        for (frame, mark, _), (samples, whole) in zip(self.inflight, heard, strict=True):
+            self.settled[mark.encode()] += 1
+            live = frame.turn_id > self.cancelled_upto  # a cancelled turn's hearing no longer matters
+            if whole:
+                if live:
+                    cleared.heard.append(mark)
+                continue
+            if samples:
+                if live:
+                    cleared.heard.append(heard_part(mark, frame, samples))
+                frame = dataclasses.replace(frame, payload=frame.payload[samples:])
+            if frame.turn_id == self.paused_turn:
+                held.append(Chunk(frame, mark))
+            elif live and frame.turn_id > turn_upto:
+                cleared.resend.append(Chunk(frame, mark))
         self.inflight.clear()
-        return True
+        self.held[:0] = held
+        return cleared
 
-    def pause(self, turn_id: int, at_us: int) -> bool:
-        """Hold the turn: what Twilio holds of it (less what the caller already heard, see
-        `unplayed`) and everything still to come waits for `resume`. True when Twilio must be
-        sent `clear` now."""
+    def pause(self, turn_id: int, at_us: int) -> Cleared | None:
+        """Hold the turn: what Twilio holds of it that the caller has not heard yet, and
+        everything still to come, waits for `resume`. Not None when Twilio must be sent
+        `clear` now (see `flush`)."""
         if turn_id <= self.cancelled_upto:
-            return False
+            return None
         self.paused_turn = turn_id
-        ours = [entry for entry in self.inflight if entry[0].turn_id == turn_id]
-        if not self.flush(turn_id):
-            return False
-        self.held[:0] = [Chunk(frame, mark) for frame, mark in unplayed(ours, self.last_echo_us, at_us)]
-        return True
+        return self.flush(turn_id, at_us)
 
     def resume(self, turn_id: int) -> list[Chunk]:
         """The chunks to send now that the paused turn goes on."""

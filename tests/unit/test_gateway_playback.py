@@ -112,11 +112,13 @@ def test_pause_holds_what_twilio_had_not_played_and_resume_sends_it_first() -> N
     for c in range(3):
         send(playback, playback.push(frame(0, c)), at_us=1_000_000)
     assert playback.mark_echoed("t1.s0.c0.e100", at_us=1_100_000) == MarkName(1, 0, 0, 100)
-    # The caller says "uh-huh" 30 ms into chunk 1.
-    assert playback.pause(1, at_us=1_130_000) is True  # Twilio must be sent `clear`
+    # The caller says "uh-huh" 30 ms into chunk 1: Twilio must be sent `clear`, and those
+    # 30 ms count as heard at once, ending 130 ms into the sentence.
+    cleared = playback.pause(1, at_us=1_130_000)
+    assert cleared is not None and cleared.heard == [MarkName(1, 0, 1, 130)] and cleared.resend == []
     assert playback.push(frame(0, 3, EOS)) == []  # arrives while paused: held
     assert not playback.inflight
-    # Twilio echoes the marks the clear flushed: not played.
+    # Twilio sends back the marks the clear flushed: nothing new.
     assert playback.mark_echoed("t1.s0.c1.e200", at_us=1_131_000) is None
     assert playback.mark_echoed("t1.s0.c2.e300", at_us=1_131_000) is None
     resumed = playback.resume(1)
@@ -128,9 +130,65 @@ def test_pause_holds_what_twilio_had_not_played_and_resume_sends_it_first() -> N
     assert playback.resume(1) == []  # resumed once
 
 
+def test_a_chunk_played_before_the_clear_counts_as_heard_though_its_echo_comes_after() -> None:
+    playback = Playback()
+    for c in range(3):
+        send(playback, playback.push(frame(0, c)), at_us=1_000_000)
+    playback.mark_echoed("t1.s0.c0.e100", at_us=1_100_000)
+    # Chunk 1 played out at 1.2 s; its echo is still on the wire when the caller's
+    # "uh-huh" pauses the reply at 1.25 s, half way into chunk 2.
+    cleared = playback.pause(1, at_us=1_250_000)
+    assert cleared is not None and cleared.heard == [MarkName(1, 0, 1, 200), MarkName(1, 0, 2, 250)]
+    # Chunk 1's echo crosses the clear, then Twilio sends chunk 2's back: neither is news.
+    assert playback.mark_echoed("t1.s0.c1.e200", at_us=1_260_000) is None
+    assert playback.mark_echoed("t1.s0.c2.e300", at_us=1_260_000) is None
+    # The resume sends only what was not heard: the second half of chunk 2.
+    resumed = playback.resume(1)
+    assert keys(resumed) == [(0, 2, 0)] and len(resumed[0].frame.payload) == CHUNK - 400
+
+
+def test_a_pause_counts_an_older_turns_audio_still_playing_ahead_of_the_paused_one() -> None:
+    playback = Playback()
+    send(playback, playback.push(frame(0, 0, turn=1)) + playback.push(frame(0, 1, EOS | EOT, turn=1)), 900_000)
+    send(playback, playback.push(frame(0, 0, turn=2)) + playback.push(frame(0, 1, turn=2)), 950_000)
+    playback.mark_echoed("t1.s0.c0.e100", at_us=1_000_000)  # turn 1's last chunk began then
+    # 150 ms later turn 1's last chunk has played and turn 2's first chunk is 50 ms in.
+    playback.pause(2, at_us=1_150_000)
+    resumed = playback.resume(2)
+    assert keys(resumed) == [(0, 0, 0), (0, 1, 0)]
+    assert [len(c.frame.payload) for c in resumed] == [CHUNK - 400, CHUNK]  # nothing unheard skipped
+
+
+def test_cancelling_a_turn_sends_again_the_newer_turn_the_clear_threw_away() -> None:
+    playback = Playback()
+    send(playback, playback.push(frame(0, 0, EOS | EOT, turn=1)), at_us=1_000_000)
+    # Turn 2's first chunks reach the gateway before turn 1's cancel does: they queue behind it.
+    newer = send(playback, playback.push(frame(0, 0, turn=2)) + playback.push(frame(0, 1, turn=2)), 1_020_000)
+    playback.cancel(1)
+    cleared = playback.flush(1, at_us=1_050_000)
+    assert cleared is not None and cleared.heard == []  # turn 1's 10 ms no longer matter
+    assert cleared.resend == newer  # whole: none of it had played
+    for name in ["t1.s0.c0.e100.S.T", "t2.s0.c0.e100", "t2.s0.c1.e200"]:  # sent back by the clear
+        assert playback.mark_echoed(name, at_us=1_051_000) is None
+    send(playback, cleared.resend, at_us=1_052_000)
+    assert playback.mark_echoed("t2.s0.c0.e100", at_us=1_152_000) == MarkName(2, 0, 0, 100)
+
+
+def test_a_newer_turn_partly_heard_at_the_clear_is_reported_and_sent_again_from_there() -> None:
+    playback = Playback()
+    send(playback, playback.push(frame(0, 0, turn=1)) + playback.push(frame(0, 1, turn=1)), 900_000)
+    send(playback, playback.push(frame(0, 0, turn=2)) + playback.push(frame(0, 1, turn=2)), 950_000)
+    playback.mark_echoed("t1.s0.c0.e100", at_us=1_000_000)
+    playback.cancel(1)
+    cleared = playback.flush(1, at_us=1_220_000)  # turn 1's chunk 1 played, then turn 2's chunk 0 and 20 ms
+    assert cleared is not None
+    assert cleared.heard == [MarkName(2, 0, 0, 100), MarkName(2, 0, 1, 120)]
+    assert keys(cleared.resend) == [(0, 1, 0)] and len(cleared.resend[0].frame.payload) == CHUNK - 160
+
+
 def test_pause_with_nothing_in_flight_sends_no_clear_and_holds_what_comes() -> None:
     playback = Playback()
-    assert playback.pause(1, at_us=0) is False
+    assert playback.pause(1, at_us=0) is None
     assert playback.push(frame(0, 0)) == []
     assert keys(playback.resume(1)) == [(0, 0, 0)]
     assert keys(playback.push(frame(0, 1))) == [(0, 1, 0)]  # playing again
@@ -139,7 +197,7 @@ def test_pause_with_nothing_in_flight_sends_no_clear_and_holds_what_comes() -> N
 def test_a_retry_while_paused_drops_the_held_chunks_of_the_older_attempt() -> None:
     playback = Playback()
     send(playback, playback.push(frame(0, 0)), at_us=10)
-    assert playback.pause(1, at_us=10) is True
+    assert playback.pause(1, at_us=10) is not None
     assert playback.push(frame(0, 1)) == []
     assert playback.push(frame(0, 0, attempt=1)) == []
     assert keys(playback.resume(1)) == [(0, 0, 1)]
@@ -160,15 +218,35 @@ def test_cancel_drops_held_audio_and_asks_for_a_clear_only_when_twilio_holds_som
     playback.pause(1, at_us=0)
     playback.push(frame(0, 1))
     playback.cancel(1)
-    assert playback.flush(1) is False  # the pause's clear already emptied Twilio's buffer
+    assert playback.flush(1, at_us=0) is None  # the pause's clear already emptied Twilio's buffer
     assert playback.resume(1) == [] and playback.held == []
     assert playback.push(frame(0, 2)) == []
     # A new turn plays; cancelling it while Twilio holds its audio needs a clear.
     send(playback, playback.push(frame(0, 0, turn=2)))
     playback.cancel(2)
-    assert playback.flush(2) is True
+    cleared = playback.flush(2, at_us=0)
+    assert cleared is not None and cleared.resend == []
     assert not playback.may_send(frame(0, 1, turn=2))
     assert playback.mark_echoed("t2.s0.c0.e100", at_us=5) is None  # flushed, not played
+
+
+def test_marks_a_clear_never_sent_back_do_not_swallow_later_echoes() -> None:
+    playback = Playback()
+    send(playback, playback.push(frame(0, 0, turn=1)), at_us=0)
+    playback.cancel(1)
+    assert playback.flush(1, at_us=0) is not None
+    # Had Twilio not sent turn 1's mark back, the first echo of a later mark says it never will.
+    send(playback, playback.push(frame(0, 0, turn=2)), at_us=10)
+    assert playback.mark_echoed("t2.s0.c0.e100", at_us=100_010) == MarkName(2, 0, 0, 100)
+    assert not playback.settled
+
+
+def test_an_echo_of_a_mark_not_in_flight_is_not_played_audio() -> None:
+    playback = Playback()
+    send(playback, playback.push(frame(0, 0)), at_us=0)
+    assert playback.mark_echoed("t1.s0.c0.e100", at_us=100_000) is not None
+    assert playback.mark_echoed("t1.s0.c0.e100", at_us=100_001) is None  # a second echo
+    assert playback.last_echo_us == 100_000
 
 
 def test_a_mark_we_never_wrote_is_not_played_audio() -> None:
