@@ -120,6 +120,30 @@ class Turn(msgspec.Struct, kw_only=True):
             brain_ready = (t["brain_request"] - start) / 1000 + self.provider_ms.get("llm", 0.0)
             ideal = max(eot_wait, brain_ready) + self.provider_ms.get("tts", 0.0)
             out["pipeline_overhead"] = round(out["first_media_sent"] - ideal, 1)
+        out.update(self._hops_ms())
+        return out
+
+    def _hops_ms(self) -> dict[str, float]:
+        """Where the pipeline overhead goes: each hop's transit beyond its provider's time.
+
+        hop_brain: the request's way to the brain and the first sentence's way out, less the
+        LLM's own time; hop_orchestrator: from the first sentence (or the end of turn, if
+        later: a preemptive reply waits for it) to the TTS request; hop_tts: the request's
+        way to TTS and its first audio's publish, less the TTS provider's time; hop_gateway:
+        from that publish to the first media frame sent to Twilio. Each stamp is taken by
+        the process that did the work, so a hop includes one NATS transit and a dispatch.
+        """
+        t, provider = self.times_us, self.provider_ms
+        out: dict[str, float] = {}
+        if {"brain_request", "first_sentence"} <= t.keys() and "llm" in provider:
+            out["hop_brain"] = round((t["first_sentence"] - t["brain_request"]) / 1000 - provider["llm"], 2)
+        if {"first_sentence", "end_of_turn", "tts_request"} <= t.keys():
+            ready = max(t["first_sentence"], t["end_of_turn"])
+            out["hop_orchestrator"] = round((t["tts_request"] - ready) / 1000, 2)
+        if {"tts_request", "tts_first_audio"} <= t.keys() and "tts" in provider:
+            out["hop_tts"] = round((t["tts_first_audio"] - t["tts_request"]) / 1000 - provider["tts"], 2)
+        if {"tts_first_audio", "first_media"} <= t.keys():
+            out["hop_gateway"] = round((t["first_media"] - t["tts_first_audio"]) / 1000, 2)
         return out
 
     def record(self) -> TurnRecord:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from voxline.bench.metrics import hist_percentile, merge_hists, peak_concurrency, summarize
-from voxline.bench.report import format_table, target_verdicts
+from voxline.bench.report import format_hops, format_table, target_verdicts
 from voxline.bench.runner import split, workers_for
 from voxline.bench.scenarios import SCENARIOS, SHORT_ANSWERS
 from voxline.simulator.results import BargeInResult, CallResult, TurnResult, percentile
@@ -159,3 +159,20 @@ def test_short_answers_scripts_say_the_answers_and_the_row_has_the_end_of_turn_w
     row = summarize("short_answers", 2, calls, [])
     assert row["end_of_turn_ms"]["n"] == 2 and row["end_of_turn_ms"]["p50"] == pytest.approx(885.0)
     assert "short_answers" in format_table([row]) and "885/" in format_table([row])
+
+
+def test_overhead_split_by_hop_from_the_call_records() -> None:
+    hops = {"hop_brain": 1.0, "hop_orchestrator": 0.5, "hop_tts": 1.5, "hop_gateway": 2.0}
+    slower = {k: v * 3 for k, v in hops.items()}
+    calls = [
+        call([], [reply(2, "hours?", 5.0, latency={"pipeline_overhead": 5.0, **hops})]),
+        call([], [reply(2, "price?", 15.0, latency={"pipeline_overhead": 15.0, **slower})]),
+        call([], [reply(2, "uh-huh", 99.0, latency={"pipeline_overhead": 99.0, "hop_gateway": 99.0})]),
+    ]
+    row = summarize("turns", 3, calls, [])
+    split = row["overhead_hops_ms"]
+    assert split["hop_gateway"]["n"] == 2  # a backchannel's answer is not a question's
+    assert split["hop_gateway"]["p50"] == pytest.approx(4.0)
+    assert split["hop_orchestrator"]["p50"] == pytest.approx(1.0)
+    table = format_hops([row])
+    assert "orchestrator" in table.splitlines()[1] and "4.0" in table.splitlines()[2]

@@ -51,6 +51,26 @@ def test_latency_breakdown_and_overhead() -> None:
     assert latency["llm_first_token"] == 169.0
     # Ideal: brain ready at 331 + 268 = 599 (after the 330 ms end-of-turn wait), + 99 TTS = 698.
     assert latency["pipeline_overhead"] == 4.0
+    # The 4 ms by hop: brain 600 - 331 - 268, orchestrator 601 - 600, TTS 700 - 601 - 99,
+    # gateway 702 - 700.
+    hops = {k: v for k, v in latency.items() if k.startswith("hop_")}
+    assert hops == {"hop_brain": 1.0, "hop_orchestrator": 1.0, "hop_tts": 0.0, "hop_gateway": 2.0}
+    assert sum(hops.values()) == latency["pipeline_overhead"]
+
+
+def test_a_preemptive_reply_waits_for_the_end_of_turn_outside_its_hop() -> None:
+    # The first sentence was ready at 400 ms but the turn ended only at 600: the TTS request
+    # at 601 is 1 ms of orchestrator hop, not 201.
+    turn = _turn()
+    base = 1_000_000
+    for name, ms in [("speech_end", 0), ("brain_request", 200), ("first_sentence", 400), ("end_of_turn", 600)]:
+        turn.mark(name, base + ms * 1000)
+    turn.mark("tts_request", base + 601_000)
+    turn.provider_ms = {"llm": 199.0}
+    latency = turn.latency_ms()
+    assert latency["hop_orchestrator"] == 1.0
+    assert latency["hop_brain"] == 1.0
+    assert "hop_gateway" not in latency  # no first media yet: no number made up
 
 
 def test_sentences_tts_failed_on_are_not_heard() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from voxline.bench.metrics import summarize
 from voxline.bench.procstat import busy_fraction, host_busy_ticks, total_cpu_s
-from voxline.bench.report import format_row, format_table, target_verdicts
+from voxline.bench.report import format_hops, format_row, format_table, target_verdicts
 from voxline.bench.runner import run_level, workers_for
 from voxline.bench.scenarios import SCENARIOS
 from voxline.simulator.results import CallResult
@@ -203,6 +203,7 @@ def run_bench(args: argparse.Namespace) -> int:
             stack.stop()
     bench.write()
     print("\n" + format_table(bench.rows) + "\n")
+    print(format_hops(bench.rows) + "\n")
     for verdict in target_verdicts(bench.rows):
         print("target: " + verdict)
     if bench.rows:

@@ -60,6 +60,20 @@ def _reply_turns(record: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [t for t in turns if isinstance(t, dict) and t.get("kind") == "reply"]
 
 
+# The call record's split of the pipeline overhead by hop (services/orchestrator/turn.py).
+OVERHEAD_HOPS = ("hop_brain", "hop_orchestrator", "hop_tts", "hop_gateway")
+
+
+def _record_series(calls: list[CallResult], key: str) -> list[float]:
+    """One call-record latency figure over every reply turn to a question (not a backchannel)."""
+    return [
+        float(t["latency"][key])
+        for r in calls
+        for t in _reply_turns(r.record)
+        if key in (t.get("latency") or {}) and not is_backchannel(str(t.get("caller_text", "")))
+    ]
+
+
 def _record_turn(record: dict[str, Any] | None, turn_id: int | None) -> dict[str, Any]:
     return next((t for t in _reply_turns(record) if t.get("turn_id") == turn_id), {})
 
@@ -127,18 +141,8 @@ def summarize(scenario: str, level: int, calls: list[CallResult], spans: list[tu
         for t in r.turns
         if t.first_media_latency_ms is not None and not is_backchannel(t.text)
     ]
-    overhead = [
-        float(t["latency"]["pipeline_overhead"])
-        for r in calls
-        for t in _reply_turns(r.record)
-        if "pipeline_overhead" in (t.get("latency") or {}) and not is_backchannel(str(t.get("caller_text", "")))
-    ]
-    end_of_turn = [
-        float(t["latency"]["end_of_turn"])
-        for r in calls
-        for t in _reply_turns(r.record)
-        if "end_of_turn" in (t.get("latency") or {}) and not is_backchannel(str(t.get("caller_text", "")))
-    ]
+    overhead = _record_series(calls, "pipeline_overhead")
+    end_of_turn = _record_series(calls, "end_of_turn")
     barge = [b.latency_ms for r in calls for b in r.barge_ins if b.latency_ms is not None]
     errors = [e for r in calls for e in r.errors]
     lateness = merge_hists(r.send_lateness_ms for r in calls)
@@ -154,6 +158,7 @@ def summarize(scenario: str, level: int, calls: list[CallResult], spans: list[tu
         "pipeline_overhead_ms": stats(overhead),
         "end_of_turn_ms": stats(end_of_turn),
         "barge_in_ms": stats(barge),
+        "overhead_hops_ms": {hop: stats(_record_series(calls, hop)) for hop in OVERHEAD_HOPS},
         "sim_lateness_ms": {
             "frames": sum(lateness.values()),
             "p50": hist_percentile(lateness, 50),

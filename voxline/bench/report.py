@@ -61,6 +61,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", LEGEND])
 
 
+def format_hops(rows: list[dict[str, Any]]) -> str:
+    """Where each row's pipeline overhead goes, hop by hop (call record medians, ms)."""
+    hops = ("hop_brain", "hop_orchestrator", "hop_tts", "hop_gateway")
+    lines = [f"{'level':>5} {'scenario':<13} " + " ".join(f"{h.removeprefix('hop_'):>12}" for h in hops)]
+    for row in rows:
+        split = row.get("overhead_hops_ms") or {}
+        cells = [_ms1((split.get(h) or {}).get("p50")) for h in hops]
+        lines.append(f"{row['level']:>5} {row['scenario']:<13} " + " ".join(f"{c:>12}" for c in cells))
+    return "\n".join(["overhead by hop, p50 ms (transit beyond each provider's own time):", *lines])
+
+
 def target_verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """The brief's targets, checked against the highest level that ran (informational)."""
     out: list[str] = []
