@@ -161,6 +161,11 @@ class TurnTasks:
         """What status() shows: each call with the turn ids in flight."""
         return [TurnsInFlight(call_id, sorted(set(tasks.values()))) for call_id, tasks in self._tasks.items()]
 
+    async def idle(self) -> None:
+        """Return once no task is working (tasks started meanwhile are waited for too)."""
+        while pending := [task for tasks in self._tasks.values() for task in tasks]:
+            await asyncio.wait(pending)
+
     async def drain(self, grace_s: float = STOP_GRACE_S) -> None:
         """Let in-flight tasks finish for up to `grace_s`, then cancel the rest."""
         pending = [task for tasks in self._tasks.values() for task in tasks]
@@ -336,6 +341,15 @@ class TurnWorker(Generic[R, P]):
             await self.bus.publish(subject, message, headers)
         except Exception:
             log.exception("could not publish %s", type(message).__name__)
+
+    async def drain(self) -> None:
+        """Leave the work queue (a replica takes the next requests) and finish what is in
+        flight; cancels and call ends are still heard meanwhile."""
+        self._ready = False
+        for sub in self._work:
+            await unsubscribe_quietly(sub)
+        self._work = []
+        await self.tasks.idle()
 
     async def stop(self) -> None:
         """Finish in-flight work (briefly), then cancel the rest, each failing through

@@ -35,6 +35,11 @@ class CommonSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
     health_host: str = Field("127.0.0.1", description="Bind address of /healthz, /readyz, /metrics.")
     instance_id: str = Field(default_factory=_default_instance_id, description="Names this worker on the bus.")
+    drain_timeout_s: float = Field(
+        900.0,
+        description="On SIGTERM, how long to keep serving the calls and work already held, taking no new ones "
+        "(a second signal stops at once). Kubernetes' terminationGracePeriodSeconds must be longer.",
+    )
 
 
 class GatewaySettings(CommonSettings):

@@ -119,6 +119,8 @@ class DevStack:
         env["VOXLINE_PROFILE"] = self.profile
         env["VOXLINE_NATS_URL"] = self.nats_url
         env.setdefault("VOXLINE_LOG_FORMAT", "text" if self.log_dir is None else "json")
+        # A dev stack stops within seconds: a live call gets 5 s to end, not production's 15 min.
+        env.setdefault("VOXLINE_DRAIN_TIMEOUT_S", "5")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -130,20 +132,38 @@ class DevStack:
         if self.profile == "local":
             env["VOXLINE_LLM_BASE_URL"] = self._start_llm(env, timeout - (time.monotonic() - started))
         for name in SERVICES:
-            penv = dict(env)
-            if name == "gateway":
-                penv["VOXLINE_HTTP_PORT"] = str(self.http_port)
-                health = f"{self.gateway_url}/readyz"
-            else:
-                port = free_port()
-                penv["VOXLINE_HEALTH_PORT"] = str(port)
-                health = f"http://127.0.0.1:{port}/readyz"
-            proc = Process(name, [sys.executable, "-m", f"services.{name}"], penv, self._log_file(name), health)
-            self.processes[name] = proc
-            proc.start()
+            self._start_service(name, name, env)
         for name in SERVICES:
             self.wait_ready(name, timeout - (time.monotonic() - started))
         self._say(f"voxline: all services ready in {time.monotonic() - started:.1f}s (profile {self.profile})")
+
+    def _start_service(self, service: str, key: str, env: dict[str, str]) -> Process:
+        penv = dict(env)
+        if service == "gateway":
+            penv["VOXLINE_HTTP_PORT"] = str(self.http_port)
+            health = f"{self.gateway_url}/readyz"
+        else:
+            port = free_port()
+            penv["VOXLINE_HEALTH_PORT"] = str(port)
+            health = f"http://127.0.0.1:{port}/readyz"
+        proc = Process(key, [sys.executable, "-m", f"services.{service}"], penv, self._log_file(key), health)
+        self.processes[key] = proc
+        proc.start()
+        return proc
+
+    def add_instance(self, service: str, timeout: float = 60.0) -> str:
+        """Start one more instance of a worker service (what a rolling update's new pod is)
+        and wait until it is ready; returns its key in `processes`."""
+        if service == "gateway" or service not in SERVICES:
+            workers = [name for name in SERVICES if name != "gateway"]
+            raise StackError(f"cannot add an instance of {service!r}: one of {workers} (the gateway owns its port)")
+        n = 2
+        while f"{service}-{n}" in self.processes:
+            n += 1
+        key = f"{service}-{n}"
+        self._start_service(service, key, self.processes[service].env)
+        self.wait_ready(key, timeout)
+        return key
 
     def _start_llm(self, env: dict[str, str], timeout: float) -> str:
         """llama-server for the local brain, supervised like a service; returns its base URL."""
@@ -218,7 +238,8 @@ class DevStack:
         return died
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
+        extra = [key for key in self.processes if key not in (*SERVICES, "llm", "nats")]
+        for name in [*extra, *reversed(SERVICES)]:
             if name in self.processes:
                 self.processes[name].stop()
         if "llm" in self.processes:

@@ -37,6 +37,11 @@ class Worker(Protocol):
         a call released them. A typed value, so the shape is the same in every service."""
         ...
 
+    async def drain(self) -> None:
+        """Take no new work (turn unready, leave the work queues) and return once nothing
+        held is left: a rolling update replaces a process without ending a caller's call."""
+        ...
+
     async def stop(self) -> None: ...
 
 
@@ -66,10 +71,48 @@ def probe_routes(bus: Bus, worker: Callable[[], Worker | None]) -> list[Route]:
     ]
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def install_stop_signals(stop: asyncio.Event, now: asyncio.Event | None = None) -> None:
+    """The first SIGINT/SIGTERM sets `stop` (drain, then stop); a second one sets `now`."""
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set() and now is not None:
+            now.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+
+
+async def wait_for_stop(stop: asyncio.Event, http: asyncio.Task[None]) -> None:
+    """Wait for the stop signal; an HTTP server that failed (a port in use) raises here
+    instead of leaving a process that serves nothing."""
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, http}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if http.done():
+        http.result()
+        raise RuntimeError("the HTTP server stopped by itself")
+
+
+async def drain_within(service: str, worker: Worker, timeout_s: float, now: asyncio.Event) -> bool:
+    """Let `worker` finish what it holds, for at most `timeout_s` or until a second signal;
+    True if it finished. What is still held afterwards is ended by `stop()`."""
+    log.info("%s draining: no new work; up to %.0fs for what it holds (signal again to stop now)", service, timeout_s)
+    drain = asyncio.create_task(worker.drain())
+    interrupt = asyncio.create_task(now.wait())
+    done, _ = await asyncio.wait({drain, interrupt}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    for task in (drain, interrupt):
+        task.cancel()
+    if drain in done and not drain.cancelled() and drain.exception() is None:
+        log.info("%s drained: nothing held", service)
+        return True
+    if drain in done and not drain.cancelled():
+        log.error("%s drain failed: %r", service, drain.exception())
+    else:
+        why = "a second signal" if interrupt in done else f"the {timeout_s:.0f}s drain deadline"
+        log.warning("%s stopping on %s with work still held", service, why)
+    return False
 
 
 class _Server(uvicorn.Server):
@@ -108,21 +151,25 @@ def run_worker(
 
 
 async def _run_worker(service: str, settings: WorkerSettings, start: Callable[[Bus, Any], Awaitable[Worker]]) -> None:
-    stop = asyncio.Event()
-    install_stop_signals(stop)
+    stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    install_stop_signals(stop, now)
     bus = Bus(f"{service}-{settings.instance_id}")
     holder: list[Worker] = []
     app = Starlette(routes=probe_routes(bus, lambda: holder[0] if holder else None))
-    http = asyncio.create_task(serve_http(app, settings.health_host, settings.health_port, stop))
+    # The probes outlive the drain: liveness must hold while the last calls finish.
+    http = asyncio.create_task(serve_http(app, settings.health_host, settings.health_port, finished))
     await connect_with_retry(bus, settings, stop)
     if not stop.is_set():
         holder.append(await start(bus, settings))
         log.info("%s ready (instance %s, profile %s)", service, settings.instance_id, settings.profile)
-    await stop.wait()
+    await wait_for_stop(stop, http)
+    if holder:
+        await drain_within(service, holder[0], settings.drain_timeout_s, now)
     log.info("%s stopping", service)
     if holder:
         await holder[0].stop()
     await bus.close()
+    finished.set()
     await http
 
 

@@ -8,15 +8,15 @@ import logging
 from services.gateway.app import Gateway, create_app
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
-from voxline.service import connect_with_retry, install_stop_signals, serve_http
+from voxline.service import connect_with_retry, drain_within, install_stop_signals, serve_http, wait_for_stop
 from voxline.telemetry import setup_logging
 
 log = logging.getLogger("voxline.gateway")
 
 
 async def main(settings: GatewaySettings) -> None:
-    stop = asyncio.Event()
-    install_stop_signals(stop)
+    stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    install_stop_signals(stop, now)
     bus = Bus(f"gateway-{settings.instance_id}")
     await connect_with_retry(bus, settings, stop)
     gateway = Gateway(bus, settings)
@@ -24,7 +24,12 @@ async def main(settings: GatewaySettings) -> None:
         log.info("Twilio signature validation is on")
     else:
         log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked")
-    await serve_http(create_app(gateway), settings.http_host, settings.http_port, stop)
+    # The server outlives the drain: open media streams and the probes keep being served.
+    http = asyncio.create_task(serve_http(create_app(gateway), settings.http_host, settings.http_port, finished))
+    await wait_for_stop(stop, http)
+    await drain_within("gateway", gateway, settings.drain_timeout_s, now)
+    finished.set()
+    await http
     await gateway.stop()
     await bus.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -39,9 +40,28 @@ class Gateway:
         self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s)
         self.streams: set[MediaStream] = set()
         self.twilio = TwilioRest(settings)
+        self.draining = False
+        self._no_streams = asyncio.Event()  # set while no media stream is open
+        self._no_streams.set()
 
     def ready(self) -> bool:
-        return True
+        return not self.draining
+
+    def opened(self, stream: MediaStream) -> None:
+        self.streams.add(stream)
+        self._no_streams.clear()
+
+    def closed(self, stream: MediaStream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._no_streams.set()
+
+    async def drain(self) -> None:
+        """Turn unready (the Service stops sending new calls here) and refuse new webhooks
+        with a 503, which Twilio answers with the number's fallback URL or a retry (its
+        connection overrides); the media streams already open run until their calls end."""
+        self.draining = True
+        await self._no_streams.wait()
 
     def status(self) -> GatewayStatus:
         return GatewayStatus(
@@ -71,17 +91,20 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
+        if gateway.draining:
+            log.info("draining: new call refused with 503 for Twilio to retry or fall back")
+            return Response("draining", status_code=503, headers={"Retry-After": "1"})
         return await voice_webhook(request, gateway.settings, gateway.agents, gateway.tokens)
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
         transfer = gateway.twilio.transfer if gateway.twilio.configured else None
         stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens, transfer)
-        gateway.streams.add(stream)
+        gateway.opened(stream)
         try:
             await stream.run()
         finally:
-            gateway.streams.discard(stream)
+            gateway.closed(stream)
 
     @app.get("/v1/calls/{call_id}")
     async def get_call(call_id: str) -> Response:

@@ -31,6 +31,7 @@ from proto.messages import (
     SttAssigned,
 )
 from proto.records import CALL_RECORDS_BUCKET
+from services.common import unsubscribe_quietly
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import CallLimits, new_call
 from services.orchestrator.events import Greet, SttLost
@@ -77,6 +78,7 @@ class Orchestrator:
         self._stt_worker: dict[str, str] = {}  # call id -> the STT worker holding its audio
         self._stt_misses: dict[str, int] = {}
         self._liveness: asyncio.Task[None] | None = None
+        self._draining = False
 
     async def start(self) -> None:
         await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
@@ -87,7 +89,7 @@ class Orchestrator:
         self._liveness = asyncio.create_task(self._watch_stt_workers())
 
     def ready(self) -> bool:
-        return self._records_ready
+        return self._records_ready and not self._draining
 
     def status(self) -> OrchestratorStatus:
         return OrchestratorStatus(
@@ -95,6 +97,16 @@ class Orchestrator:
             calls={call_id: actor.call.state for call_id, actor in self.calls.items()},
             subscriptions=sum(len(s) for s in self._subs.values()),
         )
+
+    async def drain(self) -> None:
+        """Take no new call (leave the call-start queue); the calls owned run on to their
+        end here: a rolling update never ends a caller's call."""
+        self._draining = True
+        for sub in self._own:
+            await unsubscribe_quietly(sub)
+        self._own = []
+        while runs := list(self._runs.values()):
+            await asyncio.wait(runs)
 
     async def stop(self) -> None:
         if self._liveness is not None:

@@ -63,6 +63,8 @@ class SttWorker:
         self._subs: list[Subscription] = []
         self._releases: set[asyncio.Task[bool]] = set()
         self._ready = False
+        self._none_held = asyncio.Event()  # set while no call is held: what a drain waits for
+        self._none_held.set()
 
     async def start(self) -> None:
         self._subs = [
@@ -115,6 +117,7 @@ class SttWorker:
             await held.session.close()
             return False
         self._calls[call_id] = held
+        self._none_held.clear()
         ACTIVE_CALLS.set(len(self._calls))
 
         async def on_frame(frame: AudioFrame, _: Msg) -> None:
@@ -176,6 +179,8 @@ class SttWorker:
     async def _release(self, call_id: str) -> bool:
         held = self._calls.pop(call_id, None)
         ACTIVE_CALLS.set(len(self._calls))
+        if not self._calls:
+            self._none_held.set()
         if held is None:
             return False
         if held.audio is not None:
@@ -194,6 +199,15 @@ class SttWorker:
             await self.bus.respond(msg, reply)
         except Exception:
             log.exception("could not answer on %s", msg.subject)
+
+    async def drain(self) -> None:
+        """Take no new call (leave the assign queue); keep the calls held, their audio,
+        call ends and the liveness ping, until each call ends: the STT is sticky, so a
+        rolling update must not move a caller mid-sentence."""
+        self._ready = False
+        assign, self._subs = self._subs[0], self._subs[1:]
+        await unsubscribe_quietly(assign)
+        await self._none_held.wait()
 
     async def stop(self) -> None:
         self._ready = False
