@@ -63,11 +63,15 @@ async def test_a_failing_drain_is_reported_not_raised() -> None:
     assert await drain_within("brain", Broken(), 60.0, asyncio.Event()) is False
 
 
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
 async def test_turn_tasks_are_idle_only_after_the_last_task() -> None:
     tasks = TurnTasks()
     first, second = asyncio.Event(), asyncio.Event()
-    tasks.start("CA1", 1, first.wait(), name="a")
-    tasks.start("CA2", 1, second.wait(), name="b")
+    tasks.start("CA1", 1, _until(first), name="a")
+    tasks.start("CA2", 1, _until(second), name="b")
     idle = asyncio.create_task(tasks.idle())
     first.set()
     for _ in range(5):  # let the first task and the waiter run
@@ -81,6 +85,6 @@ async def test_turn_tasks_are_idle_only_after_the_last_task() -> None:
 
 async def test_a_cancelled_turn_does_not_hold_the_drain() -> None:
     tasks = TurnTasks()
-    tasks.start("CA1", 1, asyncio.Event().wait(), name="a")
+    tasks.start("CA1", 1, _until(asyncio.Event()), name="a")
     tasks.cancel_turns("CA1", 1)
     await tasks.idle()  # returns: cancelled work is unwinding, not held
