@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 from pydantic import SecretStr
@@ -17,7 +18,7 @@ from proto.audio_frame import AudioFrame
 from proto.messages import Message, SpeechEnded, SpeechStarted, SttAssign, SttError, Transcript
 from services.stt.providers.deepgram import DeepgramSttProvider
 from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
-from tests.emulators.deepgram import DeepgramEmulator
+from tests.emulators.deepgram import ConnectionLog, DeepgramEmulator
 from voxline.audio import pcm16_to_mulaw, silence_mulaw, tone_pcm16
 from voxline.config import DeepgramSettings, SttSettings
 
@@ -75,15 +76,22 @@ def settings(emulator: DeepgramEmulator, **overrides: Any) -> SttSettings:
     return SttSettings(deepgram=DeepgramSettings(**{**values, **overrides}))
 
 
-def test_keywords_go_out_as_keyterm_for_nova3_and_keywords_for_nova2() -> None:
+def test_keywords_go_out_as_keyterm_for_nova3_and_single_words_for_nova2() -> None:
+    """Nova-3's keyterm boosts phrases; Nova-2's keywords are single words, so a phrase
+    is split into its words (each once): https://developers.deepgram.com/docs/keywords"""
     emulator = DeepgramEmulator()
-    assign = SttAssign(call_id="c", agent_id="demo", keywords=["Bright Smile", " ", "Aetna"])
+    keywords = ["Bright Smile", " ", "Aetna", "Smile", "Delta  Dental"]
+    assign = SttAssign(call_id="c", agent_id="demo", keywords=keywords)
     nova3 = DeepgramSttProvider(settings(emulator)).connect_params(assign)
     nova2 = DeepgramSttProvider(settings(emulator, model="nova-2")).connect_params(assign)
-    assert nova3["keyterm"] == ["Bright Smile", "Aetna"] and "keywords" not in nova3
-    assert nova2["keywords"] == ["Bright Smile", "Aetna"] and "keyterm" not in nova2
+    assert nova3["keyterm"] == ["Bright Smile", "Aetna", "Smile", "Delta  Dental"] and "keywords" not in nova3
+    assert nova2["keywords"] == ["Bright", "Smile", "Aetna", "Delta", "Dental"] and "keyterm" not in nova2
     assert nova3["encoding"] == "mulaw" and nova3["sample_rate"] == 8000 and nova3["channels"] == 1
     assert nova3["endpointing"] == 300
+    # What the emulator receives: every keyword one usable word.
+    sent = ConnectionLog(0, parse_qs(urlencode(nova2, doseq=True)))
+    assert sent.params["keywords"] == nova2["keywords"] and sent.unusable_keywords == []
+    assert ConnectionLog(0, {"keywords": ["Bright Smile", "Aetna"]}).unusable_keywords == ["Bright Smile"]
     paused = SttAssign(call_id="c", agent_id="demo", pause_ms=180)
     assert DeepgramSttProvider(settings(emulator)).connect_params(paused)["endpointing"] == 180
 

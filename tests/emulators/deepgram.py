@@ -52,6 +52,14 @@ class ConnectionLog:
     def param(self, name: str) -> str:
         return self.params.get(name, [""])[0]
 
+    @property
+    def unusable_keywords(self) -> list[str]:
+        """`keywords` Deepgram cannot boost: Keywords (Nova-2 and older) are single words,
+        phrases are for Nova-3's keyterm (https://developers.deepgram.com/docs/keywords,
+        https://developers.deepgram.com/docs/keyterm). ASSUMPTION: such a request is not
+        refused, the phrase is just not boosted as one, so the emulator only records it."""
+        return [k for k in self.params.get("keywords", []) if len(k.split(":")[0].split()) != 1]
+
 
 @dataclass
 class FinalLog:

@@ -45,7 +45,7 @@ class DeepgramSttProvider:
 
     def connect_params(self, assign: SttAssign) -> dict[str, Any]:
         """Query parameters of /v1/listen: the orchestrator's pause_ms as endpointing when set,
-        agent keywords as keyterm (Nova-3) or keywords (Nova-2)."""
+        agent keywords as keyterm phrases (Nova-3) or single-word keywords (Nova-2)."""
         s = self.settings.deepgram
         params: dict[str, Any] = {
             "model": s.model,
@@ -60,9 +60,13 @@ class DeepgramSttProvider:
         }
         if assign.language:
             params["language"] = assign.language
-        words = [k.strip() for k in assign.keywords if k.strip()]
-        if words:
-            params["keyterm" if s.model.startswith("nova-3") else "keywords"] = words
+        phrases = [k.strip() for k in assign.keywords if k.strip()]
+        if phrases and s.model.startswith("nova-3"):
+            params["keyterm"] = phrases  # Nova-3 keyterm prompting takes phrases
+        elif phrases:
+            # Keywords (Nova-2 and older) boost single words: a phrase goes out as its words.
+            # https://developers.deepgram.com/docs/keywords
+            params["keywords"] = list(dict.fromkeys(word for phrase in phrases for word in phrase.split()))
         return params
 
     async def open(self, assign: SttAssign, emit: Emit) -> DeepgramSession:
