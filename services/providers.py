@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client import Counter
 
 from voxline.config import CommonSettings
+from voxline.metrics import exemplar
 
 log = logging.getLogger("voxline.providers")
 
@@ -55,6 +56,7 @@ PROVIDER_ERRORS = Counter(
 
 # What a provider error is, and whether trying again soon may help.
 RETRYABLE_KINDS = frozenset({"rate_limited", "server", "dropped"})
+ERROR_KINDS = ("auth", "rate_limited", "server", "timeout", "dropped", "bad_request", "internal")
 
 
 class ProviderError(RuntimeError):
@@ -87,7 +89,7 @@ def kind_of_status(status: int) -> str:
 
 
 def count_provider_error(error: ProviderError) -> None:
-    PROVIDER_ERRORS.labels(provider=error.provider, kind=error.kind).inc()
+    PROVIDER_ERRORS.labels(provider=error.provider, kind=error.kind).inc(exemplar=exemplar())
 
 
 async def close_stream(stream: object) -> None:
@@ -245,6 +247,9 @@ class Registry(Generic[S, P]):
         if len(chosen) > 1 and self.chain is None:
             raise ProviderUnavailable(f"{self.kind} takes one provider, not a chain: {name!r}")
         providers: list[P] = [self.factory(each)(settings) for each in chosen]
+        for provider in providers:  # every series from the start, at zero: an error rate is 0, not "no data"
+            for kind in ERROR_KINDS:
+                PROVIDER_ERRORS.labels(provider=provider.name, kind=kind)
         if self.chain is None or (len(chosen) == 1 and chosen[0] not in self.always_chained):
             return providers[0]
         return self.chain(providers, settings)

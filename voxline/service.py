@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import msgspec
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -24,6 +23,7 @@ from starlette.routing import Route
 
 from voxline.bus import Bus
 from voxline.config import CommonSettings, WorkerSettings
+from voxline.metrics import NATS_SLOW_CONSUMERS, exposition
 from voxline.telemetry import setup_logging
 
 log = logging.getLogger("voxline.service")
@@ -55,14 +55,16 @@ def probe_routes(bus: Bus, worker: Callable[[], Worker | None]) -> list[Route]:
             return PlainTextResponse("ready")
         return PlainTextResponse("not ready", status_code=503)
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        body, content_type = exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     async def status(_: Request) -> Response:
         current = worker()
         body = msgspec.to_builtins(current.status()) if current is not None else {}
         return JSONResponse({"bus_connected": bus.connected, **body})
 
+    NATS_SLOW_CONSUMERS.set_function(lambda: len(bus.slow_consumer_sids))
     return [
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -31,7 +31,8 @@ class CancelTimer(msgspec.Struct, frozen=True):
 
 class SaveRecord(msgspec.Struct, frozen=True):
     """Write the call record (best effort, off the handler: the newest write wins). The
-    record is the call's live value, so a write that happens later writes what is newest."""
+    record is the call's live value, so a write that happens later writes what is newest.
+    The shell also observes the call's metrics from it (`orchestrator.metrics`)."""
 
     record: CallRecord
 
@@ -40,10 +41,4 @@ class ReassignStt(msgspec.Struct, frozen=True):
     """Find another STT worker for the call's audio; answer with `SttReassigned`."""
 
 
-class ObserveTurnLatency(msgspec.Struct, frozen=True):
-    """Caller speech end to first reply audio of a turn, for the TURN_LATENCY metric."""
-
-    seconds: float
-
-
-Effect = Publish | StartTimer | CancelTimer | SaveRecord | ReassignStt | ObserveTurnLatency
+Effect = Publish | StartTimer | CancelTimer | SaveRecord | ReassignStt

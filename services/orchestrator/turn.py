@@ -48,6 +48,17 @@ class Turn(msgspec.Struct, kw_only=True):
     def mark(self, name: str, at_us: int) -> None:
         self.times_us.setdefault(name, at_us)
 
+    def talked_over(self, onset_us: int) -> None:
+        """The caller's speech began at `onset_us` (the audio's arrival) over this turn; it
+        counts for barge-in only once the voice plays, and until the voice is stopped."""
+        if "first_media" in self.times_us and "voice_stop" not in self.times_us:
+            self.times_us["barge_in_onset"] = onset_us
+
+    def voice_stopped(self, at_us: int) -> None:
+        """The order that stops the voice (pause or cancel, then the gateway's `clear`)."""
+        if "barge_in_onset" in self.times_us:
+            self.mark("voice_stop", at_us)
+
     def unspoken(self) -> bool:
         """Every sentence with words failed in TTS: the caller heard silence."""
         spoken = [seq for seq, text in self.sentences.items() if text]
@@ -108,6 +119,7 @@ class Turn(msgspec.Struct, kw_only=True):
         span("llm_first_token", "brain_request", "first_token")
         span("llm_first_sentence", "brain_request", "first_sentence")
         span("tts_first_audio", "tts_request", "tts_first_audio")
+        span("barge_in_voice_stop", "barge_in_onset", "voice_stop")
         if start is not None:
             span("first_media_sent", "speech_end", "first_media")
         else:

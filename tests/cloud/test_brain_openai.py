@@ -204,10 +204,13 @@ async def test_webhook_tool_runs_and_its_result_is_spoken(
         Reply(tool_calls=[("lookup_appointment", {"name": "Ana Silva"})]),
         Reply("Your next appointment is on Tuesday afternoon with Doctor Lopez."),
     ]
+    webhooks_before = counter_value(await metrics(stack, "brain"), "voxline_tool_calls_total", kind="webhook")
     # One sentence: the fake STT hears each pause in the voice as an utterance of its own.
     result = await call(stack, Utterance(text="When is the next appointment for Ana Silva?"))
     assert result.accepted and not result.errors, result.errors
     assert hook.bodies == [{"name": "Ana Silva"}]
+    webhooks = counter_value(await metrics(stack, "brain"), "voxline_tool_calls_total", kind="webhook")
+    assert webhooks == webhooks_before + 1
     assert replies(result)[0]["reply_text"] == "Your next appointment is on Tuesday afternoon with Doctor Lopez."
     follow_up = chat.requests[1].messages
     assert follow_up[-2]["tool_calls"][0]["function"] == {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from proto import subjects
 from proto.messages import BrainTurn, CallStopped, Hangup, SttError, Synthesize, Transfer, TurnCancel
 from services.orchestrator.call import CallLimits
-from services.orchestrator.effects import CancelTimer, ObserveTurnLatency, Publish, ReassignStt, SaveRecord, StartTimer
+from services.orchestrator.effects import CancelTimer, Publish, ReassignStt, SaveRecord, StartTimer
 from services.orchestrator.events import Greet, SttLost, SttReassigned
 from services.orchestrator.states import CallState
 from services.orchestrator.timers import TimerKind
@@ -176,20 +176,6 @@ def test_transfer_after_the_reply_was_heard() -> None:
     d.play(turn)
     [transfer] = d.published(Transfer)
     assert transfer.to == "+15005550006"
-
-
-def test_first_audio_reports_the_turn_latency() -> None:
-    d = Driver()
-    d.greet()
-    d.says("hello")
-    d.fire(TimerKind.END_OF_TURN)
-    turn = d.turn
-    d.sentence(turn.turn_id, 0, "Hi.")
-    d.wait(300)
-    effects = d.audio_sent(turn.turn_id)
-    [latency] = [e for e in effects if isinstance(e, ObserveTurnLatency)]
-    assert latency.seconds == (d.now_us - turn.times_us["speech_end"]) / 1e6
-    assert d.call.state is CallState.SPEAKING
 
 
 def test_the_end_of_the_call_stops_every_timer_and_writes_the_final_record() -> None:

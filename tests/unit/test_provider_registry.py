@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY as METRICS
 
 from services.brain.providers import REGISTRY as BRAIN
 from services.brain.providers import FallbackBrainProvider
@@ -37,3 +38,10 @@ def test_a_comma_list_is_a_fallback_chain_where_one_makes_sense() -> None:
     assert not isinstance(BRAIN.make("fake", BrainSettings()), FallbackBrainProvider)
     with pytest.raises(ProviderUnavailable, match="one provider"):
         STT.make("fake,fake", SttSettings())
+
+
+def test_every_error_series_of_a_made_provider_exists_at_zero() -> None:
+    TTS.make("fake", TtsSettings())
+    for kind in ("auth", "rate_limited", "server", "timeout", "dropped", "bad_request", "internal"):
+        labels = {"provider": "fake", "kind": kind}
+        assert METRICS.get_sample_value("voxline_provider_errors_total", labels) is not None, kind

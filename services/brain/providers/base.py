@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
+
+from prometheus_client import Counter
 
 from proto.messages import AgentAction, BrainTurn
 from services.providers import Provider
+from voxline.agents.tools import ToolKind
+
+TOOL_CALLS = Counter("voxline_tool_calls_total", "Tool calls of the model, by tool kind.", ["kind"])
+for _kind in (*get_args(ToolKind), "unknown"):  # each at zero from the start (the fake brain calls none)
+    TOOL_CALLS.labels(kind=_kind)
 
 
 @dataclass(frozen=True)

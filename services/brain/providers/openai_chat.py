@@ -29,7 +29,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
-from services.brain.providers.base import BrainEvent, FirstToken, Sentence
+from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, Sentence
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
@@ -146,6 +146,7 @@ class OpenAIChatProvider:
             messages.append({"role": "assistant", "content": "".join(text) or None, "tool_calls": []})
             for call in calls.calls():
                 tool = tools.get(call.name)
+                TOOL_CALLS.labels(kind=tool.kind if tool is not None else "unknown").inc()
                 if tool is not None and (action := call_action(tool, call)) is not None:
                     if not said and (say := tool.spoken_when_silent(agent.goodbye)):
                         yield Sentence(say)

@@ -1,0 +1,49 @@
+"""What every process exposes to Prometheus besides its own stage metrics: the exposition
+(OpenMetrics when the scraper asks for it, so exemplars reach Prometheus), the trace id
+that exemplars carry, and the NATS client's slow consumers.
+
+Metric names follow Prometheus' conventions (`voxline_` prefix, base units, `_total` on
+counters) and never carry a call id: a label per call would grow without bound. A call is
+found from a metric through its exemplar's trace id instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+from opentelemetry import trace
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.exposition import choose_encoder
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_NO_TRACE = "0" * 32
+
+NATS_SLOW_CONSUMERS = Gauge(
+    "voxline_nats_slow_consumers",
+    "Subscriptions of this process that dropped messages because their handler fell behind (NATS slow consumer).",
+)
+
+
+def trace_id(traceparent: str = "") -> str:
+    """The trace id of the current OpenTelemetry span, else the one in `traceparent` (the
+    call's W3C header, which the orchestrator keeps per call); "" when there is neither."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    if match and match.group(1) != _NO_TRACE:
+        return match.group(1)
+    return ""
+
+
+def exemplar(traceparent: str = "") -> dict[str, str] | None:
+    """The exemplar of one observation: its trace id, so a slow bucket leads to the call."""
+    found = trace_id(traceparent)
+    return {"trace_id": found} if found else None
+
+
+def exposition(accept: str) -> tuple[bytes, str]:
+    """The metrics page in the format the scraper accepts: Prometheus asks for OpenMetrics,
+    the only text format that carries exemplars; a plain `curl` gets the classic format."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
