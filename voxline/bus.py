@@ -8,7 +8,7 @@ subject and dropped, and a handler's exception is logged with the call id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -16,7 +16,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from proto import AudioFrame, decode, encode
@@ -39,6 +39,9 @@ class Bus:
         # Subscriptions (by sid) that dropped messages: nats-py reports a slow consumer
         # through the error callback each time its pending queue is full.
         self.slow_consumer_sids: set[int] = set()
+        # Counts disconnects: what was seen over the bus before one proves nothing after it
+        # (a lease that did not move while we were cut off may have been renewed meanwhile).
+        self.connection_epoch = 0
 
     @property
     def nc(self) -> Client:
@@ -57,6 +60,7 @@ class Bus:
             log.warning("nats error: %s", exc)
 
         async def on_disconnect() -> None:
+            self.connection_epoch += 1
             log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
@@ -172,3 +176,57 @@ class Bus:
         if entry.value is None:
             return None
         return msgspec.json.decode(entry.value, type=kind)
+
+    # --- compare-and-set, for ownership (proto/ownership.py) ----------------------------
+
+    async def kv_create(self, bucket: str, key: str, value: msgspec.Struct) -> int:
+        """Write `key` only if it does not exist; its revision. Raise RevisionMismatch if it does."""
+        try:
+            return await (await self._bucket(bucket)).create(key, msgspec.json.encode(value))
+        except KeyWrongLastSequenceError as exc:
+            raise RevisionMismatch(f"{bucket}/{key} exists") from exc
+
+    async def kv_update(self, bucket: str, key: str, value: msgspec.Struct | bytes, last: int) -> int:
+        """Write `key` only if its revision is still `last`; the new revision. Raise
+        RevisionMismatch when someone else wrote it meanwhile."""
+        data = value if isinstance(value, bytes) else msgspec.json.encode(value)
+        try:
+            return await (await self._bucket(bucket)).update(key, data, last=last)
+        except KeyWrongLastSequenceError as exc:
+            raise RevisionMismatch(f"{bucket}/{key} moved past revision {last}") from exc
+
+    async def kv_put_bytes(self, bucket: str, key: str, value: bytes) -> int:
+        return await (await self._bucket(bucket)).put(key, value)
+
+    async def kv_get_bytes(self, bucket: str, key: str) -> bytes | None:
+        try:
+            entry = await (await self._bucket(bucket)).get(key)
+        except (KeyNotFoundError, KeyDeletedError, BucketNotFoundError):
+            return None
+        return entry.value
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        await (await self._bucket(bucket)).delete(key)
+
+    async def kv_watch(self, bucket: str) -> AsyncIterator[KvChange]:
+        """Every entry of the bucket, then every change to it, as it happens (a deleted
+        key comes with value None)."""
+        watcher = await (await self._bucket(bucket)).watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the entries that existed when the watch began
+                deleted = entry.operation is not None
+                yield KvChange(entry.key, None if deleted else entry.value, entry.revision or 0)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+
+
+class RevisionMismatch(Exception):
+    """A compare-and-set lost: the entry is not at the revision the writer last saw."""
+
+
+class KvChange(msgspec.Struct, frozen=True):
+    key: str
+    value: bytes | None  # None: deleted
+    revision: int

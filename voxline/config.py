@@ -208,6 +208,11 @@ class OrchestratorSettings(WorkerSettings):
     tts_timeout_s: float = Field(
         5.0, description="No synthesis result this long after a request: ask another TTS worker once, then skip."
     )
+    lease_ttl_s: float = Field(
+        1.5,
+        description="A call's owner not heard from this long is taken over by another orchestrator "
+        "(it renews about four times as often).",
+    )
 
 
 class SttSettings(WorkerSettings):

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from proto import call_headers
+from proto.messages import MarkPlayed
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.orchestrator.call import Call
 from services.orchestrator.core import step
@@ -40,7 +41,13 @@ FINAL_WRITE_TIMEOUT_S = 5.0
 
 
 class CallActor:
-    def __init__(self, bus: Bus, call: Call, reassign_stt: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        call: Call,
+        reassign_stt: Callable[[], Awaitable[bool]],
+        save_state: Callable[[Call], Awaitable[None]] | None = None,
+    ) -> None:
         self.bus = bus
         self.call = call
         self._reassign_stt = reassign_stt
@@ -48,11 +55,18 @@ class CallActor:
         self._timers: dict[Timer, asyncio.Task[None]] = {}
         self._beside: set[asyncio.Task[None]] = set()
         self._metrics = RecordMetrics(call.record, call.traceparent)
-        self._writer = RecordWriter(bus)
+        self._writer = RecordWriter(bus, None if save_state is None else lambda: save_state(self.call))
+        # Let go without ending the call: another orchestrator owns it now (or will).
+        self.abandoned = False
 
     @property
     def ended(self) -> bool:
         return self.call.state is CallState.ENDED
+
+    def abandon(self) -> None:
+        """Stop acting on the call at once, with no last word on the bus or in the KV: the
+        lease is someone else's. The caller of `run` cancels its task after this."""
+        self.abandoned = True
 
     def post(self, event: Event) -> None:
         """Queue an event for the call; never blocks, so a bus callback only posts."""
@@ -73,13 +87,20 @@ class CallActor:
                 except Exception:
                     log.exception("handling %s failed", type(event).__name__)
                     continue
+                if effects or isinstance(event, MarkPlayed):
+                    self._writer.snapshot()  # what a new owner resumes from
                 for effect in effects:
+                    if self.abandoned:
+                        return
                     await self._carry_out(effect)
         finally:
             for task in [*self._timers.values(), *self._beside]:
                 task.cancel()
             self._timers.clear()
-            await self._writer.close(FINAL_WRITE_TIMEOUT_S)
+            if self.abandoned:
+                self._writer.discard()
+            else:
+                await self._writer.close(FINAL_WRITE_TIMEOUT_S)
 
     async def _carry_out(self, effect: Effect) -> None:
         try:
@@ -130,13 +151,17 @@ class CallActor:
 
 
 class RecordWriter:
-    """Writes a call's record to the KV store off the call's task. Writes are best effort
-    (the call goes on without them) and collapse: while one is in flight, only the newest
-    record waits, and it is encoded when it is written, so it is never older than asked."""
+    """Writes a call's record, and its state snapshot, to the KV store off the call's task.
+    Writes are best effort (the call goes on without them) and collapse: while one is in
+    flight, only the newest record waits, and it is encoded when it is written, so it is
+    never older than asked. The snapshot is taken when it is written too, between two of
+    the call's events (the writer runs only while the actor awaits), so it is consistent."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, save_state: Callable[[], Awaitable[None]] | None = None) -> None:
         self._bus = bus
+        self._save_state = save_state
         self._latest: CallRecord | None = None
+        self._state_wanted = False
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +172,17 @@ class RecordWriter:
     def save(self, record: CallRecord) -> None:
         self._latest = record
         self._wake.set()
+
+    def snapshot(self) -> None:
+        if self._save_state is not None:
+            self._state_wanted = True
+            self._wake.set()
+
+    def discard(self) -> None:
+        """Drop what waits and stop: the call is not ours to write any more."""
+        self._latest, self._state_wanted = None, False
+        if self._task is not None:
+            self._task.cancel()
 
     async def close(self, timeout_s: float) -> None:
         """Write what is still waiting, then stop."""
@@ -169,5 +205,11 @@ class RecordWriter:
                     await self._bus.kv_put(CALL_RECORDS_BUCKET, record.call_id, record)
                 except Exception as exc:
                     log.error("could not save the call record: %s", exc)
-            if self._closing and self._latest is None:
+            if self._state_wanted and self._save_state is not None:
+                self._state_wanted = False
+                try:
+                    await self._save_state()
+                except Exception as exc:
+                    log.error("could not save the call's state: %s", exc)
+            if self._closing and self._latest is None and not self._state_wanted:
                 return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.messages import CallStart, ChatTurn
+from proto.messages import CallStart, ChatTurn, SttAssign
 from proto.records import CallRecord
 from services.orchestrator.caller import CallerState
 from services.orchestrator.states import CallState
@@ -59,3 +59,12 @@ def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: st
         to_number=start.to_number,
     )
     return Call(call_id=start.call_id, agent=agent, limits=limits, record=record, traceparent=traceparent)
+
+
+class CallSnapshot(msgspec.Struct, kw_only=True):
+    """What another orchestrator resumes the call from (`proto/ownership.py`): the call,
+    and how its STT worker was asked for and who holds the audio now."""
+
+    call: Call
+    assign: SttAssign | None = None
+    stt_worker: str = ""

@@ -45,7 +45,7 @@ from services.orchestrator import intents
 from services.orchestrator.call import Call
 from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ReassignStt, SaveRecord
-from services.orchestrator.events import Event, Greet, SttLost, SttReassigned, TimerFired
+from services.orchestrator.events import Event, Greet, Resumed, SttLost, SttReassigned, TimerFired
 from services.orchestrator.speech import Speech
 from services.orchestrator.states import CallState, transition
 from services.orchestrator.timers import Timer, TimerKind
@@ -56,6 +56,9 @@ log = logging.getLogger("voxline.orchestrator.call")
 # Replies in a row that TTS could not speak before the call is ended: a line that stays
 # silent is worse than a clean hang-up.
 MAX_SILENT_TURNS = 2
+# A resumed call's turn ids jump by this much: turns the last owner started after its last
+# snapshot are below the jump, so one cancel reaches all of them and no new turn reuses an id.
+RESUME_TURN_ID_GAP = 100
 
 
 def step(call: Call, event: Event, now_us: int) -> list[Effect]:
@@ -111,6 +114,8 @@ class _Step(Speech):
                 turn.mark("call_start", event.call_start_us)
             case CallStopped():
                 self._end(event.reason)
+            case Resumed():
+                self._resume(event)
             case _:
                 log.debug("ignored %s", type(event).__name__)
 
@@ -314,6 +319,39 @@ class _Step(Speech):
         if call.current is turn and call.state in (CallState.SPEAKING, CallState.THINKING):
             self.go(CallState.LISTENING)
             self.start_idle_timer()
+
+    def _resume(self, event: Resumed) -> None:
+        """Go on from a snapshot: the reply in flight is given up (what the caller heard of
+        it stays in the history), anything the last owner started since is cancelled, and
+        a question the caller heard no answer to is asked again at once."""
+        call = self.call
+        log.warning("call resumed here from its saved state (last owner: %s)", event.previous_owner or "handed over")
+        turn = call.current
+        question, commit = "", None
+        if turn is not None and turn.active:
+            question = turn.open_question()
+            commit = intents.Commit(
+                text=question,
+                speech_end_us=turn.times_us.get("speech_end", self.now_us),
+                stt_final_us=turn.times_us.get("stt_final", self.now_us),
+                stt_provider_ms=turn.provider_ms.get("stt", 0.0),
+            )
+            self.cancel_timers_of(turn.turn_id)
+            turn.cancelled = True
+            turn.cancel_reason = "orchestrator failover"
+            if turn.committed and not question:
+                self._conclude(turn)
+        call.next_turn_id += RESUME_TURN_ID_GAP
+        cancel = TurnCancel(
+            call_id=call.call_id, turn_id=call.next_turn_id - 1, reason="orchestrator failover", at_us=self.now_us
+        )
+        self.publish(subjects.turn_cancel(call.call_id), cancel)
+        if question and commit is not None:
+            self.commit_reply(self.start_reply(question, tentative=False), commit)
+        elif call.state is not CallState.CALLER_SPEAKING:
+            self.go(CallState.LISTENING)
+            self.start_idle_timer()
+        self.effects.append(SaveRecord(call.record))
 
     # --- idle caller, failures, the end -------------------------------------------------
 

@@ -33,4 +33,11 @@ class SttLost(msgspec.Struct, frozen=True):
     reason: str
 
 
-Event = Message | TimerFired | Greet | SttReassigned | SttLost
+class Resumed(msgspec.Struct, frozen=True):
+    """This orchestrator took the call over from its saved state: the last owner died or
+    handed it over. What that owner did after its last snapshot is unknown here."""
+
+    previous_owner: str  # "" when it was handed over on purpose
+
+
+Event = Message | TimerFired | Greet | SttReassigned | SttLost | Resumed

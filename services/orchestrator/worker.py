@@ -1,10 +1,13 @@
 """The orchestrator worker: takes ownership of new calls and posts each call's events to
 its actor.
 
-Ownership is sticky: the instance that answers a CallStart request subscribes to that
-call's subjects alone, so all of a call's state lives in one process while calls spread
-over all instances through the queue group. A subscription only posts to the call's
-queue; the call's own task handles its events one at a time (`actor.py`).
+Ownership is sticky: the instance that answers a CallStart request takes the call's lease
+(`ownership.py`) and subscribes to that call's subjects alone, so all of a call's state
+lives in one process while calls spread over all instances through the queue group. A
+subscription only posts to the call's queue; the call's own task handles its events one at
+a time (`actor.py`), and its state is snapshotted as it goes. When an owner dies, another
+instance takes the lease over and resumes the call from the snapshot; a stopping instance
+hands its calls over on purpose.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from proto import subjects
 from proto.headers import TRACEPARENT
@@ -33,8 +36,9 @@ from proto.messages import (
 from proto.records import CALL_RECORDS_BUCKET
 from services.common import unsubscribe_quietly
 from services.orchestrator.actor import CallActor
-from services.orchestrator.call import CallLimits, new_call
-from services.orchestrator.events import Greet, SttLost
+from services.orchestrator.call import Call, CallLimits, CallSnapshot, new_call
+from services.orchestrator.events import Greet, Resumed, SttLost
+from services.orchestrator.ownership import LeaseTimes, Ownership
 from services.orchestrator.states import CallState
 from voxline.agents import AgentStore, UnknownAgent
 from voxline.bus import Bus, MessageHandler
@@ -48,9 +52,13 @@ STT_PING_INTERVAL_S = 1.0
 MAX_STT_REASSIGNMENTS = 2
 STT_PING_TIMEOUT_S = 0.5
 REFUSED = Gauge("voxline_orchestrator_refused_calls", "Calls refused since start")
+TAKEOVERS = Counter("voxline_orchestrator_takeovers_total", "Calls taken over from a dead or stopping orchestrator")
 CALL_RECORD_TTL_S = 7 * 24 * 3600
 # How long shutting down waits for the calls' actors to end their calls.
 STOP_TIMEOUT_S = 10.0
+# How long a stopping orchestrator waits for another one to take a handed-over call
+# before it ends the call itself (there may be no other orchestrator).
+HANDOVER_WAIT_S = 3.0
 
 
 class OrchestratorStatus(msgspec.Struct):
@@ -79,9 +87,19 @@ class Orchestrator:
         self._stt_misses: dict[str, int] = {}
         self._liveness: asyncio.Task[None] | None = None
         self._draining = False
+        ttl = settings.lease_ttl_s
+        self.ownership = Ownership(
+            bus,
+            settings.instance_id,
+            LeaseTimes(ttl_s=ttl, renew_s=ttl / 4, check_s=min(0.2, ttl / 8)),
+            on_lost=self._on_lease_lost,
+            on_orphan=self._on_orphan,
+        )
+        self._unresumable: set[str] = set()  # orphans without a saved state, reported once
 
     async def start(self) -> None:
         await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
+        await self.ownership.start()
         self._records_ready = True
         self._own.append(
             await self.bus.subscribe(subjects.CALL_START, self._on_call_start, queue=subjects.QUEUE_ORCHESTRATOR)
@@ -109,13 +127,51 @@ class Orchestrator:
             await asyncio.wait(runs)
 
     async def stop(self) -> None:
+        """Hand every call still owned to another orchestrator; end those nobody takes."""
         if self._liveness is not None:
             self._liveness.cancel()
+        self._draining = True  # take no handed-over call back
+        handed = [call_id for call_id in list(self.calls) if await self._hand_over(call_id)]
+        deadline = asyncio.get_running_loop().time() + HANDOVER_WAIT_S
+        while handed and asyncio.get_running_loop().time() < deadline:
+            handed = [c for c in handed if self.ownership.book.owner(c) in ("", self.settings.instance_id)]
+            await asyncio.sleep(0.05)
+        for call_id in handed:  # nobody took it: no other orchestrator is running
+            log.error("no orchestrator took the call over; ending it", extra={"call_id": call_id})
+            await self._end_orphan(call_id)
         for call_id, actor in self.calls.items():
             actor.post(CallStopped(call_id=call_id, reason="orchestrator shutting down", at_us=now_us()))
         runs = list(self._runs.values())
         if runs:
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
+        await self.ownership.stop()
+
+    async def _hand_over(self, call_id: str) -> bool:
+        """Stop acting on the call, save its state as it is now, and free its lease."""
+        actor, run = self.calls.get(call_id), self._runs.get(call_id)
+        if actor is None or run is None or actor.ended:
+            return False
+        actor.abandon()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        try:
+            await self.ownership.save_state(call_id, self._snapshot(actor.call))
+            handed = await self.ownership.hand_over(call_id)
+        except Exception as exc:
+            log.error("could not hand the call over: %s", exc, extra={"call_id": call_id})
+            return False
+        log.info("call handed over", extra={"call_id": call_id})
+        return handed
+
+    async def _end_orphan(self, call_id: str) -> None:
+        """Take back a handed-over call nobody took, and end it here."""
+        revision = self.ownership.book.revision(call_id)
+        if revision is None or not await self.ownership.take_over(call_id, revision):
+            return
+        snapshot = await self._load_snapshot(call_id)
+        if snapshot is not None:
+            actor = await self._run_resumed(snapshot)
+            actor.post(CallStopped(call_id=call_id, reason="orchestrator shutting down", at_us=now_us()))
 
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
         if not isinstance(start, CallStart):
@@ -123,8 +179,12 @@ class Orchestrator:
             return
         current_call_id.set(start.call_id)
         taken = start.call_id in self.calls
+        if not taken and not await self.ownership.acquire(start.call_id):
+            log.warning("call start for a call another orchestrator owns: left to it")
+            return
         refusal = "" if taken else await self._take_call(start, (msg.headers or {}).get(TRACEPARENT, ""))
         if refusal:
+            await self.ownership.release(start.call_id)
             REFUSED.inc()
             log.error("refused call: %s", refusal)
             await self.bus.respond(msg, CallRefused(call_id=start.call_id, reason=refusal))
@@ -152,36 +212,121 @@ class Orchestrator:
         if refusal:
             return refusal
 
-        reassignments = 0
-
-        async def reassign() -> bool:
-            # A provider that keeps failing would otherwise bounce the call forever.
-            nonlocal reassignments
-            reassignments += 1
-            return reassignments <= MAX_STT_REASSIGNMENTS and await self._assign_stt(assign) is None
-
         self._assigns[start.call_id] = assign
         call = new_call(start, agent, self.limits, traceparent or new_traceparent(None, "call"))
         try:  # the record exists before the gateway hears the call is taken
             await self.bus.kv_put(CALL_RECORDS_BUCKET, call.call_id, call.record)
         except Exception as exc:  # the record is best effort; the call goes on
             log.error("could not save the call record: %s", exc)
-        actor = CallActor(self.bus, call, reassign)
-        handler = self._route(actor)  # events queue up until the actor runs
-        self._subs[start.call_id] = [
-            await self.bus.subscribe(subject, handler)
-            for subject in (
-                subjects.gateway_events(start.call_id),
-                subjects.stt_events(start.call_id),
-                subjects.reply_text(start.call_id),
-                subjects.tts_events(start.call_id),
-            )
-        ]
-        self.calls[start.call_id] = actor
-        ACTIVE_CALLS.set(len(self.calls))
-        self._runs[start.call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{start.call_id}")
+        try:  # and the state another orchestrator would resume from
+            await self.ownership.save_state(call.call_id, self._snapshot(call))
+        except Exception as exc:
+            log.error("could not save the call's state: %s", exc)
+        await self._run_actor(call)
         log.info("call taken: agent %s", agent.id)
         return ""
+
+    def _snapshot(self, call: Call) -> bytes:
+        snapshot = CallSnapshot(
+            call=call, assign=self._assigns.get(call.call_id), stt_worker=self._stt_worker.get(call.call_id, "")
+        )
+        return msgspec.json.encode(snapshot)
+
+    async def _save_state(self, call: Call) -> None:
+        if self.ownership.holds(call.call_id):
+            await self.ownership.save_state(call.call_id, self._snapshot(call))
+
+    async def _run_actor(self, call: Call) -> CallActor:
+        """Subscribe to the call's subjects and run its actor here."""
+        call_id = call.call_id
+        reassignments = 0
+
+        async def reassign() -> bool:
+            # A provider that keeps failing would otherwise bounce the call forever.
+            nonlocal reassignments
+            reassignments += 1
+            assign = self._assigns.get(call_id)
+            return assign is not None and reassignments <= MAX_STT_REASSIGNMENTS and not await self._assign_stt(assign)
+
+        actor = CallActor(self.bus, call, reassign, self._save_state)
+        handler = self._route(actor)  # events queue up until the actor runs
+        self._subs[call_id] = [
+            await self.bus.subscribe(subject, handler)
+            for subject in (
+                subjects.gateway_events(call_id),
+                subjects.stt_events(call_id),
+                subjects.reply_text(call_id),
+                subjects.tts_events(call_id),
+            )
+        ]
+        self.calls[call_id] = actor
+        ACTIVE_CALLS.set(len(self.calls))
+        self._runs[call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{call_id}")
+        return actor
+
+    # --- failover ------------------------------------------------------------------------
+
+    async def _on_lease_lost(self, call_id: str) -> None:
+        """Someone else owns the call now (we were paused or cut off): let it go, silently."""
+        actor, run = self.calls.get(call_id), self._runs.get(call_id)
+        if actor is not None:
+            actor.abandon()
+        if run is not None:
+            run.cancel()
+
+    async def _load_snapshot(self, call_id: str) -> CallSnapshot | None:
+        data = await self.ownership.load_state(call_id)
+        if data is None:
+            return None
+        try:
+            return msgspec.json.decode(data, type=CallSnapshot)
+        except msgspec.ValidationError as exc:
+            log.error("the saved state of the call is unreadable: %s", exc, extra={"call_id": call_id})
+            return None
+
+    async def _on_orphan(self, call_id: str, revision: int) -> None:
+        """A lease stood still (its owner died) or was handed over: take the call over."""
+        if self._draining or call_id in self.calls or call_id in self._unresumable:
+            return
+        snapshot = await self._load_snapshot(call_id)
+        if snapshot is None:
+            self._unresumable.add(call_id)
+            log.error("an orphaned call has no saved state; it cannot be resumed", extra={"call_id": call_id})
+            return
+        previous = self.ownership.book.owner(call_id) or ""
+        if not await self.ownership.take_over(call_id, revision):
+            return  # another orchestrator was first
+        current_call_id.set(call_id)
+        if snapshot.call.state is CallState.ENDED:
+            await self.ownership.release(call_id)  # its owner died while cleaning up
+            return
+        log.warning("took the call over from %s", previous or "a hand-over", extra={"call_id": call_id})
+        TAKEOVERS.inc()
+        await self._run_resumed(snapshot, previous)
+
+    async def _run_resumed(self, snapshot: CallSnapshot, previous_owner: str = "") -> CallActor:
+        call_id = snapshot.call.call_id
+        if snapshot.assign is not None:
+            self._assigns[call_id] = snapshot.assign
+        if snapshot.stt_worker:
+            self._stt_worker[call_id] = snapshot.stt_worker  # the liveness watch covers it from now
+        actor = await self._run_actor(snapshot.call)
+        actor.post(Resumed(previous_owner=previous_owner))
+        if not snapshot.stt_worker and snapshot.assign is not None:
+            refusal = await self._assign_stt(snapshot.assign)
+            if refusal:
+                actor.post(SttLost(reason=refusal))
+        return actor
+
+    async def _announce_end(self, actor: CallActor) -> None:
+        call_id = actor.call.call_id
+        reason = actor.call.record.end_reason or "orchestrator stopped"
+        try:
+            await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
+        except Exception as exc:  # the connection may be going away at shutdown
+            log.warning("could not announce the end of the call: %s", exc)
+        await self.ownership.release(call_id)
+        log.info("call ended: %s", reason, extra={"call_id": call_id})
 
     async def _assign_stt(self, assign: SttAssign) -> str | None:
         """Ask the STT queue group for a worker; None when one took the call."""
@@ -250,12 +395,11 @@ class Orchestrator:
             self._assigns.pop(call_id, None)
             self._stt_worker.pop(call_id, None)
             ACTIVE_CALLS.set(len(self.calls))
-            reason = actor.call.record.end_reason or "orchestrator stopped"
-            try:
-                await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
-            except Exception as exc:  # the connection may be going away at shutdown
-                log.warning("could not announce the end of the call: %s", exc)
-            log.info("call ended: %s", reason, extra={"call_id": call_id})
+            if actor.abandoned:  # the call goes on elsewhere: no last word from here
+                self.ownership.forget(call_id)
+                log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
+            else:
+                await self._announce_end(actor)
             for sub in self._subs.pop(call_id, []):
                 try:
                     await sub.unsubscribe()

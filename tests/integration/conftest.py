@@ -4,6 +4,7 @@ processes on free ports, exactly what `voxline up` starts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,11 +40,19 @@ reprompt = "Are you still there?"
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    logs = tmp_path_factory.mktemp("logs")
-    agents = tmp_path_factory.mktemp("agents")
+    with own_stack(tmp_path_factory, "stack", {"VOXLINE_BRAIN_TIMEOUT_S": "2"}) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Iterator[DevStack]:
+    """A stack of its own, for a module that kills or replaces its processes; `env` adds
+    to (or overrides) the suite's settings."""
+    logs = tmp_path_factory.mktemp(f"{name}-logs")
+    agents = tmp_path_factory.mktemp(f"{name}-agents")
     shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
     (agents / "quick-idle.toml").write_text(QUICK_IDLE_AGENT)
-    env = {
+    base = {
         "VOXLINE_AGENTS_DIR": str(agents),
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "VOXLINE_LOG_LEVEL": "INFO",
@@ -51,14 +60,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         "VOXLINE_FAKE_TTFT_MS": "80",
         "VOXLINE_FAKE_TTFB_MS": "40",
         "VOXLINE_FAKE_STT_LATENCY_MS": "20",
-        "VOXLINE_BRAIN_TIMEOUT_S": "2",
     }
     s = DevStack(
         profile="fake",
         http_port=free_port(),
-        data_dir=tmp_path_factory.mktemp("nats"),
+        data_dir=tmp_path_factory.mktemp(f"{name}-nats"),
         log_dir=logs,
-        extra_env=env,
+        extra_env={**base, **env},
         verbose=False,
     )
     try:
@@ -68,10 +76,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         for f in sorted(Path(logs).glob("*.log")):
             print(f"--- {f.name}\n{f.read_text()[-3000:]}")
         raise
-    yield s
-    s.stop()
-    if os.environ.get("VOXLINE_KEEP_LOGS"):
-        print(f"service logs in {logs}")
+    try:
+        yield s
+    finally:
+        s.stop()
+        if os.environ.get("VOXLINE_KEEP_LOGS"):
+            print(f"service logs in {logs}")
 
 
 def service_log(stack: DevStack, name: str) -> str:
@@ -103,8 +113,15 @@ class BusSpy:
 
 @pytest.fixture
 async def bus_spy(stack: DevStack) -> AsyncIterator[BusSpy]:
+    async with watching(stack.nats_url) as spy:
+        yield spy
+
+
+@contextlib.asynccontextmanager
+async def watching(nats_url: str) -> AsyncIterator[BusSpy]:
+    """Brain requests, cancels and call controls on the bus at `nats_url`, as they pass."""
     spy = BusSpy()
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(nats_url)
 
     async def on_message(msg: Msg) -> None:
         try:

@@ -10,17 +10,14 @@ afterwards. Real processes, real signals, a real nats-server; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import AUTH_TOKEN, script_for, wait_until
-from voxline.agents import BUNDLED_DIR
-from voxline.devstack import DevStack, Process, free_port
+from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until
+from voxline.devstack import DevStack, Process
 from voxline.simulator import Utterance, run_call
 
 pytestmark = pytest.mark.integration
@@ -33,35 +30,9 @@ HOLDERS = ("stt", "orchestrator", "gateway")  # keep the live call while they dr
 
 @pytest.fixture(scope="module")
 def drain_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    logs = tmp_path_factory.mktemp("drain-logs")
-    agents = tmp_path_factory.mktemp("drain-agents")
-    shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
-    env = {
-        "VOXLINE_AGENTS_DIR": str(agents),
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "VOXLINE_LOG_LEVEL": "INFO",
-        "VOXLINE_FAKE_TTFT_MS": "80",
-        "VOXLINE_FAKE_TTFB_MS": "40",
-        "VOXLINE_FAKE_STT_LATENCY_MS": "20",
-        "VOXLINE_DRAIN_TIMEOUT_S": "120",  # the call, not the deadline, must end the drain
-    }
-    stack = DevStack(
-        profile="fake",
-        http_port=free_port(),
-        data_dir=tmp_path_factory.mktemp("drain-nats"),
-        log_dir=logs,
-        extra_env=env,
-        verbose=False,
-    )
-    try:
-        stack.start(timeout=90)
-    except Exception:
-        stack.stop()
-        for f in sorted(Path(logs).glob("*.log")):
-            print(f"--- {f.name}\n{f.read_text()[-3000:]}")
-        raise
-    yield stack
-    stack.stop()
+    # The call, not the deadline, must end the drain.
+    with own_stack(tmp_path_factory, "drain", {"VOXLINE_DRAIN_TIMEOUT_S": "120"}) as stack:
+        yield stack
 
 
 async def _readiness(proc: Process) -> int:
