@@ -9,13 +9,18 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean dashboards
 
-# Debian packages: espeak-ng voices the simulated caller, sox measures audio.
+# Debian packages: espeak-ng voices the simulated caller, sox measures audio; prometheus
+# (with promtool) checks the alert rules and scrapes a stack in tests/deploy.
 system-deps:
 	@if ! command -v espeak-ng >/dev/null 2>&1; then \
 		echo "installing espeak-ng (Debian package) for the caller simulator"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; \
+	fi
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+		echo "installing prometheus (Debian package) for the metrics tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -42,6 +47,11 @@ lint: $(STAMP)
 # BENCH_ARGS="--quick" for 1, 10, 50 calls only.
 bench: system-deps $(STAMP)
 	$(BIN)/voxline bench $(BENCH_ARGS)
+
+# Grafana dashboards (deploy/grafana/dashboards/*.json) and alert rules
+# (deploy/prometheus/alerts.yml) from deploy/grafana/dashboards.py.
+dashboards: $(STAMP)
+	$(BIN)/python -m deploy.grafana.generate
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
