@@ -58,6 +58,7 @@ class CallActor:
         self._writer = RecordWriter(bus, None if save_state is None else lambda: save_state(self.call))
         # Let go without ending the call: another orchestrator owns it now (or will).
         self.abandoned = False
+        self.handing_over = False  # let go on purpose, by a stopping orchestrator
 
     @property
     def ended(self) -> bool:

@@ -152,11 +152,14 @@ class Ownership:
             return False
         return True
 
-    async def hand_over(self, call_id: str) -> bool:
-        """Give the call up on purpose: a lease with no owner is taken at once."""
-        revision = self._held.pop(call_id, None)
-        if revision is None:
-            return False
+    def revision(self, call_id: str) -> int | None:
+        """The revision of our last write of the call's lease, if we hold it."""
+        return self._held.get(call_id)
+
+    async def hand_over(self, call_id: str, revision: int) -> bool:
+        """Give the call up on purpose: a lease with no owner is taken at once. `revision`
+        is our last write, read before the call's actor stopped (stopping forgets it)."""
+        self._held.pop(call_id, None)
         try:
             await self.bus.kv_update(CALL_LEASES_BUCKET, call_id, self._lease(""), revision)
         except RevisionMismatch:

@@ -149,18 +149,24 @@ class Orchestrator:
     async def _hand_over(self, call_id: str) -> bool:
         """Stop acting on the call, save its state as it is now, and free its lease."""
         actor, run = self.calls.get(call_id), self._runs.get(call_id)
-        if actor is None or run is None or actor.ended:
+        revision = self.ownership.revision(call_id)
+        if actor is None or run is None or actor.ended or revision is None:
             return False
+        snapshot = self._snapshot(actor.call)  # taken before the actor's end clears its STT entry
+        actor.handing_over = True
         actor.abandon()
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         try:
-            await self.ownership.save_state(call_id, self._snapshot(actor.call))
-            handed = await self.ownership.hand_over(call_id)
+            await self.ownership.save_state(call_id, snapshot)
+            handed = await self.ownership.hand_over(call_id, revision)
         except Exception as exc:
             log.error("could not hand the call over: %s", exc, extra={"call_id": call_id})
             return False
-        log.info("call handed over", extra={"call_id": call_id})
+        if handed:
+            log.info("call handed over", extra={"call_id": call_id})
+        else:  # renewed meanwhile: it will be taken over when the lease runs out instead
+            log.warning("the hand-over lost a race with a renewal", extra={"call_id": call_id})
         return handed
 
     async def _end_orphan(self, call_id: str) -> None:
@@ -397,7 +403,8 @@ class Orchestrator:
             ACTIVE_CALLS.set(len(self.calls))
             if actor.abandoned:  # the call goes on elsewhere: no last word from here
                 self.ownership.forget(call_id)
-                log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
+                if not actor.handing_over:
+                    log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
             else:
                 await self._announce_end(actor)
             for sub in self._subs.pop(call_id, []):

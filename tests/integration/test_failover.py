@@ -1,0 +1,128 @@
+"""Two orchestrators, one call: the owner dies (SIGKILL) or is stopped (SIGTERM past its
+drain deadline) between two turns, and the other one goes on with the call from its saved
+state. Real processes, a real nats-server and its JetStream KV; nothing is mocked.
+
+How long a takeover took is printed (`-s`), never asserted: it is a benchmark's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import httpx
+import nats
+import pytest
+
+from proto.messages import BrainTurn
+from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
+from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until, watching
+from voxline.devstack import DevStack
+from voxline.simulator import Utterance, run_call
+
+pytestmark = pytest.mark.integration
+
+ORCHESTRATORS = ("orchestrator", "orchestrator-2")
+QUESTIONS = ["first question", "second question", "third question"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    # A stopped orchestrator hands its calls over after a 1 s drain instead of 15 minutes.
+    with own_stack(tmp_path_factory, "failover", {"VOXLINE_DRAIN_TIMEOUT_S": "1"}) as stack:
+        stack.add_instance("orchestrator")
+        yield stack
+
+
+async def _owner(stack: DevStack, call_id: str) -> str | None:
+    """Which orchestrator's /status lists the call (the operator's way to find it)."""
+    async with httpx.AsyncClient() as client:
+        for key in ORCHESTRATORS:
+            proc = stack.processes[key]
+            if not proc.alive:
+                continue
+            try:
+                status = (await client.get(proc.health_url.replace("/readyz", "/status"), timeout=2)).json()
+            except httpx.HTTPError:
+                continue
+            if call_id in status.get("calls", {}):
+                return key
+    return None
+
+
+async def _replies(stack: DevStack, call_sid: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{stack.gateway_url}/v1/calls/{call_sid}")
+    return [t for t in r.json()["turns"] if t["kind"] == "reply"] if r.status_code == 200 else []
+
+
+async def _kv_keys(nats_url: str, bucket: str) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        try:
+            return await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+    finally:
+        await nc.close()
+
+
+async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
+    loop = asyncio.get_running_loop()
+    script = script_for(
+        Utterance(text=QUESTIONS[0]),
+        Utterance(text=QUESTIONS[1], pause_ms=6000),  # the takeover happens in this silence
+        Utterance(text=QUESTIONS[2]),
+    )
+    async with watching(stack.nats_url) as spy:
+        call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+        async def first_reply() -> bool:
+            return len(await _replies(stack, script.call_sid)) >= 1
+
+        await wait_until(first_reply, timeout=30, what="the first reply")
+        owner = await _owner(stack, script.call_sid)
+        assert owner in ORCHESTRATORS, "no orchestrator lists the call in /status"
+        other = next(k for k in ORCHESTRATORS if k != owner)
+        proc = stack.processes[owner]
+        assert proc.popen is not None
+        proc.popen.send_signal(how)
+        failed_at = loop.time()
+
+        async def taken_over() -> bool:
+            return await _owner(stack, script.call_sid) == other
+
+        await wait_until(taken_over, timeout=15, what=f"{other} to take the call over")
+        print(f"\n{how.name} of the owner: {other} owned the call {loop.time() - failed_at:.2f} s later")
+        assert len(await _replies(stack, script.call_sid)) == 1, "the takeover came after the second question"
+        result = await call
+        requests = spy.of_type(BrainTurn)
+
+    assert result.accepted and not result.errors, result.errors
+    assert [t.completed for t in result.turns] == [True, True, True]
+    assert result.record is not None and result.record["status"] == "ended"
+    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
+    assert [str(r["reply_text"]).split(".")[0] for r in replies] == [f"You said: {q}" for q in QUESTIONS]
+    # The history the new owner sends the brain holds what was said before the failover.
+    second = next(r for r in requests if r.user_text == QUESTIONS[1])
+    said = [h.content for h in second.history]
+    assert QUESTIONS[0] in said and any(str(c).startswith(f"You said: {QUESTIONS[0]}") for c in said), said
+
+    # Everything of the call is released: nobody owns it, nothing of it is left in the KV.
+    async def released() -> bool:
+        return await _owner(stack, script.call_sid) is None
+
+    await wait_until(released, timeout=10, what="the call to be released")
+    assert script.call_sid not in await _kv_keys(stack.nats_url, CALL_LEASES_BUCKET)
+    assert script.call_sid not in await _kv_keys(stack.nats_url, CALL_STATE_BUCKET)
+    await loop.run_in_executor(None, stack.restart, owner)  # two orchestrators for the next test
+
+
+async def test_the_owner_killed_between_turns_another_orchestrator_answers_the_next(pair: DevStack) -> None:
+    await _fail_owner_mid_call(pair, signal.SIGKILL)
+
+
+async def test_the_owner_stopped_hands_the_call_over(pair: DevStack) -> None:
+    await _fail_owner_mid_call(pair, signal.SIGTERM)
