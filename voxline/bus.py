@@ -28,6 +28,8 @@ log = logging.getLogger("voxline.bus")
 MessageHandler = Callable[[Message, Msg], Awaitable[None]]
 FrameHandler = Callable[[AudioFrame, Msg], Awaitable[None]]
 StructT = TypeVar("StructT", bound=msgspec.Struct)
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 2
 
 
 class Bus:
@@ -67,12 +69,16 @@ class Bus:
             log.info("nats reconnected")
 
         self._nc = await nats.connect(
-            url,
+            servers=[u.strip() for u in url.split(",") if u.strip()],  # a cluster: any node will do
             name=self.name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             connect_timeout=2,
             allow_reconnect=True,
+            # A silent partition is noticed in PING_INTERVAL_S * (MAX_OUTSTANDING_PINGS + 1)
+            # seconds, not nats-py's default of minutes (120 s x 2).
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,

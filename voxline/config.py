@@ -29,7 +29,10 @@ def _default_instance_id() -> str:
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXLINE_", extra="ignore")
 
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL (the dev stack sets it).")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222",
+        description="NATS server URL, or several comma-separated (a cluster's nodes); the dev stack sets it.",
+    )
     profile: Profile = Field(DEFAULT_PROFILE, description="Provider set: fake, local (offline models) or cloud.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
