@@ -59,6 +59,9 @@ MAX_SILENT_TURNS = 2
 # A resumed call's turn ids jump by this much: turns the last owner started after its last
 # snapshot are below the jump, so one cancel reaches all of them and no new turn reuses an id.
 RESUME_TURN_ID_GAP = 100
+# The maximum call length's goodbye: the hang-up reason, and how long it may take to be heard.
+TIME_LIMIT_REASON = "maximum call length reached"
+TIME_LIMIT_GRACE_S = 15.0
 
 
 def step(call: Call, event: Event, now_us: int) -> list[Effect]:
@@ -112,6 +115,8 @@ class _Step(Speech):
             case Greet():
                 turn = self.speak("greeting", call.agent.greeting)
                 turn.mark("call_start", event.call_start_us)
+                elapsed_s = max(0, self.now_us - event.call_start_us) / 1e6
+                self.start_timer(Timer(TimerKind.MAX_CALL), max(0.0, call.agent.max_call_s - elapsed_s))
             case CallStopped():
                 self._end(event.reason)
             case Resumed():
@@ -184,6 +189,8 @@ class _Step(Speech):
             self.on_reply_error(ReplyError(call_id=self.call.call_id, turn_id=timer.turn_id, message="brain timed out"))
         elif timer.kind is TimerKind.TTS:
             self.on_tts_timeout(timer.turn_id, timer.seq)
+        elif timer.kind is TimerKind.MAX_CALL:
+            self._on_time_limit(timer.seq)
 
     # --- the reply -----------------------------------------------------------------------
 
@@ -311,7 +318,7 @@ class _Step(Speech):
             self.control(Hangup(call_id=call.call_id, reason="text to speech unavailable"))
             return
         if turn.action == "hangup":
-            self.control(Hangup(call_id=call.call_id, reason="agent ended the call"))
+            self.control(Hangup(call_id=call.call_id, reason=turn.action_arg or "agent ended the call"))
             return
         if turn.action == "transfer" and turn.action_arg:
             self.control(Transfer(call_id=call.call_id, to=turn.action_arg, reason="agent transfer"))
@@ -361,6 +368,22 @@ class _Step(Speech):
             self.start_timer(Timer(TimerKind.IDLE), max(0.0, options.idle_hangup_s - options.idle_reprompt_s))
         else:
             self.start_timer(Timer(TimerKind.IDLE), options.idle_reprompt_s)
+
+    def _on_time_limit(self, seq: int) -> None:
+        """The agent's maximum call length: say goodbye over whatever is going on, and hang
+        up once it was heard; if it cannot be heard within the grace, hang up anyway."""
+        call = self.call
+        if seq == 0:
+            log.warning("maximum call length (%.0fs) reached: goodbye", call.agent.max_call_s)
+            turn = call.current
+            if turn is not None and turn.active:
+                self.cancel_turn(turn, "max_call_length")
+            goodbye = self.speak("goodbye", call.agent.time_limit_message)
+            goodbye.action, goodbye.action_arg = "hangup", TIME_LIMIT_REASON
+            self.start_timer(Timer(TimerKind.MAX_CALL, seq=1), TIME_LIMIT_GRACE_S)
+        else:
+            log.error("the time-limit goodbye was not heard in %.0fs: hanging up", TIME_LIMIT_GRACE_S)
+            self.control(Hangup(call_id=call.call_id, reason=TIME_LIMIT_REASON))
 
     def _on_idle(self) -> None:
         call = self.call

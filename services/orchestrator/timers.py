@@ -26,6 +26,7 @@ class TimerKind(enum.StrEnum):
     IDLE = "idle"  # the caller stayed silent after the agent finished: reprompt, then goodbye
     BRAIN = "brain"  # no reply sentence in time (per turn)
     TTS = "tts"  # no synthesis result in time (per turn and sentence)
+    MAX_CALL = "max_call"  # the agent's maximum call length (seq 0), then the goodbye's grace (seq 1)
 
 
 class Timer(msgspec.Struct, frozen=True):

@@ -186,7 +186,7 @@ def test_the_end_of_the_call_stops_every_timer_and_writes_the_final_record() -> 
     reply = d.turn
     d.sentence(reply.turn_id, 0, "Hello there.")  # on its way to TTS, watched
     pending = {p.timer for p in d.call.timers}
-    assert {t.kind for t in pending} == {TimerKind.TTS}
+    assert {t.kind for t in pending} == {TimerKind.TTS, TimerKind.MAX_CALL}
     effects = d.send(CallStopped(call_id=CALL_ID, reason="caller hung up", at_us=d.now_us))
     assert {e.timer for e in effects if isinstance(e, CancelTimer)} == pending and not d.call.timers
     assert d.call.state is CallState.ENDED
@@ -207,3 +207,29 @@ def test_timers_are_started_with_deadlines_from_the_event_time() -> None:
     assert request.requested_at_us == d.now_us
     [publish] = [e for e in d.effects if isinstance(e, Publish) and e.subject == subjects.BRAIN_TURN]
     assert publish.turn_id == request.turn_id
+
+
+def test_the_maximum_call_length_says_goodbye_over_the_reply_and_hangs_up_once_heard() -> None:
+    d = Driver()
+    d.greet()
+    limit = d.pending(TimerKind.MAX_CALL)
+    assert limit is not None and limit.deadline_us == d.call.record.started_at_us + int(d.call.agent.max_call_s * 1e6)
+    reply = d.answered("tell me everything", ["It all began long ago."])
+    effects = d.fire(TimerKind.MAX_CALL)
+    assert [(c.turn_id, c.reason) for c in d.published(TurnCancel, effects)] == [(reply.turn_id, "max_call_length")]
+    goodbye = d.turn
+    assert goodbye.kind == "goodbye" and goodbye.sentences[0] == d.call.agent.time_limit_message
+    assert d.pending(TimerKind.MAX_CALL, seq=1)  # the goodbye's grace
+    d.play(goodbye)
+    [hangup] = d.published(Hangup)
+    assert hangup.reason == "maximum call length reached"
+
+
+def test_a_time_limit_goodbye_nobody_hears_still_ends_the_call() -> None:
+    d = Driver()
+    d.greet()
+    d.fire(TimerKind.MAX_CALL)  # TTS is down: no mark of the goodbye ever comes back
+    assert not d.published(Hangup)
+    d.fire(TimerKind.MAX_CALL, seq=1)
+    [hangup] = d.published(Hangup)
+    assert hangup.reason == "maximum call length reached"

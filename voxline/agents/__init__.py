@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -28,6 +29,10 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     goodbye: str = "Thank you for calling. Goodbye."
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     failure_message: str = "I'm sorry, we're having technical difficulties. Please call back later. Goodbye."
+    # Every call ends by this length, with `time_limit_message` spoken: a stuck call or a
+    # caller who never hangs up must not hold resources and minutes forever.
+    max_call_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
+    time_limit_message: str = "We have reached the time limit for this call. Thank you for calling. Goodbye."
     turn: TurnOptions = msgspec.field(default_factory=TurnOptions)
     # Files (relative to the agent's directory) or inline `[[knowledge]]` entries; the
     # brain puts the paragraphs that match the caller's words into the system prompt.
