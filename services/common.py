@@ -21,14 +21,16 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import Span, use_span
 from prometheus_client import Gauge
 
 from proto import subjects
 from proto.headers import TRACEPARENT, call_headers
 from proto.messages import CallEnded, Message, TurnCancel
 from services.providers import Provider, ProviderError, close_provider, close_stream
+from voxline import tracing
 from voxline.bus import Bus
-from voxline.telemetry import current_call_id, current_turn_id, new_traceparent
+from voxline.telemetry import current_call_id, current_turn_id
 
 log = logging.getLogger("voxline.services")
 
@@ -54,12 +56,23 @@ def call_context(call_id: str, turn_id: int = 0) -> Iterator[None]:
         current_call_id.reset(call_token)
 
 
-def outgoing_headers(msg: Msg | None, call_id: str, turn_id: int | None, span: str) -> dict[str, str]:
-    """Headers for what we publish on behalf of `msg`: call and turn ids, and a child
-    span of the sender's trace when it sent one."""
-    parent = (msg.headers or {}).get(TRACEPARENT) if msg is not None else None
-    traceparent = new_traceparent(parent, span) if parent else None
+def outgoing_headers(msg: Msg | None, call_id: str, turn_id: int | None) -> dict[str, str]:
+    """Headers for what we publish on behalf of `msg` when no span of ours does the work:
+    call and turn ids, and the sender's trace context handed on as it came."""
+    traceparent = (msg.headers or {}).get(TRACEPARENT) if msg is not None else None
     return call_headers(call_id, turn_id, traceparent)
+
+
+async def traced(span: Span, work: Awaitable[None]) -> None:
+    """Run `work` with `span` current, and end the span when the work really ends: done,
+    failed, or cancelled by a barge-in or the end of the call."""
+    with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        try:
+            await work
+        except BaseException as exc:
+            tracing.end_failed(span, exc)
+            raise
+    span.end()
 
 
 async def unsubscribe_quietly(sub: Subscription) -> None:
@@ -267,6 +280,10 @@ class TurnWorker(Generic[R, P]):
     def task_name(self, request: R) -> str:
         return f"{self.kind.service}-{request.call_id}-{request.turn_id}"
 
+    def span_attributes(self, request: R) -> tracing.Attributes:
+        """What the request's span says besides its call and turn ids (ids only, no words)."""
+        return {}
+
     async def on_request(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, self.request):
             log.warning("ignored %s on %s", type(message).__name__, msg.subject)
@@ -275,8 +292,15 @@ class TurnWorker(Generic[R, P]):
             if not self.tasks.accepts(message.call_id, message.turn_id):
                 log.info("%s of a cancelled turn or ended call; not taken", self.task_name(message))
                 return
-            headers = outgoing_headers(msg, message.call_id, message.turn_id, self.kind.service)
-            work = self.work(message, headers)
+            span = tracing.start_span(
+                self.kind.unit,
+                headers=msg.headers,
+                call_id=message.call_id,
+                turn_id=message.turn_id,
+                attributes={"provider": self.provider.name, **self.span_attributes(message)},
+            )
+            headers = tracing.headers_for(span, message.call_id, message.turn_id)
+            work = traced(span, self.work(message, headers))
             self.tasks.start(message.call_id, message.turn_id, work, name=self.task_name(message))
 
     async def on_cancel(self, message: Message, msg: Msg) -> None:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import CommonSettings, WorkerSettings
 from voxline.metrics import NATS_SLOW_CONSUMERS, exposition
@@ -149,7 +150,11 @@ def run_worker(
 ) -> None:
     """Entry point of the stt, brain, tts and orchestrator processes."""
     setup_logging(service, settings.log_level, settings.log_format)
-    asyncio.run(_run_worker(service, settings, start))
+    tracing.setup(service, settings.instance_id)
+    try:
+        asyncio.run(_run_worker(service, settings, start))
+    finally:
+        tracing.shutdown()  # the last calls' spans go out before the process does
 
 
 async def _run_worker(service: str, settings: WorkerSettings, start: Callable[[Bus, Any], Awaitable[Worker]]) -> None:

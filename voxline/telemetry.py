@@ -1,8 +1,8 @@
-"""Structured logs with call and turn ids, Prometheus metrics, W3C trace context.
+"""Structured logs with call and turn ids, the one clock, Prometheus latency histograms.
 
 Logs are JSON lines carrying `call_id`/`turn_id` from context variables, so one grep
 follows a call across all five services. Secrets found in the environment are masked in
-every log line, whatever code logged them.
+every log line, whatever code logged them. Traces live in `voxline.tracing`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import sys
 import time
 from typing import IO, Any
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Histogram
 
 current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="")
@@ -110,21 +107,3 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json", stream: 
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-_tracer_provider = TracerProvider()
-_tracer = _tracer_provider.get_tracer("voxline")
-_propagator = TraceContextTextMapPropagator()
-
-
-def new_traceparent(parent: str | None = None, name: str = "voxline") -> str:
-    """A W3C traceparent for a new span, child of `parent` when given.
-
-    Spans are created for their ids only; exporting is left to the OpenTelemetry
-    environment variables of the deployment."""
-    context = _propagator.extract({"traceparent": parent}) if parent else None
-    span = _tracer.start_span(name, context=context)
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier, context=trace.set_span_in_context(span))
-    span.end()
-    return carrier.get("traceparent", "")

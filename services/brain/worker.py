@@ -16,6 +16,7 @@ from proto import subjects
 from proto.messages import BrainTurn, ReplyDone, ReplyError, ReplySentence
 from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, make_provider
 from services.common import TurnWorker, WorkKind, launch
+from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us, stage_histogram
@@ -56,12 +57,15 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
                 provider_ms=(at - received_us) / 1000,
             )
             sent += 1
+            tracing.add_event("sentence", {"seq": sentence.seq})
             await self.publish(subject, sentence, headers)
 
         async def take(event: BrainEvent) -> None:
             nonlocal action, first_token_us
             if isinstance(event, FirstToken):
-                first_token_us = first_token_us or event.at_us  # of the first try, if retried
+                if not first_token_us:  # of the first try, if retried
+                    first_token_us = event.at_us
+                    tracing.add_event("first token")
             elif isinstance(event, Sentence):
                 await send(event.text)
             else:

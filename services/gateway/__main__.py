@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.gateway.app import Gateway, create_app
+from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
 from voxline.service import connect_with_retry, drain_within, install_stop_signals, serve_http, wait_for_stop
@@ -37,4 +38,8 @@ async def main(settings: GatewaySettings) -> None:
 if __name__ == "__main__":
     gateway_settings = GatewaySettings()
     setup_logging("gateway", gateway_settings.log_level, gateway_settings.log_format)
-    asyncio.run(main(gateway_settings))
+    tracing.setup("gateway", gateway_settings.instance_id)
+    try:
+        asyncio.run(main(gateway_settings))
+    finally:
+        tracing.shutdown()  # the last calls' spans go out before the process does

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import INVALID_SPAN, Span
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from proto import AudioFrame, MarkName, call_headers, subjects
+from proto import AudioFrame, MarkName, subjects
 from proto.messages import (
     CallRefused,
     CallStart,
@@ -39,9 +41,10 @@ from proto.messages import (
 from services.gateway import twilio_protocol as tp
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
+from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
-from voxline.telemetry import current_call_id, new_traceparent, now_us, stage_histogram
+from voxline.telemetry import current_call_id, now_us, stage_histogram
 
 log = logging.getLogger("voxline.gateway.media")
 
@@ -86,6 +89,7 @@ class MediaStream:
         self._send_lock = asyncio.Lock()  # every write to Twilio, with the decision behind it
         self._subs: list[Subscription] = []
         self._headers: dict[str, str] = {}
+        self._span: Span = INVALID_SPAN  # the call's trace root: the stream, start to end
         self._closing = False
         self.malformed = 0
 
@@ -137,8 +141,8 @@ class MediaStream:
         self.call_id = meta.call_sid
         current_call_id.set(self.call_id)
         self.serializer = tp.TwilioSerializer(meta.stream_sid)
-        traceparent = new_traceparent(None, "call")
-        self._headers = call_headers(self.call_id, traceparent=traceparent)
+        self._span = tracing.start_span("media stream", root=True, call_id=self.call_id)
+        self._headers = tracing.headers_for(self._span, self.call_id)
         self._subs = [
             await self.bus.subscribe_frames(subjects.audio_out(self.call_id), self._on_reply_frame),
             await self.bus.subscribe(subjects.turn_cancel(self.call_id), self._on_control),
@@ -156,9 +160,10 @@ class MediaStream:
             started_at_us=now_us(),
         )
         try:
-            reply = await self.bus.request(
-                subjects.CALL_START, request, timeout=self.settings.call_start_timeout_s, headers=self._headers
-            )
+            with tracing.span("call start", parent=self._span, call_id=self.call_id):
+                reply = await self.bus.request(
+                    subjects.CALL_START, request, timeout=self.settings.call_start_timeout_s, headers=self._headers
+                )
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             reply = CallRefused(call_id=self.call_id, reason="no orchestrator answered")
         if isinstance(reply, CallRefused):
@@ -180,7 +185,7 @@ class MediaStream:
             event = self._parse(text)
             if isinstance(event, tp.Media):
                 frame = AudioFrame(event.media.payload, seq=event.media.chunk, timestamp_us=now_us())
-                await self.bus.publish_frame(audio_subject, frame, self._headers)
+                await self.bus.publish_frame(audio_subject, frame)  # no headers: 50 a second
             elif isinstance(event, tp.MarkEcho):
                 await self._on_mark_echo(event.mark.name)
             elif isinstance(event, tp.Dtmf):
@@ -210,6 +215,8 @@ class MediaStream:
             except Exception as exc:
                 log.error("could not report the end of the stream: %s", exc)
             log.info("media stream ended: %s", reason)
+        self._span.set_attribute("end_reason", reason)
+        self._span.end()
         await self._close(1000, reason)
 
     async def _close(self, code: int, reason: str) -> None:
@@ -227,13 +234,14 @@ class MediaStream:
     # --- reply audio -----------------------------------------------------------------
 
     async def _on_reply_frame(self, frame: AudioFrame, _msg: Msg) -> None:
+        arrived_ns = time.time_ns()
         async with self._send_lock:
             sent, first_audio = await self._send(self.playback.push(frame))
         sent_us = now_us()
         for chunk in sent:
             if chunk.frame.timestamp_us:
                 FORWARD_LATENCY.observe(max(0, sent_us - chunk.frame.timestamp_us) / 1e6)
-        await self._report_first_audio(first_audio)
+        await self._report_first_audio(first_audio, arrived_ns)
 
     async def _send(self, chunks: list[Chunk]) -> tuple[list[Chunk], list[int]]:
         """Each chunk goes out as media followed by its mark, so the echo says it was heard.
@@ -252,9 +260,14 @@ class MediaStream:
             sent.append(chunk)
         return sent, first_audio
 
-    async def _report_first_audio(self, turns: list[int]) -> None:
+    async def _report_first_audio(self, turns: list[int], since_ns: int) -> None:
+        """`since_ns`: when the work that sent it began (the frame's arrival, a resume)."""
         for turn_id in turns:
+            first = tracing.start_span(
+                "first media", parent=self._span, call_id=self.call_id, turn_id=turn_id, start_ns=since_ns
+            )
             await self._publish(ReplyAudioSent(call_id=self.call_id, turn_id=turn_id, at_us=now_us()))
+            first.end()
 
     async def _send_clear(self, cleared: Cleared) -> None:
         """The caller holds the send lock. A newer turn's audio that was on its way behind
@@ -290,11 +303,13 @@ class MediaStream:
 
     # --- orders from the orchestrator ------------------------------------------------
 
-    async def _on_control(self, message: Message, _msg: Msg) -> None:
+    async def _on_control(self, message: Message, msg: Msg) -> None:
         if isinstance(message, TurnCancel):
-            await self._cancel(message.turn_id)
+            with tracing.incoming(msg.headers):  # a clear's span is the orchestrator's child
+                await self._cancel(message.turn_id)
         elif isinstance(message, PlaybackPause):
-            await self._pause(message.turn_id)
+            with tracing.incoming(msg.headers):
+                await self._pause(message.turn_id)
         elif isinstance(message, PlaybackResume):
             await self._resume(message.turn_id)
         elif isinstance(message, Hangup):
@@ -326,24 +341,27 @@ class MediaStream:
         async with self._send_lock:
             cleared = None if self._closing else self.playback.pause(turn_id, self.clock())
             if cleared is not None:
-                await self._send_clear(cleared)
+                with tracing.span("clear", call_id=self.call_id, turn_id=turn_id, attributes={"cause": "pause"}):
+                    await self._send_clear(cleared)
         log.info("paused turn %d (%d chunks held)", turn_id, len(self.playback.held))
         await self._report_heard(cleared)
 
     async def _resume(self, turn_id: int) -> None:
+        resumed_ns = time.time_ns()
         async with self._send_lock:
             held = self.playback.resume(turn_id)
             if held:
                 log.info("resuming turn %d (%d chunks)", turn_id, len(held))
             _, first_audio = await self._send(held)
-        await self._report_first_audio(first_audio)
+        await self._report_first_audio(first_audio, resumed_ns)
 
     async def _cancel(self, turn_id: int) -> None:
         self.playback.cancel(turn_id)  # at once: a send under way stops at its next chunk
         async with self._send_lock:
             cleared = None if self._closing else self.playback.flush(turn_id, self.clock())
             if cleared is not None:
-                await self._send_clear(cleared)
+                with tracing.span("clear", call_id=self.call_id, turn_id=turn_id, attributes={"cause": "cancel"}):
+                    await self._send_clear(cleared)
                 log.info("cleared Twilio's buffer for turn %d", turn_id)
         await self._report_heard(cleared)
 

@@ -14,7 +14,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from proto import call_headers
+from opentelemetry.trace import Span
+
 from proto.messages import MarkPlayed
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.orchestrator.call import Call
@@ -29,6 +30,7 @@ from services.orchestrator.effects import (
 )
 from services.orchestrator.events import Event, SttReassigned, TimerFired
 from services.orchestrator.metrics import RecordMetrics
+from services.orchestrator.spans import CallSpans
 from services.orchestrator.states import CallState
 from services.orchestrator.timers import Timer
 from voxline.bus import Bus
@@ -47,9 +49,11 @@ class CallActor:
         call: Call,
         reassign_stt: Callable[[], Awaitable[bool]],
         save_state: Callable[[Call], Awaitable[None]] | None = None,
+        call_span: Span | None = None,
     ) -> None:
         self.bus = bus
         self.call = call
+        self._spans = CallSpans(call, call_span)
         self._reassign_stt = reassign_stt
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._timers: dict[Timer, asyncio.Task[None]] = {}
@@ -90,11 +94,14 @@ class CallActor:
                     continue
                 if effects or isinstance(event, MarkPlayed):
                     self._writer.snapshot()  # what a new owner resumes from
+                self._spans.turns_begun(self.call)
                 for effect in effects:
                     if self.abandoned:
                         return
                     await self._carry_out(effect)
+                self._spans.turns_ended(self.call)
         finally:
+            self._spans.end(self.call, handed_over=self.abandoned)
             for task in [*self._timers.values(), *self._beside]:
                 task.cancel()
             self._timers.clear()
@@ -107,7 +114,7 @@ class CallActor:
         try:
             match effect:
                 case Publish():
-                    headers = call_headers(self.call.call_id, effect.turn_id, self.call.traceparent)
+                    headers = self._spans.headers(effect)
                     await self.bus.publish(effect.subject, effect.message, headers)
                 case StartTimer():
                     self._start_timer(effect.timer, effect.timer_id, effect.deadline_us)

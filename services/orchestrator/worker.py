@@ -19,10 +19,11 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import Span
 from prometheus_client import Counter, Gauge
 
 from proto import subjects
-from proto.headers import TRACEPARENT
+from proto.headers import call_headers
 from proto.messages import (
     CallAccepted,
     CallEnded,
@@ -40,10 +41,11 @@ from services.orchestrator.call import Call, CallLimits, CallSnapshot, new_call
 from services.orchestrator.events import Greet, Resumed, SttLost
 from services.orchestrator.ownership import LeaseTimes, Ownership
 from services.orchestrator.states import CallState
+from voxline import tracing
 from voxline.agents import AgentStore, UnknownAgent
 from voxline.bus import Bus, MessageHandler
 from voxline.config import OrchestratorSettings
-from voxline.telemetry import current_call_id, new_traceparent, now_us
+from voxline.telemetry import current_call_id, now_us
 
 log = logging.getLogger("voxline.orchestrator")
 
@@ -188,7 +190,7 @@ class Orchestrator:
         if not taken and not await self.ownership.acquire(start.call_id):
             log.warning("call start for a call another orchestrator owns: left to it")
             return
-        refusal = "" if taken else await self._take_call(start, (msg.headers or {}).get(TRACEPARENT, ""))
+        refusal = "" if taken else await self._take_call(start, msg.headers or {})
         if refusal:
             await self.ownership.release(start.call_id)
             REFUSED.inc()
@@ -199,7 +201,16 @@ class Orchestrator:
         if not taken:
             self.calls[start.call_id].post(Greet(call_start_us=start.started_at_us))
 
-    async def _take_call(self, start: CallStart, traceparent: str) -> str:
+    async def _take_call(self, start: CallStart, headers: dict[str, str]) -> str:
+        """Take the call, in a span that lasts until it ends (a child of the gateway's)."""
+        span = tracing.start_span("call", headers=headers, call_id=start.call_id, attributes={"agent": start.agent_id})
+        refusal = await self._open_call(start, span)
+        if refusal:
+            tracing.mark_error(span, "refused")
+            span.end()
+        return refusal
+
+    async def _open_call(self, start: CallStart, span: Span) -> str:
         try:
             agent = self.agents.get(start.agent_id)
         except UnknownAgent as exc:
@@ -214,12 +225,13 @@ class Orchestrator:
             custom_parameters=start.custom_parameters,
             pause_ms=agent.turn.stt_pause_ms,
         )
-        refusal = await self._assign_stt(assign)
+        traceparent = tracing.traceparent(span)
+        refusal = await self._assign_stt(assign, traceparent)
         if refusal:
             return refusal
 
         self._assigns[start.call_id] = assign
-        call = new_call(start, agent, self.limits, traceparent or new_traceparent(None, "call"))
+        call = new_call(start, agent, self.limits, traceparent)
         try:  # the record exists before the gateway hears the call is taken
             await self.bus.kv_put(CALL_RECORDS_BUCKET, call.call_id, call.record)
         except Exception as exc:  # the record is best effort; the call goes on
@@ -228,7 +240,7 @@ class Orchestrator:
             await self.ownership.save_state(call.call_id, self._snapshot(call))
         except Exception as exc:
             log.error("could not save the call's state: %s", exc)
-        await self._run_actor(call)
+        await self._run_actor(call, span)
         log.info("call taken: agent %s", agent.id)
         return ""
 
@@ -242,7 +254,7 @@ class Orchestrator:
         if self.ownership.holds(call.call_id):
             await self.ownership.save_state(call.call_id, self._snapshot(call))
 
-    async def _run_actor(self, call: Call) -> CallActor:
+    async def _run_actor(self, call: Call, call_span: Span | None = None) -> CallActor:
         """Subscribe to the call's subjects and run its actor here."""
         call_id = call.call_id
         reassignments = 0
@@ -252,9 +264,13 @@ class Orchestrator:
             nonlocal reassignments
             reassignments += 1
             assign = self._assigns.get(call_id)
-            return assign is not None and reassignments <= MAX_STT_REASSIGNMENTS and not await self._assign_stt(assign)
+            return (
+                assign is not None
+                and reassignments <= MAX_STT_REASSIGNMENTS
+                and not await self._assign_stt(assign, call.traceparent)
+            )
 
-        actor = CallActor(self.bus, call, reassign, self._save_state)
+        actor = CallActor(self.bus, call, reassign, self._save_state, call_span)
         handler = self._route(actor)  # events queue up until the actor runs
         self._subs[call_id] = [
             await self.bus.subscribe(subject, handler)
@@ -319,7 +335,7 @@ class Orchestrator:
         actor = await self._run_actor(snapshot.call)
         actor.post(Resumed(previous_owner=previous_owner))
         if not snapshot.stt_worker and snapshot.assign is not None:
-            refusal = await self._assign_stt(snapshot.assign)
+            refusal = await self._assign_stt(snapshot.assign, snapshot.call.traceparent)
             if refusal:
                 actor.post(SttLost(reason=refusal))
         return actor
@@ -334,10 +350,14 @@ class Orchestrator:
         await self.ownership.release(call_id)
         log.info("call ended: %s", reason, extra={"call_id": call_id})
 
-    async def _assign_stt(self, assign: SttAssign) -> str | None:
-        """Ask the STT queue group for a worker; None when one took the call."""
+    async def _assign_stt(self, assign: SttAssign, traceparent: str) -> str | None:
+        """Ask the STT queue group for a worker; None when one took the call. The worker's
+        utterance spans are children of the call's (`traceparent`)."""
+        headers = call_headers(assign.call_id, traceparent=traceparent)
         try:
-            reply = await self.bus.request(subjects.STT_ASSIGN, assign, timeout=self.settings.stt_assign_timeout_s)
+            reply = await self.bus.request(
+                subjects.STT_ASSIGN, assign, timeout=self.settings.stt_assign_timeout_s, headers=headers
+            )
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             return "no speech-to-text worker available"
         if not isinstance(reply, SttAssigned):
@@ -375,7 +395,7 @@ class Orchestrator:
             assign, actor = self._assigns.get(call_id), self.calls.get(call_id)
             if assign is None or actor is None:
                 continue
-            refusal = await self._assign_stt(assign)
+            refusal = await self._assign_stt(assign, actor.call.traceparent)
             if refusal:
                 actor.post(SttLost(reason=refusal))
             else:

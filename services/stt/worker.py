@@ -15,14 +15,25 @@ from dataclasses import dataclass
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import Span
 from prometheus_client import Gauge
 
 from proto import subjects
 from proto.audio_frame import AudioFrame
-from proto.messages import CallEnded, Message, SpeechEnded, SttAssign, SttAssigned, SttError, Transcript
+from proto.messages import (
+    CallEnded,
+    Message,
+    SpeechEnded,
+    SpeechStarted,
+    SttAssign,
+    SttAssigned,
+    SttError,
+    Transcript,
+)
 from services.common import RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
 from services.providers import close_provider
 from services.stt.providers import SttProvider, SttSession, make_provider
+from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import SttSettings
 from voxline.telemetry import stage_histogram
@@ -51,6 +62,7 @@ class HeldCall:
     audio: Subscription | None = None
     speech_end_us: int = 0  # of the utterance awaiting its final transcript
     failed: bool = False
+    utterance: Span | None = None  # from the caller's speech start to its final transcript
 
 
 class SttWorker:
@@ -105,7 +117,7 @@ class SttWorker:
     async def _take(self, assign: SttAssign, msg: Msg) -> bool:
         """Open a session and subscribe to the call's audio; False if the call ended meanwhile."""
         call_id = assign.call_id
-        headers = outgoing_headers(msg, call_id, None, "stt")
+        headers = outgoing_headers(msg, call_id, None)  # the call's trace: utterance spans hang under it
         opened: HeldCall | None = None
 
         async def emit(event: Message) -> None:
@@ -153,6 +165,7 @@ class SttWorker:
 
     async def _emit(self, held: HeldCall, event: Message) -> None:
         """Publish a session event; a bus failure is logged, never raised into the provider."""
+        self._trace(held, event)
         if isinstance(event, SpeechEnded):
             held.speech_end_us = event.speech_end_us
         elif isinstance(event, Transcript) and event.is_final and held.speech_end_us:
@@ -166,6 +179,24 @@ class SttWorker:
             log.exception("could not publish %s", type(event).__name__)
         if isinstance(event, SttError) and not held.failed:
             self._release_soon(held)  # the session reported its own failure: it is finished
+
+    @staticmethod
+    def _trace(held: HeldCall, event: Message) -> None:
+        """One span per utterance: the caller's speech start to its final transcript."""
+        if isinstance(event, SpeechStarted | Transcript) and held.utterance is None:
+            held.utterance = tracing.start_span("utterance", headers=held.headers, call_id=held.call_id)
+        if held.utterance is None:
+            return
+        if isinstance(event, SpeechEnded):
+            held.utterance.add_event("speech ended")
+        elif isinstance(event, Transcript) and event.is_final:
+            held.utterance.set_attribute("empty", not event.text.strip())  # whether words came, not which
+            held.utterance.end()
+            held.utterance = None
+        elif isinstance(event, SttError):
+            tracing.mark_error(held.utterance, "stt error")
+            held.utterance.end()
+            held.utterance = None
 
     async def on_call_ended(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, CallEnded):
@@ -183,6 +214,10 @@ class SttWorker:
             self._none_held.set()
         if held is None:
             return False
+        if held.utterance is not None:  # the call ended mid-utterance
+            held.utterance.set_attribute("cancelled", True)
+            held.utterance.end()
+            held.utterance = None
         if held.audio is not None:
             await unsubscribe_quietly(held.audio)
         try:

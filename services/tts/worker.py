@@ -20,6 +20,7 @@ from proto.audio_frame import AudioFrame, FrameFlags
 from proto.messages import SentenceSynthesized, Synthesize, TtsError
 from services.common import TurnWorker, WorkKind, launch
 from services.tts.providers import TtsProvider, make_provider
+from voxline import tracing
 from voxline.audio import TELEPHONY_RATE
 from voxline.bus import Bus
 from voxline.config import TtsSettings
@@ -83,6 +84,9 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
     def task_name(self, request: Synthesize) -> str:
         return f"tts-{request.call_id}-{request.turn_id}-{request.seq}"
 
+    def span_attributes(self, request: Synthesize) -> tracing.Attributes:
+        return {"seq": request.seq, "attempt": request.attempt, "greeting": request.greeting}
+
     async def work(self, request: Synthesize, headers: dict[str, str]) -> None:
         subject = subjects.audio_out(request.call_id)
         chunker = Chunker(self.chunk_bytes)
@@ -99,9 +103,10 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
             frame = AudioFrame(
                 payload, request.turn_id, request.seq, chunk, frame_flags(request, last), at, request.attempt
             )
-            await self._publish_frame(subject, frame, headers)
+            await self._publish_frame(subject, frame)
             if chunk == 0:
                 first_audio_us = at
+                tracing.add_event("first audio")
                 if payload:
                     FIRST_AUDIO.observe(max(0, at - request.requested_at_us) / 1e6)
             chunk += 1
@@ -143,9 +148,10 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
         )
         await self.publish(subjects.tts_events(request.call_id), done, headers)
 
-    async def _publish_frame(self, subject: str, frame: AudioFrame, headers: dict[str, str]) -> None:
+    async def _publish_frame(self, subject: str, frame: AudioFrame) -> None:
+        """No NATS headers: the frame's binary header says whose it is (call by subject)."""
         try:
-            await self.bus.publish_frame(subject, frame, headers)
+            await self.bus.publish_frame(subject, frame)
         except Exception:
             log.exception("could not publish audio chunk %d.%d", frame.seq, frame.chunk)
 

@@ -111,6 +111,8 @@ async def test_sentence_becomes_ordered_chunks_closed_by_end_of_sentence(worker_
     for seen in probe.received():
         if isinstance(seen.item, AudioFrame):
             assert seen.subject == subjects.audio_out("c1")
+            assert seen.headers == {}  # 50 a second: whose it is is in its binary header
+        else:
             assert seen.headers[CALL_ID] == "c1" and seen.headers[TURN_ID] == "4"
     [done] = events(probe)
     assert isinstance(done, SentenceSynthesized) and (done.turn_id, done.seq) == (4, 2)
