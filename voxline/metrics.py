@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 
-from opentelemetry import trace
 from prometheus_client import REGISTRY, Gauge
 from prometheus_client.exposition import choose_encoder
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+from voxline import tracing
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
 _NO_TRACE = "0" * 32
 
 NATS_SLOW_CONSUMERS = Gauge(
@@ -25,13 +26,14 @@ NATS_SLOW_CONSUMERS = Gauge(
 
 
 def trace_id(traceparent: str = "") -> str:
-    """The trace id of the current OpenTelemetry span, else the one in `traceparent` (the
-    call's W3C header, which the orchestrator keeps per call); "" when there is neither."""
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        return format(context.trace_id, "032x")
+    """The trace id of the current span, else the one in `traceparent` (the call span's,
+    which the orchestrator keeps with the call); "" unless this process exports the trace
+    and it is sampled: an exemplar must never point at a trace that was not kept."""
+    current = tracing.current_trace_id()
+    if current or not tracing.exporting():
+        return current
     match = _TRACEPARENT.match(traceparent.strip().lower())
-    if match and match.group(1) != _NO_TRACE:
+    if match and match.group(1) != _NO_TRACE and int(match.group(2), 16) & 1:
         return match.group(1)
     return ""
 

@@ -28,6 +28,7 @@ import pytest
 from deploy.grafana.dashboards import ALERTS
 from deploy.grafana.generate import ALERTS_FILE, DASHBOARD_DIR
 from deploy.grafana.picture import Answers, draw
+from tests.deploy.conftest import TraceSink
 from tests.integration.conftest import AUTH_TOKEN, script_for
 from voxline.devstack import DevStack, Process, free_port
 from voxline.simulator import Utterance, run_calls
@@ -182,7 +183,7 @@ def test_every_alert_measures_something(scraped: Scraped, alert: Any) -> None:
     assert loaded[alert.name]["health"] == "ok", loaded[alert.name]
 
 
-def test_exemplars_lead_from_the_turn_latency_to_the_calls_trace(scraped: Scraped) -> None:
+def test_exemplars_lead_from_the_turn_latency_to_a_kept_trace(scraped: Scraped, traces: TraceSink) -> None:
     params: dict[str, str | float] = {
         "query": "voxline_turn_latency_seconds_bucket",
         "start": scraped.start,
@@ -191,7 +192,8 @@ def test_exemplars_lead_from_the_turn_latency_to_the_calls_trace(scraped: Scrape
     body = httpx.get(f"{scraped.url}/api/v1/query_exemplars", params=params, timeout=10).json()
     assert body["status"] == "success", body
     trace_ids = {e["labels"].get("trace_id", "") for series in body["data"] for e in series["exemplars"]}
-    assert trace_ids and all(len(t) == 32 and int(t, 16) for t in trace_ids), trace_ids
+    assert trace_ids and all(len(t) == 32 for t in trace_ids), trace_ids
+    poll(lambda: trace_ids <= traces.received(), 30, "the exemplars' traces to be exported")
 
 
 def test_the_main_dashboard_is_drawn_from_prometheus_answers(scraped: Scraped, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -13,13 +15,19 @@ from voxline.bus import Bus
 from voxline.metrics import exemplar, trace_id
 from voxline.service import probe_routes
 
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-def test_the_trace_id_comes_from_the_calls_traceparent_when_no_span_is_current() -> None:
-    assert trace_id(TRACEPARENT) == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert exemplar(TRACEPARENT) == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
-    assert exemplar("") is None and exemplar("00-" + "0" * 32 + "-00f067aa0ba902b7-01") is None
+def test_an_exemplar_names_only_a_trace_that_is_kept() -> None:
+    # This process exports no traces: the call's traceparent names a trace nobody keeps.
+    assert exemplar(TRACEPARENT) is None and exemplar("") is None
+    sampled = SpanContext(int(TRACE_ID, 16), 0x00F067AA0BA902B7, is_remote=True, trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(sampled)):
+        assert trace_id() == TRACE_ID and exemplar() == {"trace_id": TRACE_ID}
+    unsampled = SpanContext(int(TRACE_ID, 16), 0x00F067AA0BA902B7, is_remote=True, trace_flags=TraceFlags(0))
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        assert exemplar() is None
 
 
 async def test_a_subscription_that_falls_behind_counts_as_a_slow_consumer(worker_bus: Bus) -> None:
@@ -35,7 +43,7 @@ async def test_a_subscription_that_falls_behind_counts_as_a_slow_consumer(worker
         await worker_bus.nc.publish("test.slow", b"x")
     await worker_bus.nc.flush()
     deadline = asyncio.get_running_loop().time() + 5
-    while not worker_bus.slow_consumer_sids and asyncio.get_running_loop().time() < deadline:
+    while not worker_bus.slow_consumer_sids and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 (nats-py reports it through a callback only)
         await asyncio.sleep(0.01)
     release.set()
     await sub.unsubscribe()
