@@ -106,8 +106,8 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
             await self._publish_frame(subject, frame)
             if chunk == 0:
                 first_audio_us = at
-                tracing.add_event("first audio")
                 if payload:
+                    tracing.add_event("first audio")
                     FIRST_AUDIO.observe(max(0, at - request.requested_at_us) / 1e6)
             chunk += 1
             audio_bytes += len(payload)
