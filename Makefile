@@ -40,7 +40,7 @@ test: system-deps $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy proto voxline services
+	$(BIN)/mypy proto voxline services deploy
 
 # The caller simulator at 1, 10, 50, 100 and 200 concurrent calls against a fake-provider
 # stack: a table, bench-results/<time>/results.json and PNG plots. Nothing is asserted.

@@ -151,9 +151,9 @@ def calls_dashboard() -> Dashboard:
             )
         )
         .with_panel(
-            place(timeseries.Panel().title("Calls ended per minute, by outcome").unit("none"), 4, 1, 10, 6).with_target(
-                query(per_min + f"sum by (outcome) (rate(voxline_calls_total[{RATE}]))", "{{outcome}}")
-            )
+            place(timeseries.Panel().title("Calls ended per minute, by outcome").unit("none"), 4, 1, 10, 6)
+            .with_target(query(per_min + f"sum by (outcome) (rate(voxline_calls_total[{RATE}]))", "{{outcome}}"))
+            .with_target(query(per_min + f"sum(rate(voxline_orchestrator_refused_calls_total[{RATE}]))", "refused"))
         )
         .with_panel(
             place(timeseries.Panel().title("Turns, interruptions, backchannels, tool calls per minute"), 14, 1, 10, 6)

@@ -53,7 +53,9 @@ ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this o
 STT_PING_INTERVAL_S = 1.0
 MAX_STT_REASSIGNMENTS = 2
 STT_PING_TIMEOUT_S = 0.5
-REFUSED = Gauge("voxline_orchestrator_refused_calls", "Calls refused since start")
+REFUSED = Counter(
+    "voxline_orchestrator_refused_calls_total", "Calls this orchestrator refused (no agent, no STT worker)"
+)
 TAKEOVERS = Counter("voxline_orchestrator_takeovers_total", "Calls taken over from a dead or stopping orchestrator")
 CALL_RECORD_TTL_S = 7 * 24 * 3600
 # How long shutting down waits for the calls' actors to end their calls.
