@@ -1,4 +1,5 @@
-"""NATS header names. Every hop carries the call id, the turn id and W3C trace context."""
+"""NATS header names. Every control message carries the call id, the turn id and W3C trace
+context; audio frames carry none (their binary header says whose they are)."""
 
 from __future__ import annotations
 
