@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench system-deps clean dashboards
+.PHONY: run test lint bench chaos soak system-deps clean dashboards
 
 # Debian packages: espeak-ng voices the simulated caller, sox measures audio; prometheus
 # (with promtool) checks the alert rules and scrapes a stack in tests/deploy.
@@ -52,6 +52,15 @@ bench: system-deps $(STAMP)
 # (deploy/prometheus/alerts.yml) from deploy/grafana/dashboards.py.
 dashboards: $(STAMP)
 	$(BIN)/python -m deploy.grafana.generate
+
+# Long runs, not part of `make test` (CHAOS_ARGS / SOAK_ARGS: e.g. "--minutes 1").
+# chaos: 20 calls for 5 minutes on two of every service, a random process killed every 20 s.
+chaos: system-deps $(STAMP)
+	$(BIN)/voxline chaos $(CHAOS_ARGS)
+
+# soak: 100 calls for 10 minutes; every service's memory and per-call state, start to end.
+soak: system-deps $(STAMP)
+	$(BIN)/voxline soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from voxline.endurance import run_chaos
+
+    return run_chaos(args)
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from voxline.endurance import run_soak
+
+    return run_soak(args)
+
+
 def _cmd_settings(_: argparse.Namespace) -> int:
     from voxline.config import ALL_SETTINGS, documented
 
@@ -81,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+
+    chaos = sub.add_parser("chaos", help="calls for minutes while a random process is killed every few seconds")
+    soak = sub.add_parser("soak", help="many calls for many minutes: memory and per-call state, start to end")
+    from voxline.endurance import add_arguments
+
+    add_arguments(chaos, soak)
+    chaos.set_defaults(func=_cmd_chaos)
+    soak.set_defaults(func=_cmd_soak)
 
     settings = sub.add_parser("settings", help="print every setting, its default and meaning")
     settings.set_defaults(func=_cmd_settings)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from voxline.bench.scenarios import SCENARIOS
+from voxline.bench.scenarios import ENDURANCE, SCENARIOS
 from voxline.simulator.caller import prepare_audio, run_call
 from voxline.simulator.results import CallResult
 from voxline.simulator.script import CallScript
@@ -112,7 +112,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run_share(spec: ShareSpec) -> ShareResult:
     """Worker entry point (module-level so a spawned process can import it)."""
-    build = SCENARIOS[spec.scenario].build
+    build = {**SCENARIOS, **ENDURANCE}[spec.scenario].build
     scripts = [build(spec.first_index + i) for i in range(spec.calls)]
     audio = _prepare(scripts)
     cpu0, wall0 = time.process_time(), time.monotonic()

@@ -94,5 +94,21 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _long_call(i: int) -> CallScript:
+    """Six questions, a pause after each reply: about half a minute of call, long enough
+    for a process to die in the middle of it (`voxline chaos`, `voxline soak`)."""
+    questions = [QUESTION, FOLLOW_UP, "where can I park", "how much is a cleaning", "can I pay by card", "thanks"]
+    start = i % len(questions)
+    script = _script([Utterance(text=q, pause_ms=1500) for q in questions[start:] + questions[:start]])
+    script.reply_timeout_s = 30.0  # a reply may wait out a failover
+    return script
+
+
+# The long runs' callers; not benchmarked by default.
+ENDURANCE: dict[str, Scenario] = {
+    "long_call": Scenario("long_call", "six questions over about 30 s", _long_call, "turn"),
+}
+
+
 def is_backchannel(text: str) -> bool:
     return text.strip().lower() in BACKCHANNELS

@@ -1,0 +1,30 @@
+"""What `voxline chaos` and `soak` report of the callers' experience, from call results."""
+
+from __future__ import annotations
+
+from voxline.endurance import CallerView
+from voxline.simulator.results import BargeInResult, CallResult, TurnResult
+
+
+def _call(sid: str, answered: list[bool], heard: list[str], errors: list[str] | None = None) -> CallResult:
+    texts = ["where can I park", "how much is a cleaning"]
+    turns = [
+        TurnResult(utterance=i, text=t, completed=ok, first_media_latency_ms=500.0 + 1000 * i)
+        for i, (t, ok) in enumerate(zip(texts, answered, strict=True))
+    ]
+    record = {"turns": [{"kind": "reply", "caller_text": h} for h in heard]}
+    return CallResult(call_sid=sid, accepted=True, turns=turns, record=record, errors=errors or [])
+
+
+def test_completed_cut_turns_waits_and_lost_words() -> None:
+    whole = _call("CA1", [True, True], ["Where can I park?", "How much is a cleaning?"])
+    lossy = _call("CA2", [True, True], ["Where can I park?", "How much is a"])  # "cleaning" never heard
+    cut = _call("CA3", [True, False], ["Where can I park?"], errors=["stream closed by the gateway"])
+    stop = BargeInResult(1, 0.0, 2, latency_ms=90.0, stopped_by="clear", cancelled_audio_heard_after_ms=40)
+    cut.barge_ins.append(stop)
+    view = CallerView.of([whole, lossy, cut])
+    assert (view.calls, view.completed, view.cut) == (3, 2, 1)
+    assert (view.turns_asked, view.turns_answered) == (6, 5)
+    assert view.longest_wait_ms == 1500.0
+    assert view.words_lost == 1  # the cut call's record is not counted: it did not go on
+    assert view.stale_ms == 40
