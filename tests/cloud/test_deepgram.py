@@ -56,7 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, deepgram: DeepgramEmulator) 
 @pytest.fixture(autouse=True)
 def healthy(deepgram: DeepgramEmulator) -> None:
     """Each test starts from a well-behaved Deepgram with the published ~300 ms finals."""
-    deepgram.api_key, deepgram.final_delay_ms, deepgram.interim_at_pause_ms = KEY, 300, 80
+    deepgram.api_key, deepgram.final_delay_ms, deepgram.answer_finalize = KEY, 300, True
     deepgram.reject_next, deepgram.drop_after_speech_ms, deepgram.stall_next = [], None, 0
 
 
@@ -104,9 +104,15 @@ async def test_turns_are_heard_through_deepgram(stack: DevStack, deepgram: Deepg
         print(f"deepgram turn latency (final_delay 300 ms): {turn['latency']}")
 
 
-async def test_reply_starts_on_the_interim_at_the_pause_before_the_final(
+async def test_reply_starts_on_the_answer_to_finalize_before_the_final(
     stack: DevStack, deepgram: DeepgramEmulator
 ) -> None:
+    """Deepgram's interims come once a second, so at the caller's pause the STT sends
+    Finalize; its answer holds every word and the brain starts on it (SpeechPaused)."""
+    # The answer must come before the endpointing time is over (200 ms of quiet), or the
+    # utterance simply ends with it: Deepgram's ~100 ms beyond the silence, not 300.
+    deepgram.final_delay_ms = 100
+    before = len(deepgram.connections)
     result = await call(stack, deepgram, "what are your opening hours", "do you take my insurance")
     assert result.accepted and not result.errors, result.errors
     assert caller_texts(result) == ["what are your opening hours", "do you take my insurance"]
@@ -117,30 +123,40 @@ async def test_reply_starts_on_the_interim_at_the_pause_before_the_final(
         "You said: what are your opening hours. This is the Voxline test agent answering your call.",
         "You said: do you take my insurance. This is the Voxline test agent answering your call.",
     ]
-    # Without an interim covering the words, the reply waits for the final.
-    deepgram.interim_at_pause_ms = 0
+    assert deepgram.connections[before].finalizes == 2
+    assert [f.from_finalize for f in deepgram.finals[-2:]] == [True, True]
+    # When Deepgram does not answer the Finalize (not guaranteed), the reply waits for its final.
+    deepgram.answer_finalize = False
     later = await call(stack, deepgram, "where can I park")
     assert later.record is not None and not later.record["turns"][-1]["preemptive"]
     assert caller_texts(later) == ["where can I park"]
 
 
-def voiced_only(text: str) -> np.ndarray:
-    """The caller's audio of `text` without espeak's trailing silence."""
+def voiced_only(text: str, lead: bool = True) -> np.ndarray:
+    """The caller's audio of `text` without espeak's trailing silence (nor its leading one)."""
     pcm = synthesize(text)
     levels = [rms_dbfs(pcm[i : i + FRAME_SAMPLES]) for i in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
-    last = int(np.flatnonzero(np.array(levels) > -40.0)[-1])
-    return pcm[: (last + 1) * FRAME_SAMPLES]
+    voiced = np.flatnonzero(np.array(levels) > -40.0)
+    first = 0 if lead else int(voiced[0])
+    return pcm[first * FRAME_SAMPLES : (int(voiced[-1]) + 1) * FRAME_SAMPLES]
 
 
 async def test_caller_going_on_after_the_pause_gets_one_answer_to_all_of_it(
     stack: DevStack, deepgram: DeepgramEmulator, new_logs: LogsSince
 ) -> None:
-    # 140 ms of quiet: long enough for the early pause (80 ms), too short for Deepgram's
-    # endpoint (200 ms), so the preemptive reply on "everything so far" must be dropped.
+    # 140 ms of quiet: long enough for the early pause (80 ms, our Finalize), too short for
+    # the endpoint (200 ms), so the preemptive reply on "everything so far" must be dropped.
+    # Deepgram answers the Finalize at once here, so that the reply starts within the gap.
+    deepgram.final_delay_ms = 0
     said = "I need to cancel my appointment for tomorrow"
     gap = np.zeros(8 * 140, dtype=np.int16)
-    audio = np.concatenate([voiced_only("I need to cancel"), gap, synthesize("my appointment for tomorrow")])
-    result = await call(stack, deepgram, said, utterances=[Utterance(pcm8k=audio)])
+    audio = np.concatenate(
+        [voiced_only("I need to cancel"), gap, voiced_only("my appointment for tomorrow", lead=False)]
+    )
+    # Deepgram finalizes what it heard at each of our Finalizes: at espeak's 100 ms gap
+    # inside "I need to cancel", at the 140 ms one, and at the end.
+    pieces = ["I need", "to cancel", "my appointment for tomorrow"]
+    result = await call(stack, deepgram, *pieces, utterances=[Utterance(pcm8k=audio)])
     assert result.accepted and not result.errors, result.errors
     assert caller_texts(result) == [said]
     assert result.record is not None and len([t for t in result.record["turns"] if t["kind"] == "reply"]) == 1
@@ -151,7 +167,8 @@ async def test_caller_going_on_after_the_pause_gets_one_answer_to_all_of_it(
 async def test_barge_in_on_deepgram_speech_started(stack: DevStack, deepgram: DeepgramEmulator) -> None:
     first, second = "tell me everything about your clinic", "stop, I have a question"
     utterances = [Utterance(text=first), Utterance(text=second, barge_in_after_ms=600)]
-    result = await call(stack, deepgram, first, second, utterances=utterances)
+    # The comma is a 160 ms pause: our Finalize there gets "stop," and the end the rest.
+    result = await call(stack, deepgram, first, "stop,", "I have a question", utterances=utterances)
     assert result.accepted and not result.errors, result.errors
     assert result.clears >= 1 and len(result.barge_ins) == 1
     assert result.barge_ins[0].stopped_by == "clear"

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
 from proto.audio_frame import AudioFrame
-from proto.messages import Message, SpeechEnded, SpeechStarted, SttAssign, SttError, Transcript
+from proto.messages import Message, SpeechEnded, SpeechPaused, SpeechStarted, SttAssign, SttError, Transcript
 from services.stt.providers.deepgram import DeepgramSttProvider
 from services.stt.providers.deepgram_ledger import BYTES_PER_S, AudioLedger, seconds_to_offset
 from tests.emulators.deepgram import ConnectionLog, DeepgramEmulator
@@ -148,7 +149,7 @@ async def test_reconnect_replays_unacknowledged_audio_and_keeps_wall_clock(emula
 
 
 async def test_utterance_end_ends_the_turn_when_no_speech_final_comes(emulator: DeepgramEmulator) -> None:
-    emulator.transcripts, emulator.speech_final = ["yes please"], False
+    emulator.transcripts, emulator.speech_final, emulator.answer_finalize = ["yes please"], False, False
     audio = silence_mulaw(300) + pcm16_to_mulaw(tone_pcm16(800)) + silence_mulaw(1500)
     events = await run_session(emulator, audio, is_final)
     assert [e.text for e in events if isinstance(e, Transcript) and e.is_final] == ["yes please"]
@@ -178,3 +179,134 @@ async def test_rejected_key_is_one_stt_error_and_never_retried(emulator: Deepgra
     errors = [e for e in events if isinstance(e, SttError)]
     assert len(errors) == 1 and "401" in errors[0].message and "a-wrong-key-123" not in errors[0].message
     assert emulator.rejected == [401]
+
+
+def noise_mulaw(ms: int, dbfs: float = -30.0) -> bytes:
+    """White noise (a crackle on the line): loud, but nothing like a voice."""
+    rng = np.random.default_rng(7)
+    level = 32767 * 10 ** (dbfs / 20)
+    return pcm16_to_mulaw(np.clip(rng.standard_normal(8 * ms) * level, -32767, 32767).astype(np.int16))
+
+
+def faint_tone_mulaw(ms: int) -> bytes:
+    """A voice-like sound under the line's voice level (-40 dBFS), over Deepgram's VAD's: echo."""
+    return pcm16_to_mulaw(tone_pcm16(ms, level=0.008))
+
+
+class Session:
+    """One session fed by hand, so a test can stop between pieces of audio."""
+
+    def __init__(self, emulator: DeepgramEmulator, **overrides: object) -> None:
+        self.emulator, self.overrides = emulator, overrides
+        self.events: list[Message] = []
+        self.offset = 0
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Session:
+        async def emit(event: Message) -> None:
+            self.events.append(event)
+            self._changed.set()
+
+        provider = DeepgramSttProvider(settings(self.emulator, **self.overrides))
+        self.session = await provider.open(SttAssign(call_id="c3", agent_id="demo", pause_ms=200), emit)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (self.emulator.connections and self.emulator.connections[-1].audio_bytes):
+            assert asyncio.get_running_loop().time() < deadline, "no connection within 5 s"
+            await self.feed(silence_mulaw(20))  # live from here on: what follows is in order
+            await asyncio.sleep(0.01)  # polls what the emulator observed
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.session.close()
+
+    async def feed(self, audio: bytes) -> None:
+        for i in range(0, len(audio), FRAME):
+            await self.session.feed(AudioFrame(audio[i : i + FRAME], timestamp_us=T0 + self.offset * 125))
+            self.offset += FRAME
+
+    async def until(self, what: Callable[[Message], bool]) -> Message:
+        while True:
+            found = next((e for e in self.events if what(e)), None)
+            if found is not None:
+                return found
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), 10)
+
+    def kinds(self) -> list[str]:
+        """The events but partial transcripts (which come about once a second of speech)."""
+        shown = [e for e in self.events if not (isinstance(e, Transcript) and not e.is_final)]
+        return [type(e).__name__ + (f"({e.text!r})" if isinstance(e, Transcript | SpeechPaused) else "") for e in shown]
+
+    def wall_us(self, ms: float) -> int:
+        """Wall clock of the moment `ms` after the end of the audio fed so far."""
+        return T0 - 20_000 + (self.offset // 8 + round(ms)) * 1000
+
+
+async def test_noise_onset_without_words_ends_as_noise(emulator: DeepgramEmulator) -> None:
+    """Deepgram's SpeechStarted on a crackle, and no words: the session must not stay in
+    speech (the orchestrator would take it for an interruption)."""
+    emulator.transcripts = ["what are your opening hours"]
+    async with Session(emulator) as s:
+        await s.feed(silence_mulaw(300) + noise_mulaw(300) + silence_mulaw(100))
+        await s.until(lambda e: isinstance(e, SpeechStarted))  # Deepgram's onset, confirmed by the line
+        await s.feed(silence_mulaw(300))
+        await s.until(is_final)
+        assert s.kinds() == ["SpeechStarted", "SpeechEnded", "Transcript('')"]
+        assert emulator.connections[0].finalizes == 1 and emulator.finals == []
+        # The next real utterance is heard as usual, with its own onset.
+        onset = s.wall_us(0)
+        await s.feed(pcm16_to_mulaw(tone_pcm16(1000)) + silence_mulaw(400))
+        await s.until(lambda e: is_final(e) and e.text != "")
+        assert s.kinds()[3:] == ["SpeechStarted", "SpeechEnded", "Transcript('what are your opening hours')"]
+        assert [e.at_us for e in s.events if isinstance(e, SpeechStarted)][1] == onset
+
+
+async def test_onset_the_line_does_not_show_is_held(emulator: DeepgramEmulator) -> None:
+    """Faint echo trips Deepgram's VAD but is no voice on the line: no SpeechStarted (it
+    would stop the agent), and a real utterance after it is reported from its own onset."""
+    emulator.transcripts = ["stop please"]
+    async with Session(emulator) as s:
+        onset = s.wall_us(200 + 1200 + 400)
+        await s.feed(silence_mulaw(200) + faint_tone_mulaw(1200) + silence_mulaw(400))
+        await s.feed(pcm16_to_mulaw(tone_pcm16(800)) + silence_mulaw(400))
+        await s.until(is_final)
+        assert s.kinds() == ["SpeechStarted", "SpeechEnded", "Transcript('stop please')"]
+        assert s.events[0].at_us == onset
+        assert len([c for c in emulator.connections if c.finalizes]) == 1
+
+
+async def test_pause_finalizes_and_the_answer_is_a_pause_not_the_end(emulator: DeepgramEmulator) -> None:
+    """Interims come once a second, so the words at a pause come from our Finalize; its
+    answer (from_finalize) starts a preemptive reply but does not end the utterance: the
+    caller may go on, and the final then holds both pieces."""
+    emulator.transcripts = ["I need to cancel", "my appointment"]
+    async with Session(emulator) as s:
+        quiet_from = s.wall_us(200 + 800)
+        await s.feed(silence_mulaw(200) + pcm16_to_mulaw(tone_pcm16(800)) + silence_mulaw(100))
+        paused = await s.until(lambda e: isinstance(e, SpeechPaused))
+        assert isinstance(paused, SpeechPaused) and paused.text == "I need to cancel"
+        assert emulator.finals[-1].from_finalize and emulator.finals[-1].text == "I need to cancel"
+        assert paused.speech_end_us == quiet_from  # where the quiet began
+        await s.feed(pcm16_to_mulaw(tone_pcm16(600)) + silence_mulaw(400))
+        await s.until(is_final)
+        assert s.kinds() == [
+            "SpeechStarted",
+            "SpeechPaused('I need to cancel')",
+            "SpeechStarted",  # the caller went on: the preemptive reply is stale
+            "SpeechEnded",
+            "Transcript('I need to cancel my appointment')",
+        ]
+        assert emulator.connections[0].finalizes == 2
+
+
+async def test_quiet_for_the_endpointing_time_after_the_answer_ends_the_utterance(emulator: DeepgramEmulator) -> None:
+    emulator.transcripts = ["what are your opening hours"]
+    emulator.speech_final = False  # Deepgram's own endpoint would not end it
+    async with Session(emulator, utterance_end_ms=5000) as s:
+        speech_end = s.wall_us(200 + 1200)
+        await s.feed(silence_mulaw(200) + pcm16_to_mulaw(tone_pcm16(1200)) + silence_mulaw(300))
+        final = await s.until(is_final)
+        assert final.text == "what are your opening hours"
+        ended = next(e for e in s.events if isinstance(e, SpeechEnded))
+        assert ended.speech_end_us == speech_end
+        assert ended.at_us - ended.speech_end_us == 200_000  # the endpointing silence (pause_ms)

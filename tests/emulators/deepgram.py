@@ -1,17 +1,32 @@
 """A Deepgram live STT emulator: GET /v1/listen upgraded to a WebSocket on 127.0.0.1.
 
 Close enough to Deepgram's wire format that the official SDK parses every message into its
-typed events. It cannot understand speech, so it hears *that* the caller speaks (frame
-energy of the decoded mu-law) and says the next scripted transcript. All its timing is in
-audio time, counted in frames, like Deepgram's own timestamps, so replayed audio sent
+typed events. It cannot understand speech, so it hears *that* something sounds and whether
+it sounds like a voice, and says the next scripted transcript for a voice. All its timing is
+in audio time, counted in frames, like Deepgram's own timestamps, so replayed audio sent
 faster than real time is heard the same way as live audio.
 
-Per connection: SpeechStarted at speech onset, interim Results every 250 ms of speech, one
-interim with the whole utterance `interim_at_pause_ms` into the silence after it (Deepgram
-has then decoded the last word; 0 = no such interim), an is_final + speech_final Result
-after `endpointing` ms of silence (after `final_delay_ms` of wall time), UtteranceEnd after
-`utterance_end_ms` of silence, an empty is_final Result every second of silence (as
-Deepgram acknowledges silence), Metadata on CloseStream.
+Per connection, following Deepgram's documentation:
+- SpeechStarted when its VAD hears sound (`vad_dbfs`), voice or not: it fires on noise and
+  echo too, and no words need follow ("it really should be called Noise Detection",
+  https://github.com/deepgram/deepgram-python-sdk/issues/403,
+  https://github.com/deepgram/deepgram-js-sdk/issues/369). Words (the next scripted
+  transcript) come only from a segment with voice: frames above `speech_dbfs` whose
+  spectrum is not flat like noise's. ASSUMPTION: the measure; Deepgram says nothing of it.
+- Interim Results about once a second of audio, not triggered by pauses: the documented
+  example shows interims at 1.1, 2.1, 3.1 ... s (https://developers.deepgram.com/docs/using-interim-results).
+- An is_final + speech_final Result after `endpointing` ms of silence
+  (https://developers.deepgram.com/docs/understand-endpointing-interim-results), sent
+  `final_delay_ms` of wall time later; for a segment without words an empty is_final one
+  (ASSUMPTION: not speech_final, there was no speech to end).
+- Finalize: everything heard so far as one is_final Result with `from_finalize: true`,
+  after `final_delay_ms` (ASSUMPTION: as long as an endpoint's final), and none when no
+  segment is open ("not guaranteed if there is no significant amount of audio data to
+  process", https://developers.deepgram.com/docs/finalize). The segment ends there.
+- UtteranceEnd `utterance_end_ms` after the last word; an empty is_final Result every
+  second of silence (as Deepgram acknowledges silence); Metadata on CloseStream.
+Each Result with words takes the next scripted transcript, so an utterance Deepgram
+finalizes in two pieces (a Finalize mid-utterance) needs two entries.
 Faults are injected through attributes, set by a test from any thread.
 """
 
@@ -27,6 +42,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -35,8 +51,11 @@ from websockets.http11 import Request, Response
 from voxline.audio import FRAME_SAMPLES, mulaw_to_pcm16, rms_dbfs
 
 FRAME_MS = 20
-INTERIM_EVERY_MS = 250
+INTERIM_EVERY_MS = 1000  # https://developers.deepgram.com/docs/using-interim-results
 SILENCE_FINAL_MS = 1000
+WORD_MS = 400  # interims name one word per this much voice heard
+VOICE_FLATNESS = 0.3  # spectral flatness below this sounds like a voice (white noise ~0.55)
+MIN_VOICE_FRAMES = 3  # a segment with less voice than this has no words
 
 
 @dataclass
@@ -45,6 +64,7 @@ class ConnectionLog:
     params: dict[str, list[str]]
     audio_bytes: int = 0
     keepalives: int = 0
+    finalizes: int = 0
     close_streams: int = 0
     dropped: bool = False
     stalled: bool = False
@@ -65,20 +85,22 @@ class ConnectionLog:
 class FinalLog:
     connection: int
     text: str
-    speech_ms: int  # onset to the end of the last voiced frame, in audio time
+    speech_ms: int  # first to last voiced frame, in audio time
+    from_finalize: bool = False
 
 
 @dataclass
 class DeepgramEmulator:
     api_key: str = "dg-emulator-key-0001"
     transcripts: list[str] = field(default_factory=list)  # said in order, one per utterance
-    final_delay_ms: int = 0  # wall time between the endpoint and the speech_final Result
-    interim_at_pause_ms: int = 80  # audio time into a pause of the interim with every word; 0 = none
-    speech_dbfs: float = -40.0
+    final_delay_ms: int = 0  # wall time between an endpoint (or a Finalize) and its final Result
+    vad_dbfs: float = -50.0  # Deepgram's VAD: a frame louder than this is sound (SpeechStarted)
+    speech_dbfs: float = -40.0  # a voice this loud (and not noise-like) gives words
     reject_next: list[int] = field(default_factory=list)  # HTTP statuses for the next handshakes
     drop_after_speech_ms: int | None = None  # one shot: abort the socket this far into an utterance
     stall_next: int = 0  # the next N connections take audio and never answer
     speech_final: bool = True  # False: endpoints are plain is_final Results; UtteranceEnd ends the turn
+    answer_finalize: bool = True  # False: Finalize gets no answer (Deepgram does not promise one)
     connections: list[ConnectionLog] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     finals: list[FinalLog] = field(default_factory=list)
@@ -128,7 +150,7 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
 
 
 class _Listener:
-    """One connection: energy endpointing in audio time, results through a delayed outbox."""
+    """One connection: VAD and endpointing in audio time, results through a delayed outbox."""
 
     def __init__(self, emulator: DeepgramEmulator, ws: ServerConnection, log: ConnectionLog) -> None:
         self.em, self.ws, self.log = emulator, ws, log
@@ -140,9 +162,12 @@ class _Listener:
         self.carry = b""
         self.t_ms = 0  # audio heard on this connection
         self.final_upto_ms = 0  # audio covered by is_final Results
-        self.in_speech = False
+        self.in_speech = False  # a segment is open: SpeechStarted was sent
         self.run_frames = self.run_start_ms = 0
-        self.onset_ms = self.voice_end_ms = self.silence_ms = self.interim_ms = 0
+        self.onset_ms = self.silence_ms = self.next_interim_ms = 0
+        self.voice_frames = 0  # voice-like frames of the segment: words or not
+        self.voice_start_ms: int | None = None  # first and last loud frame of the segment
+        self.voice_end_ms = 0
         self.utterance_end_at: int | None = None  # last word end awaiting UtteranceEnd
 
     async def run(self) -> None:
@@ -165,8 +190,10 @@ class _Listener:
         kind = message.get("type")
         if kind == "KeepAlive":
             self.log.keepalives += 1
-        elif kind == "Finalize" and self.in_speech:
-            self._final(from_finalize=True)
+        elif kind == "Finalize":
+            self.log.finalizes += 1
+            if self.in_speech and self.em.answer_finalize:  # else no answer (docs/finalize)
+                self._final(from_finalize=True)
         elif kind == "CloseStream":
             self.log.close_streams += 1
             self._send(self._metadata())
@@ -179,43 +206,58 @@ class _Listener:
         while len(self.carry) >= FRAME_SAMPLES:
             frame, self.carry = self.carry[:FRAME_SAMPLES], self.carry[FRAME_SAMPLES:]
             self.t_ms += FRAME_MS
-            voiced = rms_dbfs(mulaw_to_pcm16(frame)) > self.em.speech_dbfs
-            self._speech_frame() if voiced else self._silence_frame()
+            pcm = mulaw_to_pcm16(frame)
+            level = rms_dbfs(pcm)
+            loud = level > self.em.speech_dbfs
+            self._frame(level > self.em.vad_dbfs, loud, loud and spectral_flatness(pcm) < VOICE_FLATNESS)
             drop = self.em.drop_after_speech_ms
-            if drop is not None and self.in_speech and self.voice_end_ms - self.onset_ms >= drop:
+            if drop is not None and self.in_speech and self.voice_ms >= drop:
                 self.em.drop_after_speech_ms = None
                 self.log.dropped = True
                 self.ws.transport.abort()  # no close frame: a network failure, not a goodbye
                 return False
         return True
 
-    def _speech_frame(self) -> None:
-        self.silence_ms = 0
+    @property
+    def voice_ms(self) -> int:
+        return 0 if self.voice_start_ms is None else self.voice_end_ms - self.voice_start_ms
+
+    @property
+    def has_words(self) -> bool:
+        return self.voice_frames >= MIN_VOICE_FRAMES
+
+    def _frame(self, sound: bool, loud: bool, voice: bool) -> None:
+        self.silence_ms = 0 if sound else self.silence_ms + FRAME_MS
         if not self.in_speech:
+            if not sound:
+                self.run_frames = 0
+                self._idle_silence()
+                return
             self.run_frames += 1
             if self.run_frames == 1:
-                self.run_start_ms = self.t_ms - FRAME_MS
+                self.run_start_ms, self.voice_frames, self.voice_start_ms = self.t_ms - FRAME_MS, 0, None
+            self._heard(loud, voice)
             if self.run_frames < 2:
                 return
-            self.in_speech, self.onset_ms, self.interim_ms = True, self.run_start_ms, self.t_ms
+            self.in_speech, self.onset_ms = True, self.run_start_ms
+            self.next_interim_ms = self.onset_ms + INTERIM_EVERY_MS
             self.utterance_end_at = None
             self._send({"type": "SpeechStarted", "channel": [0], "timestamp": self.onset_ms / 1000})
-        self.voice_end_ms = self.t_ms
-        if self.t_ms - self.interim_ms >= INTERIM_EVERY_MS:
-            self.interim_ms = self.t_ms
-            words = self._script().split()
-            heard = words[: 1 + (self.t_ms - self.onset_ms) // 400]
-            self._send(self._results(" ".join(heard), is_final=False, speech_final=False))
-
-    def _silence_frame(self) -> None:
-        self.run_frames = 0
-        if self.in_speech:
-            self.silence_ms += FRAME_MS
-            if self.silence_ms == self.em.interim_at_pause_ms < self.endpointing_ms:
-                self._send(self._results(self._script(), is_final=False, speech_final=False))
-            if self.silence_ms >= self.endpointing_ms:
-                self._final(from_finalize=False)
             return
+        self._heard(loud, voice)
+        if self.t_ms >= self.next_interim_ms:
+            self.next_interim_ms += INTERIM_EVERY_MS
+            self._send(self._results(self._heard_so_far(), is_final=False, speech_final=False))
+        if self.silence_ms >= self.endpointing_ms:
+            self._final(from_finalize=False)
+
+    def _heard(self, loud: bool, voice: bool) -> None:
+        if loud:
+            self.voice_start_ms = self.t_ms - FRAME_MS if self.voice_start_ms is None else self.voice_start_ms
+            self.voice_end_ms = self.t_ms
+        self.voice_frames += voice
+
+    def _idle_silence(self) -> None:
         if self.utterance_end_at is not None and self.utterance_end_ms:
             if self.t_ms - self.utterance_end_at >= self.utterance_end_ms:
                 self._send({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.utterance_end_at / 1000})
@@ -223,13 +265,22 @@ class _Listener:
         if self.t_ms - self.final_upto_ms >= SILENCE_FINAL_MS:
             self._send(self._results("", is_final=True, speech_final=False))
 
+    def _heard_so_far(self) -> str:
+        if not self.has_words:
+            return ""
+        words = self._script().split()
+        return " ".join(words[: 1 + self.voice_ms // WORD_MS])
+
     def _final(self, from_finalize: bool) -> None:
-        text = self.em.transcripts.pop(0) if self.em.transcripts else "hello"
-        self.em.finals.append(FinalLog(self.log.index, text, self.voice_end_ms - self.onset_ms))
-        speech_final = self.em.speech_final and not from_finalize
+        text = ""
+        if self.has_words:
+            text = self.em.transcripts.pop(0) if self.em.transcripts else "hello"
+            self.em.finals.append(FinalLog(self.log.index, text, self.voice_ms, from_finalize))
+        speech_final = self.em.speech_final and not from_finalize and bool(text)
         message = self._results(text, is_final=True, speech_final=speech_final, from_finalize=from_finalize)
         self._send(message, delay_ms=self.em.final_delay_ms)
-        self.in_speech, self.utterance_end_at = False, self.voice_end_ms
+        self.in_speech, self.run_frames = False, 0
+        self.utterance_end_at = self.voice_end_ms if text else None
 
     def _script(self) -> str:
         return self.em.transcripts[0] if self.em.transcripts else "hello"
@@ -239,7 +290,8 @@ class _Listener:
         if is_final:
             self.final_upto_ms = end
         words = text.split()
-        span_start, span_end = (self.onset_ms, self.voice_end_ms) if words else (start, end)
+        voice_start = self.onset_ms if self.voice_start_ms is None else self.voice_start_ms
+        span_start, span_end = (voice_start, self.voice_end_ms) if words else (start, end)
         step = (span_end - span_start) / max(1, len(words))
         word_items = [
             {
@@ -291,3 +343,11 @@ class _Listener:
             with contextlib.suppress(ConnectionClosed):
                 await self.ws.send(text)
         await self.ws.close()
+
+
+def spectral_flatness(pcm: np.ndarray) -> float:
+    """Geometric over arithmetic mean of the power spectrum: near 0 for a voice's harmonics,
+    near 0.55 for white noise."""
+    x = pcm.astype(np.float64) * np.hanning(len(pcm))
+    power = np.abs(np.fft.rfft(x)) ** 2 + 1e-9
+    return float(np.exp(np.mean(np.log(power))) / np.mean(power))
