@@ -119,6 +119,7 @@ def scraped(stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             poll(lambda: value(s, "sum(voxline_calls_total)") >= calls_before + s.calls, 30, "the calls' outcomes")
             poll(lambda: value(s, "sum(voxline_barge_in_voice_stop_seconds_count)") >= 1, 30, "the barge-in")
             poll(lambda: value(s, "sum(voxline_backchannels_total)") >= 1, 30, "the backchannel")
+            poll(lambda: value(s, "sum(voxline_orchestrator_active_calls)") == 0, 30, "every call to be let go")
             s.end = time.time()
             yield s
         finally:
@@ -130,7 +131,7 @@ def scraped(stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _up(s: Scraped) -> int:
     try:
         return sum(1 for r in s.query("up == 1", at=time.time()))
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # not listening yet, or not answering JSON yet
         return 0
 
 
