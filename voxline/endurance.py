@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ FAKE_PROVIDERS = {
     "VOXLINE_FAKE_TTFT_MS": "150",
     "VOXLINE_FAKE_TTFB_MS": "60",
     "VOXLINE_FAKE_STT_LATENCY_MS": "20",
-    "VOXLINE_LOG_LEVEL": "WARNING",
 }
 
 
@@ -50,12 +49,12 @@ def add_arguments(chaos: argparse.ArgumentParser, soak: argparse.ArgumentParser)
     soak.add_argument("--out", default="", help="results directory (default soak-results/<time>)")
 
 
-def _stack(out: Path, replicas: int) -> DevStack:
+def _stack(out: Path, replicas: int, log_level: str) -> DevStack:
     stack = DevStack(
         profile="fake",
         http_port=free_ports_in_a_row(replicas),
         log_dir=out / "logs",
-        extra_env=FAKE_PROVIDERS,
+        extra_env={**FAKE_PROVIDERS, "VOXLINE_LOG_LEVEL": log_level},
         replicas=replicas,
     )
     stack.start()
@@ -91,6 +90,7 @@ class CallerView:
     # later words differ from what was said and count here too.
     words_lost: int = 0
     stale_ms: float = 0.0  # cancelled reply audio heard after its stop
+    errors: list[str] = field(default_factory=list)  # what cut calls, first few kinds
 
     @classmethod
     def of(cls, results: list[CallResult]) -> CallerView:
@@ -103,6 +103,9 @@ class CallerView:
                 v.completed += 1
             elif r.errors or not r.accepted:
                 v.cut += 1
+                for error in r.errors or [f"not accepted: {r.close_reason}"]:
+                    if error not in v.errors and len(v.errors) < 5:
+                        v.errors.append(error)
             waits = [t.first_media_latency_ms for t in r.turns if t.first_media_latency_ms is not None]
             v.longest_wait_ms = max([v.longest_wait_ms, *waits])
             v.stale_ms += sum(b.cancelled_audio_heard_after_ms for b in r.barge_ins)
@@ -119,6 +122,7 @@ class CallerView:
             f"longest wait for a reply: {self.longest_wait_ms:.0f} ms",
             f"caller words lost: {self.words_lost} (fake STT: a call moved to another worker counts its later words)",
             f"stale audio heard: {self.stale_ms:.0f} ms",
+            *(f"  cut by: {e}" for e in self.errors),
         ]
 
 
@@ -127,7 +131,7 @@ def run_chaos(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed or None)
     try:
-        stack = _stack(out, args.replicas)
+        stack = _stack(out, args.replicas, "INFO")  # what each kill did, in the logs
     except StackError as exc:
         print(f"voxline chaos: {exc}")
         return 1
@@ -194,7 +198,7 @@ def run_soak(args: argparse.Namespace) -> int:
     out = Path(args.out or f"soak-results/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        stack = _stack(out, 1)
+        stack = _stack(out, 1, "WARNING")  # 100 calls of INFO logs would be load of their own
     except StackError as exc:
         print(f"voxline soak: {exc}")
         return 1
