@@ -79,6 +79,13 @@ class SttAssign(_Msg, kw_only=True, frozen=True):
     pause_ms: int = 0  # report the end of speech after this much silence; 0 = provider default
 
 
+class SttRelease(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> one stt worker (subjects.stt_release): drop the call's session and
+    audio; the call goes on with another worker."""
+
+    reason: str
+
+
 class SttAssigned(_Msg, kw_only=True, frozen=True):
     worker_id: str
     provider: str
@@ -274,6 +281,7 @@ Message = (
     | Hangup
     | SttAssign
     | SttAssigned
+    | SttRelease
     | SpeechStarted
     | Transcript
     | SpeechEnded

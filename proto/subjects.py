@@ -30,6 +30,13 @@ def stt_ping(worker_id: str) -> str:
     return f"{PREFIX}.stt.ping.{worker_id}"
 
 
+def stt_release(worker_id: str) -> str:
+    """orchestrator -> one STT worker: let a call go. Sent before the call is moved to
+    another worker, so a worker that only looked dead (slow pings) never keeps listening
+    beside its replacement."""
+    return f"{PREFIX}.stt.release.{worker_id}"
+
+
 def call_prefix(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}"
 

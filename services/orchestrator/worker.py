@@ -33,6 +33,7 @@ from proto.messages import (
     Message,
     SttAssign,
     SttAssigned,
+    SttRelease,
 )
 from proto.records import CALL_RECORDS_BUCKET
 from services.common import unsubscribe_quietly
@@ -397,6 +398,13 @@ class Orchestrator:
             assign, actor = self._assigns.get(call_id), self.calls.get(call_id)
             if assign is None or actor is None:
                 continue
+            # A worker that only looked dead (slow to answer its pings) must not go on
+            # listening beside its replacement: two workers would send two transcripts.
+            release = SttRelease(call_id=call_id, reason="moved to another stt worker")
+            try:
+                await self.bus.publish(subjects.stt_release(worker_id), release)
+            except Exception as exc:
+                log.warning("could not tell the stt worker to let the call go: %s", exc, extra={"call_id": call_id})
             refusal = await self._assign_stt(assign, actor.call.traceparent)
             if refusal:
                 actor.post(SttLost(reason=refusal))

@@ -28,6 +28,7 @@ from proto.messages import (
     SttAssign,
     SttAssigned,
     SttError,
+    SttRelease,
     Transcript,
 )
 from services.common import RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
@@ -83,6 +84,7 @@ class SttWorker:
             await self.bus.subscribe(subjects.STT_ASSIGN, self.on_assign, queue=subjects.QUEUE_STT),
             await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
             await self.bus.serve_ping(subjects.stt_ping(self.settings.instance_id)),
+            await self.bus.subscribe(subjects.stt_release(self.settings.instance_id), self.on_release),
         ]
         self._ready = True
 
@@ -197,6 +199,14 @@ class SttWorker:
             tracing.mark_error(held.utterance, "stt error")
             held.utterance.end()
             held.utterance = None
+
+    async def on_release(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, SttRelease):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id):
+            if await self._release(message.call_id):
+                log.warning("let the call go: %s", message.reason)
 
     async def on_call_ended(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, CallEnded):

@@ -9,7 +9,7 @@ from typing import Any
 from proto import subjects
 from proto.audio_frame import AudioFrame
 from proto.headers import CALL_ID
-from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError
+from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError, SttRelease
 from services.stt.providers.base import Emit
 from services.stt.providers.fake import FakeSttProvider
 from services.stt.worker import SttStatus, SttWorker
@@ -120,6 +120,23 @@ async def test_call_ended_releases_session_and_audio(worker_bus: Bus, probe: Pro
     await probe.publish(subjects.STT_ASSIGN, assign())
     assert await probe.request(subjects.STT_ASSIGN, assign("c2")) == assigned("c2")
     assert worker.status().calls == ["c2"] and provider.opened == 2
+    await worker.stop()
+
+
+async def test_a_release_lets_one_call_go_and_a_later_assign_takes_it_again(
+    worker_bus: Bus, probe: Probe, nats_server: NatsServer
+) -> None:
+    worker, provider = await make_worker(worker_bus)
+    for call_id in ("c1", "c2"):
+        await probe.request(subjects.STT_ASSIGN, assign(call_id))
+    # The orchestrator thought this worker dead and moved c1: it must stop listening to it.
+    await probe.publish(subjects.stt_release(WORKER_ID), SttRelease(call_id="c1", reason="moved"))
+    await provider.wait_closed("c1")
+    assert worker.status().calls == ["c2"]
+    assert subjects.audio_in("c1") not in await nats_server.subscriptions(worker_bus)
+    # Unlike an ended call, a released one may come back to this worker.
+    assert await probe.request(subjects.STT_ASSIGN, assign("c1")) == assigned("c1")
+    assert worker.status().calls == ["c1", "c2"]
     await worker.stop()
 
 
