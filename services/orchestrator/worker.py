@@ -54,6 +54,7 @@ ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this o
 STT_PING_INTERVAL_S = 1.0
 MAX_STT_REASSIGNMENTS = 2
 STT_PING_TIMEOUT_S = 0.5
+STT_RECONNECT_GRACE_S = 5.0
 REFUSED = Counter(
     "voxline_orchestrator_refused_calls_total", "Calls this orchestrator refused (no agent, no STT worker)"
 )
@@ -373,9 +374,20 @@ class Orchestrator:
         """Ping every STT worker that holds a call; two missed pings and its calls move.
 
         Brain and TTS requests go to queue groups and have per-request watchdogs; only the
-        STT is sticky, so only its death would leave a caller unheard."""
+        STT is sticky, so only its death would leave a caller unheard. A bus that was down
+        is not a worker death: every worker reconnects on its own schedule, so misses do
+        not count until STT_RECONNECT_GRACE_S after our own reconnection."""
+        epoch, counting_from = self.bus.connection_epoch, 0.0
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(STT_PING_INTERVAL_S)
+            if not self.bus.connected:
+                continue
+            if self.bus.connection_epoch != epoch:
+                epoch, counting_from = self.bus.connection_epoch, loop.time() + STT_RECONNECT_GRACE_S
+                self._stt_misses.clear()
+            if loop.time() < counting_from:
+                continue
             for worker_id in set(self._stt_worker.values()):
                 try:
                     await self.bus.ping(subjects.stt_ping(worker_id), STT_PING_TIMEOUT_S)
