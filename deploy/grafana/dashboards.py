@@ -197,7 +197,7 @@ def calls_dashboard() -> Dashboard:
         .with_panel(
             place(
                 timeseries.Panel()
-                .title("Turn latency p50 / p95 (caller's end of speech to first reply audio)")
+                .title("Turn latency p50 / p95 (caller's end of speech to first reply audio); greeting p95")
                 .unit("s"),
                 12,
                 8,
@@ -206,6 +206,7 @@ def calls_dashboard() -> Dashboard:
             )
             .with_target(query(quantile(0.5, "voxline_turn_latency_seconds"), "p50").exemplar(True))
             .with_target(query(quantile(0.95, "voxline_turn_latency_seconds"), "p95").exemplar(True))
+            .with_target(query(quantile(0.95, "voxline_turn_stage_seconds", "", _GREETING), "greeting p95"))
         )
         .with_panel(
             place(heatmap.Panel().title("Turn latency heatmap").unit("s"), 0, 18, 12, 9)
@@ -248,6 +249,10 @@ def calls_dashboard() -> Dashboard:
             ).with_target(query(PROVIDER_ERROR_RATIO, "{{provider}}"))
         )
     )
+
+
+# The greeting's first audio, measured from the media stream's start.
+_GREETING = '{stage="first_media_sent", kind="greeting"}'
 
 
 def _stage_selector() -> str:

@@ -9,8 +9,11 @@ a metric through the exemplar's trace id, never through a call-id label.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Histogram
 
+from proto.messages import TurnKind
 from proto.records import CallRecord, TurnRecord
 from voxline.metrics import exemplar
 from voxline.telemetry import LATENCY_BUCKETS
@@ -30,6 +33,8 @@ STAGES = (
     "hop_gateway",
     "barge_in_voice_stop",
 )
+# What a greeting has of them: no caller speech before it, no brain.
+GREETING_STAGES = ("tts_first_audio", "first_media_sent", "hop_tts", "hop_gateway")
 # Call outcomes, from the record's end reason (what `CallStopped.reason` says) and turns.
 OUTCOMES = ("caller_hangup", "agent_hangup", "transferred", "transfer_failed", "failed", "other")
 _OUTCOME_OF_REASON = {
@@ -66,9 +71,16 @@ BACKCHANNELS = Counter(
     "voxline_backchannels_total", "Times the caller talked over a reply without interrupting it (uh-huh, noise)."
 )
 
-# Every outcome exists from the start at zero, so a rate over them is 0 rather than no data.
+# The series exist from the start at zero: a rate over them is then 0 rather than no data,
+# and the first observations after a start are counted (a series born at 4 has no rate).
 for _outcome in OUTCOMES:
     CALLS.labels(outcome=_outcome)
+for _kind in get_args(TurnKind):
+    TURNS.labels(kind=_kind)
+for _stage in STAGES:
+    TURN_STAGE.labels(stage=_stage, kind="reply")
+for _stage in GREETING_STAGES:
+    TURN_STAGE.labels(stage=_stage, kind="greeting")
 
 
 def outcome(record: CallRecord) -> str:

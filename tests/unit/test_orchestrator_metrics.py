@@ -4,6 +4,9 @@ through the real core, observed the way the actor's shell does (`RecordMetrics`)
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -103,6 +106,22 @@ def test_the_call_outcome_is_counted_once_when_the_record_ends() -> None:
     observe_saves(d, metrics)
     metrics.saw(d.call.record)
     assert sample("voxline_calls_total", outcome="caller_hangup") == before + 1
+
+
+def test_the_stages_of_reply_and_greeting_turns_exist_before_the_first_turn() -> None:
+    # A series born at its first observations has no rate: a fresh orchestrator's first
+    # turns would be invisible to every quantile on the dashboard. A fresh interpreter, so
+    # no turn observed by another test creates the series.
+    check = (
+        "from prometheus_client import REGISTRY\n"
+        "import services.orchestrator.metrics\n"
+        "count = lambda **labels: REGISTRY.get_sample_value('voxline_turn_stage_seconds_count', labels)\n"
+        "assert count(stage='pipeline_overhead', kind='reply') == 0\n"
+        "assert count(stage='barge_in_voice_stop', kind='reply') == 0\n"
+        "assert count(stage='first_media_sent', kind='greeting') == 0\n"
+        "assert REGISTRY.get_sample_value('voxline_turns_total', {'kind': 'apology'}) == 0\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)
 
 
 def test_outcomes_are_a_closed_set_and_every_one_exists_at_zero() -> None:
