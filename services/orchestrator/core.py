@@ -257,7 +257,9 @@ class _Step(Speech):
         turn = self.live_turn(msg.turn_id)
         if turn is None or turn.closed:
             return
-        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
+        # The watchdog follows progress: a brain that dies after some sentences must not
+        # leave the turn without its end (the caller would wait in silence).
+        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), self.call.limits.brain_timeout_s)
         if msg.seq == 0:
             turn.mark("first_token", msg.first_token_us or msg.at_us)
             turn.mark("first_sentence", msg.at_us)

@@ -186,7 +186,7 @@ def test_the_end_of_the_call_stops_every_timer_and_writes_the_final_record() -> 
     reply = d.turn
     d.sentence(reply.turn_id, 0, "Hello there.")  # on its way to TTS, watched
     pending = {p.timer for p in d.call.timers}
-    assert {t.kind for t in pending} == {TimerKind.TTS, TimerKind.MAX_CALL}
+    assert {t.kind for t in pending} == {TimerKind.TTS, TimerKind.BRAIN, TimerKind.MAX_CALL}
     effects = d.send(CallStopped(call_id=CALL_ID, reason="caller hung up", at_us=d.now_us))
     assert {e.timer for e in effects if isinstance(e, CancelTimer)} == pending and not d.call.timers
     assert d.call.state is CallState.ENDED
@@ -233,3 +233,17 @@ def test_a_time_limit_goodbye_nobody_hears_still_ends_the_call() -> None:
     d.fire(TimerKind.MAX_CALL, seq=1)
     [hangup] = d.published(Hangup)
     assert hangup.reason == "maximum call length reached"
+
+
+def test_a_brain_that_dies_after_its_first_sentence_gets_the_turn_an_apology() -> None:
+    d = Driver()
+    d.greet()
+    d.says("tell me about your prices")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.sentence(turn.turn_id, 0, "Our prices are simple.")  # then the brain worker dies
+    assert d.pending(TimerKind.BRAIN, turn.turn_id)  # still watched: it never said it was done
+    d.fire(TimerKind.BRAIN, turn.turn_id)
+    spoken = [s.text for s in d.published(Synthesize) if s.turn_id == turn.turn_id]
+    assert spoken == ["Our prices are simple.", d.call.agent.apology, ""]
+    assert turn.closed and turn.kind == "reply"
