@@ -65,6 +65,7 @@ class ConnectionLog:
     audio_bytes: int = 0
     keepalives: int = 0
     finalizes: int = 0
+    speech_starts: int = 0  # SpeechStarted sent, for words or not
     close_streams: int = 0
     dropped: bool = False
     stalled: bool = False
@@ -242,6 +243,7 @@ class _Listener:
             self.in_speech, self.onset_ms = True, self.run_start_ms
             self.next_interim_ms = self.onset_ms + INTERIM_EVERY_MS
             self.utterance_end_at = None
+            self.log.speech_starts += 1
             self._send({"type": "SpeechStarted", "channel": [0], "timestamp": self.onset_ms / 1000})
             return
         self._heard(loud, voice)

@@ -97,6 +97,7 @@ async def run_call(
             return result
         line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
         line.malformed_after_ms = script.malformed_frame_after_ms
+        line.noise = script.line_noise
         result.stream_sid = line.stream.stream_sid
         spoken: list[_Spoken] = []
         try:

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from voxline.audio import FRAME_MS, FRAME_SAMPLES, MULAW_SILENCE
+from voxline.simulator.line_noise import LineNoise
 from voxline.simulator.playback import Chunk, PendingMark, PlaybackBuffer
 from voxline.simulator.twilio_stream import (
     ProtocolError,
@@ -59,6 +60,7 @@ class PhoneLine:
         self.closed = False
         self.closed_by_gateway = False
         self.malformed_after_ms: int | None = None
+        self.noise: LineNoise | None = None  # bursts and echo on the caller's side
         self.media_received = 0
         self.marks_received = 0
         self.clears = 0
@@ -190,6 +192,8 @@ class PhoneLine:
             if not self._sending:
                 break
             payload, log, voiced = self._next_frame()
+            if self.noise is not None:
+                payload = self.noise.mix(payload, self.clock(), caller_speaking=log is not None)
             await self._emit(partial(self.stream.media_json, payload, (n - 1) * FRAME_MS))
             now = self.clock()
             late = int((now - deadline) * 1000.0)
@@ -241,7 +245,9 @@ class PhoneLine:
             return []
         if msg.event == "media":
             self.media_received += 1
-            self.playback.add_audio(msg.payload)
+            chunk = self.playback.add_audio(msg.payload)
+            if self.noise is not None:
+                self.noise.heard(chunk, msg.payload)
             return []
         if msg.event == "mark":
             self.marks_received += 1

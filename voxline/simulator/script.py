@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxline.simulator.line_noise import LineNoise
 from voxline.simulator.twilio_stream import new_sid
 
 
@@ -73,6 +74,7 @@ class CallScript:
     trailing_silence_ms: int = 1000
     wait_for_greeting: bool = True
     record_timeout_s: float = 5.0
+    line_noise: LineNoise | None = None  # noise bursts and the agent's echo on the caller's line
 
     def __post_init__(self) -> None:
         # Fixed at construction so a result can always be matched to its script.
