@@ -29,7 +29,11 @@ pytestmark = pytest.mark.integration
 
 DEEPGRAM_FINAL_MS = 300  # Deepgram: final transcript ~300 ms after the end of speech
 # The emulator endpoints after `endpointing` ms of silence (our SttAssign.pause_ms), then
-# waits final_delay_ms: together the published ~300 ms.
+# waits final_delay_ms: together the published ~300 ms ("sub-300 ms" streaming latency,
+# https://deepgram.com/learn/understanding-and-reducing-latency-in-speech-to-text-apis).
+# The same final_delay_ms answers our Finalize (ASSUMPTION: Deepgram publishes no figure,
+# https://developers.deepgram.com/docs/finalize); interims come once a second of audio
+# (https://developers.deepgram.com/docs/using-interim-results), never at a pause.
 ENDPOINTING_MS = TurnOptions().stt_pause_ms
 GPT4O_TOKENS_PER_S = 80.0
 FLASH_TTFB_MS = 100.0  # ElevenLabs Flash: first audio ~100 ms after a flush

@@ -300,7 +300,7 @@ class DeepgramSession:
         if self.pause.loud_near(offset, ONSET_AGREE):
             await self._start_utterance(offset)
         else:
-            log.info("deepgram: SpeechStarted the line does not show (echo or faint noise); held")
+            log.info("deepgram: SpeechStarted the line does not show (faint echo or noise?); held")
             self._held_onset = offset
 
     async def _start_utterance(self, offset: int) -> None:
