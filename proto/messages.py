@@ -40,6 +40,7 @@ class CallStart(_Msg, kw_only=True, frozen=True):
     to_number: str = ""
     custom_parameters: dict[str, str] = {}
     started_at_us: int
+    gateway_id: str = ""  # the gateway instance holding the stream: the owner pings it
 
 
 class CallAccepted(_Msg, kw_only=True, frozen=True):

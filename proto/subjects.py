@@ -30,6 +30,12 @@ def stt_ping(worker_id: str) -> str:
     return f"{PREFIX}.stt.ping.{worker_id}"
 
 
+def gateway_ping(gateway_id: str) -> str:
+    """Liveness of one gateway (request with an empty body, empty reply): the gateway
+    holding a call's media stream is sticky too; when it dies, the owner ends the call."""
+    return f"{PREFIX}.gateway.ping.{gateway_id}"
+
+
 def stt_release(worker_id: str) -> str:
     """orchestrator -> one STT worker: let a call go. Sent before the call is moved to
     another worker, so a worker that only looked dead (slow pings) never keeps listening

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proto import subjects
 from services.gateway.app import Gateway, create_app
 from voxline import tracing
 from voxline.bus import Bus
@@ -21,6 +22,8 @@ async def main(settings: GatewaySettings) -> None:
     bus = Bus(f"gateway-{settings.instance_id}")
     await connect_with_retry(bus, settings, stop)
     gateway = Gateway(bus, settings)
+    if bus.connected:  # the owners of its calls ping it: a dead gateway's calls are ended
+        await bus.serve_ping(subjects.gateway_ping(settings.instance_id))
     if settings.twilio_auth_token:
         log.info("Twilio signature validation is on")
     else:

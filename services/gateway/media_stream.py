@@ -158,6 +158,7 @@ class MediaStream:
             to_number=params.get("to", ""),
             custom_parameters=params,
             started_at_us=now_us(),
+            gateway_id=self.settings.instance_id,
         )
         try:
             with tracing.span("call start", parent=self._span, call_id=self.call_id):

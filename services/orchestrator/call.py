@@ -68,3 +68,4 @@ class CallSnapshot(msgspec.Struct, kw_only=True):
     call: Call
     assign: SttAssign | None = None
     stt_worker: str = ""
+    gateway: str = ""  # the gateway instance holding the media stream

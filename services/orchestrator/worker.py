@@ -40,6 +40,7 @@ from services.common import unsubscribe_quietly
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import Call, CallLimits, CallSnapshot, new_call
 from services.orchestrator.events import Greet, Resumed, SttLost
+from services.orchestrator.liveness import PeerWatch
 from services.orchestrator.ownership import LeaseTimes, Ownership
 from services.orchestrator.states import CallState
 from voxline import tracing
@@ -51,10 +52,7 @@ from voxline.telemetry import current_call_id, now_us
 log = logging.getLogger("voxline.orchestrator")
 
 ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this orchestrator")
-STT_PING_INTERVAL_S = 1.0
 MAX_STT_REASSIGNMENTS = 2
-STT_PING_TIMEOUT_S = 0.5
-STT_RECONNECT_GRACE_S = 5.0
 REFUSED = Counter(
     "voxline_orchestrator_refused_calls_total", "Calls this orchestrator refused (no agent, no STT worker)"
 )
@@ -90,8 +88,8 @@ class Orchestrator:
         self._own: list[Subscription] = []
         self._assigns: dict[str, SttAssign] = {}
         self._stt_worker: dict[str, str] = {}  # call id -> the STT worker holding its audio
-        self._stt_misses: dict[str, int] = {}
-        self._liveness: asyncio.Task[None] | None = None
+        self._gateway: dict[str, str] = {}  # call id -> the gateway holding its media stream
+        self._liveness: list[asyncio.Task[None]] = []
         self._draining = False
         ttl = settings.lease_ttl_s
         self.ownership = Ownership(
@@ -110,7 +108,12 @@ class Orchestrator:
         self._own.append(
             await self.bus.subscribe(subjects.CALL_START, self._on_call_start, queue=subjects.QUEUE_ORCHESTRATOR)
         )
-        self._liveness = asyncio.create_task(self._watch_stt_workers())
+        stt_workers, gateways = (lambda: set(self._stt_worker.values())), (lambda: set(self._gateway.values()))
+        watches = [
+            PeerWatch(self.bus, "stt worker", subjects.stt_ping, stt_workers, self._move_calls_of),
+            PeerWatch(self.bus, "gateway", subjects.gateway_ping, gateways, self._end_calls_of_gateway),
+        ]
+        self._liveness = [asyncio.create_task(w.run(), name=f"watch-{w.what}") for w in watches]
 
     def ready(self) -> bool:
         return self._records_ready and not self._draining
@@ -134,8 +137,8 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Hand every call still owned to another orchestrator; end those nobody takes."""
-        if self._liveness is not None:
-            self._liveness.cancel()
+        for watch in self._liveness:
+            watch.cancel()
         self._draining = True  # take no handed-over call back
         handed = [call_id for call_id in list(self.calls) if await self._hand_over(call_id)]
         deadline = asyncio.get_running_loop().time() + HANDOVER_WAIT_S
@@ -235,6 +238,8 @@ class Orchestrator:
             return refusal
 
         self._assigns[start.call_id] = assign
+        if start.gateway_id:
+            self._gateway[start.call_id] = start.gateway_id
         call = new_call(start, agent, self.limits, traceparent)
         try:  # the record exists before the gateway hears the call is taken
             await self.bus.kv_put(CALL_RECORDS_BUCKET, call.call_id, call.record)
@@ -250,7 +255,10 @@ class Orchestrator:
 
     def _snapshot(self, call: Call) -> bytes:
         snapshot = CallSnapshot(
-            call=call, assign=self._assigns.get(call.call_id), stt_worker=self._stt_worker.get(call.call_id, "")
+            call=call,
+            assign=self._assigns.get(call.call_id),
+            stt_worker=self._stt_worker.get(call.call_id, ""),
+            gateway=self._gateway.get(call.call_id, ""),
         )
         return msgspec.json.encode(snapshot)
 
@@ -334,6 +342,8 @@ class Orchestrator:
         call_id = snapshot.call.call_id
         if snapshot.assign is not None:
             self._assigns[call_id] = snapshot.assign
+        if snapshot.gateway:
+            self._gateway[call_id] = snapshot.gateway
         if snapshot.stt_worker:
             self._stt_worker[call_id] = snapshot.stt_worker  # the liveness watch covers it from now
         actor = await self._run_actor(snapshot.call)
@@ -370,37 +380,16 @@ class Orchestrator:
         log.info("stt worker %s (%s) listens to the call", reply.worker_id, reply.provider)
         return None
 
-    async def _watch_stt_workers(self) -> None:
-        """Ping every STT worker that holds a call; two missed pings and its calls move.
-
-        Brain and TTS requests go to queue groups and have per-request watchdogs; only the
-        STT is sticky, so only its death would leave a caller unheard. A bus that was down
-        is not a worker death: every worker reconnects on its own schedule, so misses do
-        not count until STT_RECONNECT_GRACE_S after our own reconnection."""
-        epoch, counting_from = self.bus.connection_epoch, 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(STT_PING_INTERVAL_S)
-            if not self.bus.connected:
-                continue
-            if self.bus.connection_epoch != epoch:
-                epoch, counting_from = self.bus.connection_epoch, loop.time() + STT_RECONNECT_GRACE_S
-                self._stt_misses.clear()
-            if loop.time() < counting_from:
-                continue
-            for worker_id in set(self._stt_worker.values()):
-                try:
-                    await self.bus.ping(subjects.stt_ping(worker_id), STT_PING_TIMEOUT_S)
-                    self._stt_misses.pop(worker_id, None)
-                    continue
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    misses = self._stt_misses[worker_id] = self._stt_misses.get(worker_id, 0) + 1
-                except Exception as exc:  # the bus itself is reconnecting: not the worker's fault
-                    log.warning("stt ping failed: %s", exc)
-                    continue
-                if misses >= 2:
-                    self._stt_misses.pop(worker_id, None)
-                    await self._move_calls_of(worker_id)
+    async def _end_calls_of_gateway(self, gateway_id: str) -> None:
+        """The gateway holding these calls' media streams is gone: nobody hears the caller
+        or can play to them any more, so the calls end here and everywhere."""
+        ended = [cid for cid, gid in self._gateway.items() if gid == gateway_id]
+        log.error("gateway %s is gone; ending its %d calls", gateway_id, len(ended))
+        for call_id in ended:
+            self._gateway.pop(call_id, None)
+            actor = self.calls.get(call_id)
+            if actor is not None:
+                actor.post(CallStopped(call_id=call_id, reason="media stream lost: gateway gone", at_us=now_us()))
 
     async def _move_calls_of(self, worker_id: str) -> None:
         moved = [cid for cid, wid in self._stt_worker.items() if wid == worker_id]
@@ -442,6 +431,7 @@ class Orchestrator:
             self._runs.pop(call_id, None)
             self._assigns.pop(call_id, None)
             self._stt_worker.pop(call_id, None)
+            self._gateway.pop(call_id, None)
             ACTIVE_CALLS.set(len(self.calls))
             if actor.abandoned:  # the call goes on elsewhere: no last word from here
                 self.ownership.forget(call_id)

@@ -126,3 +126,39 @@ async def test_the_owner_killed_between_turns_another_orchestrator_answers_the_n
 
 async def test_the_owner_stopped_hands_the_call_over(pair: DevStack) -> None:
     await _fail_owner_mid_call(pair, signal.SIGTERM)
+
+
+async def test_a_dead_gateway_s_calls_are_ended_and_released_everywhere(pair: DevStack) -> None:
+    stack = pair
+    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=20_000))
+    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+    async def first_reply() -> bool:
+        return len(await _replies(stack, script.call_sid)) >= 1
+
+    await wait_until(first_reply, timeout=30, what="the first reply")
+    stack.processes["gateway"].kill()  # SIGKILL: Twilio's media stream to it is gone
+    result = await call
+    assert not result.turns[-1].completed  # the stream broke with the gateway: no second answer
+    other_gateway = stack.gateway_urls()[1]
+
+    async def ended() -> bool:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"{other_gateway}/v1/calls/{script.call_sid}")
+        return r.status_code == 200 and r.json()["status"] == "ended"
+
+    await wait_until(ended, timeout=20, what="the owner to end the call of the dead gateway")
+    async with httpx.AsyncClient() as client:
+        record = (await client.get(f"{other_gateway}/v1/calls/{script.call_sid}")).json()
+        assert record["end_reason"] == "media stream lost: gateway gone"
+
+        async def released() -> bool:
+            for key, proc in stack.processes.items():
+                if key.startswith(("stt", "orchestrator")) and proc.alive:
+                    status = (await client.get(proc.health_url.replace("/readyz", "/status"))).json()
+                    if script.call_sid in status.get("calls", {}):
+                        return False
+            return True
+
+        await wait_until(released, timeout=10, what="the STT workers and orchestrators to release the call")
+    await asyncio.get_running_loop().run_in_executor(None, stack.restart, "gateway")
