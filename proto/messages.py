@@ -27,6 +27,15 @@ class _Msg(msgspec.Struct, tag=True, kw_only=True, frozen=True):
     call_id: str
 
 
+class Order(_Msg, kw_only=True, frozen=True):
+    """An order of the call's owner. `epoch` is the owner's ownership epoch
+    (proto/ownership.py): a gateway or worker that has seen a newer epoch for the call drops
+    the order, so an owner that comes back from a pause or a partition cannot act on a call
+    that was taken over meanwhile. 0: not fenced."""
+
+    epoch: int = 0
+
+
 # --- call lifecycle -------------------------------------------------------------------
 
 
@@ -61,7 +70,7 @@ class CallEnded(_Msg, kw_only=True, frozen=True):
     reason: str
 
 
-class Hangup(_Msg, kw_only=True, frozen=True):
+class Hangup(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: end the media stream (after the last audio was heard)."""
 
     reason: str
@@ -137,7 +146,7 @@ class ChatTurn(msgspec.Struct, frozen=True):
     content: str
 
 
-class BrainTurn(_Msg, kw_only=True, frozen=True):
+class BrainTurn(Order, kw_only=True, frozen=True):
     """orchestrator -> brain: answer the caller."""
 
     turn_id: int
@@ -174,7 +183,7 @@ class ReplyError(_Msg, kw_only=True, frozen=True):
 # --- text to speech -------------------------------------------------------------------
 
 
-class Synthesize(_Msg, kw_only=True, frozen=True):
+class Synthesize(Order, kw_only=True, frozen=True):
     """orchestrator -> tts: speak one sentence; audio goes to the call's audio.out subject."""
 
     turn_id: int
@@ -242,7 +251,7 @@ class CallStopped(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
-class Transfer(_Msg, kw_only=True, frozen=True):
+class Transfer(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: hand the caller to a human at `to` (Twilio `<Dial>` through
     the REST API), after the agent's last words were heard."""
 
@@ -250,7 +259,7 @@ class Transfer(_Msg, kw_only=True, frozen=True):
     reason: str = ""
 
 
-class PlaybackPause(_Msg, kw_only=True, frozen=True):
+class PlaybackPause(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: the caller started talking over the reply. Stop the voice now
     (`clear`) but keep what was not heard, because it may be a backchannel."""
 
@@ -258,7 +267,7 @@ class PlaybackPause(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
-class PlaybackResume(_Msg, kw_only=True, frozen=True):
+class PlaybackResume(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: it was a backchannel or noise; play on from the last chunk
     Twilio confirmed, nothing skipped."""
 
@@ -266,7 +275,7 @@ class PlaybackResume(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
-class TurnCancel(_Msg, kw_only=True, frozen=True):
+class TurnCancel(Order, kw_only=True, frozen=True):
     """orchestrator -> brain, tts, gateway: drop everything of this turn (and older)."""
 
     turn_id: int

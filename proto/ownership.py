@@ -22,3 +22,6 @@ CALL_STATE_BUCKET = "voxline_call_state"
 class CallLease(msgspec.Struct, frozen=True, kw_only=True):
     owner: str  # the orchestrator's instance id; "" = handed over, free to take now
     renewed_at_us: int  # for people reading the bucket; takeover never compares clocks
+    # Counts owners: 1 for the first, +1 at each takeover. Orders carry it (`epoch`), and
+    # whoever has seen a newer one drops them.
+    epoch: int = 1

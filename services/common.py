@@ -106,6 +106,24 @@ class RecentCalls:
         return call_id in self._items
 
 
+class Fence:
+    """The newest ownership epoch seen per call (proto/ownership.py): an order with an
+    older epoch comes from an owner that was replaced (it was paused or cut off meanwhile)
+    and is dropped. Epoch 0 is an unfenced order."""
+
+    def __init__(self) -> None:
+        self._newest = RecentCalls()
+
+    def admits(self, call_id: str, epoch: int) -> bool:
+        newest = self._newest.get(call_id, 0)
+        if epoch and epoch < newest:
+            log.warning("dropped an order of a replaced owner (epoch %d, the call is at %d)", epoch, newest)
+            return False
+        if epoch > newest:
+            self._newest.put(call_id, epoch)
+        return True
+
+
 class TurnsInFlight(msgspec.Struct, frozen=True):
     call_id: str
     turn_ids: list[int]
@@ -221,6 +239,9 @@ class TurnRequest(Protocol):
     @property
     def turn_id(self) -> int: ...
 
+    @property
+    def epoch(self) -> int: ...
+
 
 R = TypeVar("R", bound=TurnRequest)
 P = TypeVar("P", bound=Provider)
@@ -253,6 +274,7 @@ class TurnWorker(Generic[R, P]):
         self.request = request
         self.stall_s = stall_s
         self.tasks = TurnTasks()
+        self.fence = Fence()
         self._work: list[Subscription] = []
         self._control: list[Subscription] = []
         self._ready = False
@@ -289,6 +311,8 @@ class TurnWorker(Generic[R, P]):
             log.warning("ignored %s on %s", type(message).__name__, msg.subject)
             return
         with call_context(message.call_id, message.turn_id):
+            if not self.fence.admits(message.call_id, message.epoch):
+                return
             if not self.tasks.accepts(message.call_id, message.turn_id):
                 log.info("%s of a cancelled turn or ended call; not taken", self.task_name(message))
                 return
@@ -308,6 +332,8 @@ class TurnWorker(Generic[R, P]):
             log.warning("ignored %s on %s", type(message).__name__, msg.subject)
             return
         with call_context(message.call_id, message.turn_id):
+            if not self.fence.admits(message.call_id, message.epoch):
+                return
             if cancelled := self.tasks.cancel_turns(message.call_id, message.turn_id):
                 log.info(
                     "stopped %d %s(s) up to turn %d: %s", cancelled, self.kind.unit, message.turn_id, message.reason

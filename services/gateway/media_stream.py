@@ -32,12 +32,14 @@ from proto.messages import (
     Hangup,
     MarkPlayed,
     Message,
+    Order,
     PlaybackPause,
     PlaybackResume,
     ReplyAudioSent,
     Transfer,
     TurnCancel,
 )
+from services.common import Fence
 from services.gateway import twilio_protocol as tp
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
@@ -80,6 +82,7 @@ class MediaStream:
         self.clock = clock  # µs: when chunks went out, echoes came back and clears were sent
         self.transfer = transfer
         self._end_reason = ""
+        self._fence = Fence()
         self.bus = bus
         self.settings = settings
         self.tokens = tokens
@@ -305,6 +308,8 @@ class MediaStream:
     # --- orders from the orchestrator ------------------------------------------------
 
     async def _on_control(self, message: Message, msg: Msg) -> None:
+        if isinstance(message, Order) and not self._fence.admits(self.call_id, message.epoch):
+            return  # an order of an owner that was replaced: the call is not its to run
         if isinstance(message, TurnCancel):
             with tracing.incoming(msg.headers):  # a clear's span is the orchestrator's child
                 await self._cancel(message.turn_id)

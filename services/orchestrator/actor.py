@@ -14,9 +14,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from opentelemetry.trace import Span
 
-from proto.messages import MarkPlayed
+from proto.messages import MarkPlayed, Order
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.orchestrator.call import Call
 from services.orchestrator.core import step
@@ -60,6 +61,8 @@ class CallActor:
         self._beside: set[asyncio.Task[None]] = set()
         self._metrics = RecordMetrics(call.record, call.traceparent)
         self._writer = RecordWriter(bus, None if save_state is None else lambda: save_state(self.call))
+        # Stamped on every order it sends (proto/ownership.py): receivers drop older ones.
+        self.epoch = 0
         # Let go without ending the call: another orchestrator owns it now (or will).
         self.abandoned = False
         self.handing_over = False  # let go on purpose, by a stopping orchestrator
@@ -115,7 +118,10 @@ class CallActor:
             match effect:
                 case Publish():
                     headers = self._spans.headers(effect)
-                    await self.bus.publish(effect.subject, effect.message, headers)
+                    message = effect.message
+                    if isinstance(message, Order) and self.epoch:
+                        message = msgspec.structs.replace(message, epoch=self.epoch)
+                    await self.bus.publish(effect.subject, message, headers)
                 case StartTimer():
                     self._start_timer(effect.timer, effect.timer_id, effect.deadline_us)
                 case CancelTimer():

@@ -47,6 +47,7 @@ class _Seen:
     revision: int
     owner: str
     since: float  # our monotonic clock when this revision was first seen
+    epoch: int = 1
 
 
 class LeaseBook:
@@ -57,10 +58,14 @@ class LeaseBook:
         self.ttl_s = ttl_s
         self._seen: dict[str, _Seen] = {}
 
-    def saw(self, call_id: str, revision: int, owner: str, now: float) -> None:
+    def saw(self, call_id: str, revision: int, owner: str, now: float, epoch: int = 1) -> None:
         seen = self._seen.get(call_id)
         if seen is None or seen.revision != revision:
-            self._seen[call_id] = _Seen(revision, owner, now)
+            self._seen[call_id] = _Seen(revision, owner, now, epoch)
+
+    def epoch(self, call_id: str) -> int:
+        seen = self._seen.get(call_id)
+        return 0 if seen is None else seen.epoch
 
     def gone(self, call_id: str) -> None:
         self._seen.pop(call_id, None)
@@ -112,6 +117,7 @@ class Ownership:
         self._on_lost = on_lost
         self._on_orphan = on_orphan
         self._held: dict[str, int] = {}  # call id -> the revision of our last write
+        self._epochs: dict[str, int] = {}  # call id -> our ownership epoch (orders carry it)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -131,24 +137,34 @@ class Ownership:
     def holds(self, call_id: str) -> bool:
         return call_id in self._held
 
-    def _lease(self, owner: str) -> CallLease:
-        return CallLease(owner=owner, renewed_at_us=now_us())
+    def _lease(self, call_id: str, owner: str) -> CallLease:
+        return CallLease(owner=owner, renewed_at_us=now_us(), epoch=self._epochs.get(call_id, 1))
+
+    def epoch(self, call_id: str) -> int:
+        """Our ownership epoch of a call we hold (0 if we do not)."""
+        return self._epochs.get(call_id, 0) if call_id in self._held else 0
 
     async def acquire(self, call_id: str) -> bool:
         """Own a new call; False if someone already does."""
+        self._epochs[call_id] = 1
         try:
-            self._held[call_id] = await self.bus.kv_create(CALL_LEASES_BUCKET, call_id, self._lease(self.instance_id))
+            self._held[call_id] = await self.bus.kv_create(
+                CALL_LEASES_BUCKET, call_id, self._lease(call_id, self.instance_id)
+            )
         except RevisionMismatch:
+            self._epochs.pop(call_id, None)
             return False
         return True
 
     async def take_over(self, call_id: str, revision: int) -> bool:
-        """Own an orphaned call, if no one else got there first."""
+        """Own an orphaned call, if no one else got there first: one epoch past the last."""
+        self._epochs[call_id] = self.book.epoch(call_id) + 1
         try:
             self._held[call_id] = await self.bus.kv_update(
-                CALL_LEASES_BUCKET, call_id, self._lease(self.instance_id), revision
+                CALL_LEASES_BUCKET, call_id, self._lease(call_id, self.instance_id), revision
             )
         except RevisionMismatch:
+            self._epochs.pop(call_id, None)
             return False
         return True
 
@@ -161,7 +177,7 @@ class Ownership:
         is our last write, read before the call's actor stopped (stopping forgets it)."""
         self._held.pop(call_id, None)
         try:
-            await self.bus.kv_update(CALL_LEASES_BUCKET, call_id, self._lease(""), revision)
+            await self.bus.kv_update(CALL_LEASES_BUCKET, call_id, self._lease(call_id, ""), revision)
         except RevisionMismatch:
             return False
         return True
@@ -169,6 +185,7 @@ class Ownership:
     async def release(self, call_id: str) -> None:
         """The call ended: its lease and state go."""
         self._held.pop(call_id, None)
+        self._epochs.pop(call_id, None)
         for bucket in (CALL_LEASES_BUCKET, CALL_STATE_BUCKET):
             try:
                 await self.bus.kv_delete(bucket, call_id)
@@ -178,6 +195,7 @@ class Ownership:
     def forget(self, call_id: str) -> None:
         """Stop renewing without touching the bucket (the lease is someone else's now)."""
         self._held.pop(call_id, None)
+        self._epochs.pop(call_id, None)
 
     async def save_state(self, call_id: str, state: bytes) -> None:
         await self.bus.kv_put_bytes(CALL_STATE_BUCKET, call_id, state)
@@ -196,11 +214,11 @@ class Ownership:
                         self.book.gone(change.key)
                         continue
                     try:
-                        owner = msgspec.json.decode(change.value, type=CallLease).owner
+                        lease = msgspec.json.decode(change.value, type=CallLease)
                     except msgspec.ValidationError as exc:
                         log.error("ignored a malformed lease %s: %s", change.key, exc)
                         continue
-                    self.book.saw(change.key, change.revision, owner, time.monotonic())
+                    self.book.saw(change.key, change.revision, lease.owner, time.monotonic(), lease.epoch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -213,10 +231,11 @@ class Ownership:
             for call_id, revision in list(self._held.items()):
                 try:
                     self._held[call_id] = await self.bus.kv_update(
-                        CALL_LEASES_BUCKET, call_id, self._lease(self.instance_id), revision
+                        CALL_LEASES_BUCKET, call_id, self._lease(call_id, self.instance_id), revision
                     )
                 except RevisionMismatch:
                     if self._held.pop(call_id, None) is not None:
+                        self._epochs.pop(call_id, None)
                         log.error("lease lost: another orchestrator owns the call now", extra={"call_id": call_id})
                         await self._on_lost(call_id)
                 except asyncio.CancelledError:

@@ -283,6 +283,7 @@ class Orchestrator:
             )
 
         actor = CallActor(self.bus, call, reassign, self._save_state, call_span)
+        actor.epoch = self.ownership.epoch(call_id)  # held before the actor runs: acquired or taken over
         handler = self._route(actor)  # events queue up until the actor runs
         self._subs[call_id] = [
             await self.bus.subscribe(subject, handler)

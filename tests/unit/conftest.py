@@ -19,8 +19,9 @@ from voxline.devstack import Process, free_port, nats_server_binary
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     port, monitor = free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("nats") / "nats-server.log"
-    args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)]
+    store = tmp_path_factory.mktemp("nats")
+    log_path = store / "nats-server.log"
+    args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js", "-sd", str(store)]
     with open(log_path, "ab") as log:
         server = Process("nats", args, dict(os.environ), log)
         server.start()

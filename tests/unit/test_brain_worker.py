@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from proto import subjects
@@ -280,3 +281,20 @@ async def test_stop_fails_unfinished_turns_with_a_reply_error(worker_bus: Bus, p
     [error] = await probe.wait_for(ReplyError)
     assert "stopped" in error.message
     assert not worker.ready()
+
+
+async def test_requests_and_cancels_of_a_replaced_owner_are_dropped(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    fresh = msgspec.structs.replace(turn(turn_id=101, user_text="Are you open?"), epoch=2)
+    await probe.publish(subjects.BRAIN_TURN, fresh)
+    [done] = await probe.wait_for(ReplyDone)
+    assert done.turn_id == 101
+    # The old owner (epoch 1) wakes up after the takeover: its request and its cancel are
+    # not the call's any more. The next request of the new owner is answered after them.
+    await probe.publish(subjects.BRAIN_TURN, msgspec.structs.replace(turn(turn_id=5), epoch=1))
+    await probe.publish(subjects.turn_cancel("c1"), msgspec.structs.replace(cancel(102), epoch=1))
+    await probe.publish(subjects.BRAIN_TURN, msgspec.structs.replace(turn(turn_id=102, user_text="Thanks."), epoch=2))
+    await probe.wait_for(ReplyDone, count=2)
+    assert [d.turn_id for d in probe.of(ReplyDone)] == [101, 102]
+    assert 5 not in {s.turn_id for s in probe.of(ReplySentence)}
+    await worker.stop()

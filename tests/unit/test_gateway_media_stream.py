@@ -227,3 +227,16 @@ async def test_a_cancel_keeps_the_newer_turn_already_on_its_way_to_twilio(
     await twilio.deliver(media)  # the resent marks' echoes are not taken for flushed ones
     assert twilio.heard_ms(2) == [(0, 100), (100, 200)]
     assert await reported(probe, worker_bus, 2) == [(0, 100), (1, 200)]
+
+
+async def test_a_replaced_owner_s_cancel_is_dropped(
+    stream: tuple[MediaStream, TwilioSide, Msg], probe: Probe, worker_bus: Bus
+) -> None:
+    media, twilio, msg = stream
+    await media._on_reply_frame(chunk(0), msg)
+    # The new owner (epoch 2) was heard from first; the old one wakes from a pause and cancels.
+    await media._on_control(PlaybackResume(call_id=CALL_ID, turn_id=1, at_us=0, epoch=2), msg)
+    await media._on_control(TurnCancel(call_id=CALL_ID, turn_id=1, reason="stale", at_us=0, epoch=1), msg)
+    assert "clear" not in [m["event"] for m in twilio.received]  # the caller still hears turn 1
+    await media._on_control(TurnCancel(call_id=CALL_ID, turn_id=1, reason="barge_in", at_us=0, epoch=2), msg)
+    assert "clear" in [m["event"] for m in twilio.received]  # the owner's own cancel is obeyed

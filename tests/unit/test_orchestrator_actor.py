@@ -9,6 +9,7 @@ import asyncio
 from proto import CALL_ID as CALL_ID_HEADER
 from proto import TURN_ID, subjects
 from proto.messages import CallStopped, SttError, Synthesize
+from services.common import Fence
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import CallLimits
 from services.orchestrator.events import Greet
@@ -56,3 +57,29 @@ async def test_the_shell_carries_out_effects_and_timers_over_the_bus(worker_bus:
     assert call.state is CallState.ENDED and call.timers == []
     assert call.record.status == "ended" and call.record.end_reason == "caller hung up"
     actor.post(SttError(call_id=CALL_ID, message="late"))  # an ended call takes nothing more
+
+
+async def test_every_order_carries_the_owner_s_epoch(worker_bus: Bus, probe: Probe) -> None:
+    call = Driver().call
+
+    async def no_reassign() -> bool:
+        return False
+
+    actor = CallActor(worker_bus, call, no_reassign)
+    actor.epoch = 3  # the third orchestrator to own the call
+    run = asyncio.create_task(actor.run())
+    actor.post(Greet(call_start_us=now_us()))
+    await probe.until(lambda: len(synthesized(probe)) >= 2, "the greeting's sentences")
+    assert {s.epoch for s in synthesized(probe)} == {3}
+    actor.post(CallStopped(call_id=CALL_ID, reason="caller hung up", at_us=now_us()))
+    await asyncio.wait_for(run, timeout=10)
+
+
+def test_the_fence_drops_orders_older_than_the_newest_epoch_seen() -> None:
+    fence = Fence()
+    assert fence.admits("CA1", 1) and fence.admits("CA1", 1)
+    assert fence.admits("CA1", 2)  # a takeover
+    assert not fence.admits("CA1", 1)  # the old owner, back from a pause
+    assert fence.admits("CA1", 0)  # unfenced (no ownership epoch): admitted
+    assert fence.admits("CA2", 1)  # per call
+    assert fence.admits("CA1", 2)
