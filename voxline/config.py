@@ -153,6 +153,10 @@ class OpenAiLlmSettings(ProviderSettings):
     api_key: SecretStr = _key("VOXLINE_OPENAI_API_KEY", "OPENAI_API_KEY", description="API key (a bearer token).")
     base_url: str = Field("", description="Any OpenAI-compatible base URL (Groq, vLLM, Azure v1); empty = OpenAI.")
     model: str = Field("gpt-4o", description="Model name sent to the endpoint.")
+    reasoning: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Reasoning model (no temperature, room for reasoning tokens)? auto = by name: o1, o3, o4, gpt-5.",
+    )
     timeout_s: float = Field(5.0, description="Connect timeout, and longest wait for the next streamed byte (a stall).")
 
 

@@ -7,6 +7,22 @@ chunk with `finish_reason`, then `data: [DONE]`. Replies are scripted per reques
 the key check, latency (time to first token, tokens per second) and the failures the
 brain must survive: an HTTP status, a stall, a cut connection. Every request is recorded,
 including whether the client closed the stream before the end (barge-in).
+
+What the API reference documents and the emulator therefore does
+(https://platform.openai.com/docs/api-reference/chat/create):
+- `max_completion_tokens` (or the deprecated `max_tokens`) caps the tokens generated, a
+  reasoning model's hidden reasoning tokens included; a reply that reaches the cap is cut
+  there and ends with `finish_reason: "length"`, even in the middle of a tool call's
+  arguments (https://platform.openai.com/docs/api-reference/chat/streaming, choices[].finish_reason).
+- `stream_options: {"include_usage": true}` adds one last chunk before `data: [DONE]` with
+  `usage` for the whole request and `choices: []`; every other chunk then carries
+  `"usage": null` (ibid., stream_options). A stream the client closes early gets none.
+- Reasoning models (o1, o3, o4-mini, gpt-5...) refuse `max_tokens` ("not compatible with
+  o-series models", ibid.) and any temperature but the default 1
+  (https://platform.openai.com/docs/guides/reasoning). ASSUMPTION: the error bodies are
+  the ones the live API returns, as quoted in public reports (e.g.
+  https://github.com/teilomillet/gollm/issues/33, https://github.com/cline/cline/issues/341);
+  the reference does not print them.
 """
 
 from __future__ import annotations
@@ -24,6 +40,8 @@ from aiohttp import web
 DEFAULT_KEY = "sk-chat-test-7c4e19"
 GPT4O_TTFT_MS = 400.0  # published time to first token of GPT-4o, roughly
 ARGUMENT_PIECE = 6  # characters of tool arguments per streamed delta
+# ASSUMPTION: the model families OpenAI documents as reasoning models, by name prefix.
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 _ERRORS = {
     401: ("invalid_request_error", "invalid_api_key"),
@@ -39,6 +57,7 @@ class Reply:
 
     text: str = ""
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    reasoning_tokens: int = 0  # hidden thinking of a reasoning model, counted against the cap first
 
 
 @dataclass
@@ -48,6 +67,8 @@ class ChatRequest:
     tokens_sent: int = 0
     completed: bool = False
     client_closed: bool = False  # the client went away before the last chunk
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None  # what the usage chunk reported, when one was sent
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -64,6 +85,15 @@ def _last_user(body: dict[str, Any]) -> str:
 
 def _key(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def is_reasoning_model(model: str) -> bool:
+    return model.startswith(REASONING_PREFIXES)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """ASSUMPTION: about four characters a token, as OpenAI's tokenizer guide estimates for English."""
+    return max(1, len(json.dumps(body.get("messages", []))) // 4)
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -132,6 +162,25 @@ class OpenAiChatEmulator:
         masked = f"{given[:3]}{'*' * 8}{given[-4:]}" if len(given) > 8 else "***"
         return self._error(401, f"Incorrect API key provided: {masked}.")
 
+    def _unsupported(self, body: dict[str, Any]) -> web.Response | None:
+        """What a reasoning model refuses (see the module docstring for the sources)."""
+        if not is_reasoning_model(str(body.get("model", ""))):
+            return None
+        if body.get("max_tokens") is not None:
+            message = "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            message += "Use 'max_completion_tokens' instead."
+            return self._refuse(message, "max_tokens", "unsupported_parameter")
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            message = f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            message += "Only the default (1) value is supported."
+            return self._refuse(message, "temperature", "unsupported_value")
+        return None
+
+    def _refuse(self, message: str, param: str, code: str) -> web.Response:
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+        return web.json_response(body, status=400)
+
     async def _models(self, request: web.Request) -> web.Response:
         self.model_lists += 1
         if (refused := self._key_error(request)) is not None:
@@ -150,6 +199,9 @@ class OpenAiChatEmulator:
         if not body.get("stream") or not body.get("messages"):
             self.requests.append(ChatRequest(body, 400))
             return self._error(400, "this emulator answers stream=true requests with messages only")
+        if (refused := self._unsupported(body)) is not None:
+            self.requests.append(ChatRequest(body, 400))
+            return refused
         record = ChatRequest(body, 200)
         self.requests.append(record)
         answers = {_key(words): reply for words, reply in self.answers.items()}
@@ -169,42 +221,70 @@ class OpenAiChatEmulator:
     async def _stream(
         self, request: web.Request, response: web.StreamResponse, record: ChatRequest, reply: Reply, drop: bool
     ) -> None:
-        chunk_id, created, model = f"chatcmpl-{len(self.requests)}", int(time.time()), record.body.get("model", "")
+        body = record.body
+        chunk_id, created, model = f"chatcmpl-{len(self.requests)}", int(time.time()), body.get("model", "")
         gap = 1 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        reasoning = reply.reasoning_tokens if is_reasoning_model(model) else 0
 
-        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
-            chunk = {
+        async def send(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> None:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            chunk: dict[str, Any] = {
                 "id": chunk_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
                 "system_fingerprint": "fp_emulator",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": choices,
             }
+            if with_usage:
+                chunk["usage"] = usage
             if request.transport is None or request.transport.is_closing():
                 raise ConnectionResetError("client closed the stream")
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         await send({"role": "assistant", "content": "" if reply.text else None, "refusal": None})
-        for i, token in enumerate(re.findall(r"\s*\S+", reply.text)):
+        generated, cut = reasoning, False  # tokens counted against the cap; the reasoning comes first
+        for i, (delta, tokens) in enumerate(_deltas(reply, len(self.requests))):
             if drop and record.tokens_sent >= self.drop_after_tokens:
                 assert request.transport is not None
                 request.transport.abort()
                 return
-            if i and gap:
+            if tokens and cap is not None and generated >= cap:
+                cut = True
+                break
+            if i and gap and "content" in delta:
                 await asyncio.sleep(gap)
-            await send({"content": token})
-            record.tokens_sent += 1
-        for index, (name, arguments) in enumerate(reply.tool_calls):
-            call_id = f"call_{len(self.requests)}_{index}"
-            await send({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {
-                "name": name, "arguments": ""}}]})  # fmt: skip
-            text = json.dumps(arguments)
-            for start in range(0, len(text), ARGUMENT_PIECE):
-                piece = text[start : start + ARGUMENT_PIECE]
-                await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-                record.tokens_sent += 1
-        await send({}, "tool_calls" if reply.tool_calls else "stop")
+            await send(delta)
+            record.tokens_sent += tokens
+            generated += tokens
+        record.finish_reason = "length" if cut else "tool_calls" if reply.tool_calls else "stop"
+        await send({}, record.finish_reason)
+        if with_usage:
+            prompt = prompt_tokens(body)
+            record.usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": generated,
+                "total_tokens": prompt + generated,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0},
+            }
+            await send(None, usage=record.usage)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         record.completed = True
+
+
+def _deltas(reply: Reply, request_no: int) -> list[tuple[dict[str, Any], int]]:
+    """The reply as the deltas OpenAI streams, each with the tokens it costs: the text token
+    by token, then each tool call as its header (id, name) and its arguments in pieces."""
+    deltas: list[tuple[dict[str, Any], int]] = [({"content": t}, 1) for t in re.findall(r"\s*\S+", reply.text)]
+    for index, (name, arguments) in enumerate(reply.tool_calls):
+        header = {"index": index, "id": f"call_{request_no}_{index}", "type": "function"}
+        deltas.append(({"tool_calls": [{**header, "function": {"name": name, "arguments": ""}}]}, 1))
+        text = json.dumps(arguments)
+        for start in range(0, len(text), ARGUMENT_PIECE):
+            piece = {"index": index, "function": {"arguments": text[start : start + ARGUMENT_PIECE]}}
+            deltas.append(({"tool_calls": [piece]}, 1))
+    return deltas

@@ -11,6 +11,21 @@ answer (a new round); transfer_call and end_call end the reply with a ReplyActio
 whatever was said. Endpoint failures become ProviderError (the fallback chain retries or
 moves on); the message carries the provider and HTTP status, never the body, because
 OpenAI echoes a masked key in its 401 body.
+
+The request follows the current API reference
+(https://platform.openai.com/docs/api-reference/chat/create): the token cap goes as
+`max_completion_tokens` (`max_tokens` is deprecated and refused by reasoning models);
+reasoning models (o1, o3, o4, gpt-5 families, or VOXLINE_OPENAI_REASONING) get no
+temperature, which they refuse, and a cap with room for their hidden reasoning tokens,
+which count against it. `stream_options.include_usage` makes the endpoint report the
+tokens of each round, counted in voxline_brain_tokens_total; a stream we close early
+(the reply was full, or a barge-in) reports none, so the counter is a floor.
+
+Every round's `finish_reason` is read: a reply cut off at the cap ("length", or
+"content_filter") keeps its complete sentences but not an unfinished one, and its tool
+calls are never run, since their arguments may be cut mid-JSON (a half phone number
+is worse than none). A cut-off round that said nothing fails the turn (the caller hears
+the apology) rather than leaving the line silent.
 """
 
 from __future__ import annotations
@@ -25,7 +40,9 @@ import httpx
 import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk, ChatCompletionStreamOptionsParam
+from openai.types.completion_usage import CompletionUsage
+from prometheus_client import Counter
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
@@ -34,6 +51,7 @@ from services.brain.providers.tool_calls import ToolCallAccumulator, call_action
 from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
+from voxline import tracing
 from voxline.agents import Agent, AgentStore
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us
@@ -45,6 +63,40 @@ log = logging.getLogger("voxline.brain.openai_chat")
 WARMUP_REQUESTS = (("Hello.", 1), ("What are your opening hours?", 16))
 WARMUP_RETRY_S = 30.0  # the endpoint may still be starting (the dev stack starts it first)
 TOOL_MAX_TOKENS = 256  # tool arguments count as tokens; the reply cap would cut them off
+# Reasoning tokens count against max_completion_tokens: without room for them a reasoning
+# model spends the whole cap thinking and says nothing (finish_reason "length").
+REASONING_TOKENS = 1024
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")  # OpenAI's reasoning model families
+CUT_OFF = frozenset({"length", "content_filter"})  # the model was stopped, not done
+
+TOKENS = Counter(
+    "voxline_brain_tokens_total",
+    "LLM tokens the endpoint reported (stream_options.include_usage), by model and kind: "
+    "prompt, cached_prompt (part of prompt), completion, reasoning (part of completion).",
+    ["model", "kind"],
+)
+TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
+
+
+def is_reasoning_model(model: str, setting: str = "auto") -> bool:
+    """By VOXLINE_OPENAI_REASONING when set (an Azure deployment may be named anything),
+    else by OpenAI's model name (a provider prefix like "openai/" is ignored)."""
+    if setting != "auto":
+        return setting == "yes"
+    return model.rsplit("/", 1)[-1].lower().startswith(REASONING_PREFIXES)
+
+
+def count_usage(model: str, usage: CompletionUsage) -> None:
+    prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
+    counts = {
+        "prompt": usage.prompt_tokens,
+        "cached_prompt": (prompt_details.cached_tokens or 0) if prompt_details else 0,
+        "completion": usage.completion_tokens,
+        "reasoning": (completion_details.reasoning_tokens or 0) if completion_details else 0,
+    }
+    for kind, count in counts.items():
+        TOKENS.labels(model=model, kind=kind).inc(count)
+    tracing.add_event("llm usage", {f"tokens.{kind}": count for kind, count in counts.items()})
 
 
 class OpenAIChatProvider:
@@ -59,6 +111,10 @@ class OpenAIChatProvider:
             raise ValueError("the local brain needs VOXLINE_LLM_BASE_URL (the dev stack sets it to its llama-server)")
         base_url, api_key = endpoint.base_url, endpoint.api_key.get_secret_value()
         self.model = endpoint.model
+        reasoning_setting = "auto" if self.local else settings.openai.reasoning
+        self.reasoning = is_reasoning_model(self.model, reasoning_setting)
+        for kind in TOKEN_KINDS:  # every series from the start, at zero
+            TOKENS.labels(model=self.model, kind=kind)
         # Local: a long prefill may pass between bytes. Cloud: a silence this long is a stall.
         wait = self.wait_s = endpoint.timeout_s
         # No SDK retries: the fallback chain owns retrying, bounded by what a caller waits.
@@ -86,7 +142,8 @@ class OpenAIChatProvider:
         extra: dict[str, Any] = {}
         if agent.tools:
             extra["tools"] = [tool.openai_schema() for tool in agent.tools]
-        max_tokens = max(self.settings.llm_max_tokens, TOOL_MAX_TOKENS) if agent.tools else self.settings.llm_max_tokens
+        if not self.reasoning:  # reasoning models refuse any temperature but their default
+            extra["temperature"] = self.settings.llm_temperature
         create = self.client.chat.completions.create
         return cast(
             AsyncStream[ChatCompletionChunk],
@@ -94,12 +151,16 @@ class OpenAIChatProvider:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
-                temperature=self.settings.llm_temperature,
-                max_tokens=max_tokens,
+                stream_options=ChatCompletionStreamOptionsParam(include_usage=True),
+                max_completion_tokens=self.token_cap(agent),
                 extra_body=self._extra_body,
                 **extra,
             ),
         )
+
+    def token_cap(self, agent: Agent) -> int:
+        cap = max(self.settings.llm_max_tokens, TOOL_MAX_TOKENS) if agent.tools else self.settings.llm_max_tokens
+        return cap + REASONING_TOKENS if self.reasoning else cap
 
     async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         with openai_errors(self.name, f"no output for {self.wait_s}s"):
@@ -115,9 +176,14 @@ class OpenAIChatProvider:
         for round_no in range(self.settings.tool_rounds + 1):
             reply, calls = SpeakableReply(), ToolCallAccumulator()
             text: list[str] = []
+            finish: str | None = None
             response = await self._create(messages, agent)
             try:
                 async for chunk in response:
+                    if chunk.usage is not None:  # the last chunk, with choices []
+                        count_usage(self.model, chunk.usage)
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish = chunk.choices[0].finish_reason
                     delta = chunk.choices[0].delta if chunk.choices else None
                     if delta is None:
                         continue
@@ -133,13 +199,18 @@ class OpenAIChatProvider:
                     if reply.full and not tools:
                         break  # the rest would never be spoken; with tools a call may follow
                 else:
-                    for sentence in reply.flush():
-                        said.append(sentence)
-                        yield Sentence(sentence)
+                    # Cut off in its words (no tool call had begun), the tail is half a sentence.
+                    if finish not in CUT_OFF or calls:
+                        for sentence in reply.flush():
+                            said.append(sentence)
+                            yield Sentence(sentence)
             finally:
                 # Also on cancellation (barge-in): closing the response ends the HTTP stream,
                 # and the endpoint stops generating when its client goes away.
                 await response.close()
+            if finish in CUT_OFF:
+                self._cut_off(finish, round_no, agent, said, calls)
+                break
             if not calls:
                 break
             log.info("round %d: tool calls %s", round_no, [c.name for c in calls.calls()])
@@ -164,6 +235,26 @@ class OpenAIChatProvider:
         log.info("reply of %d sentences in %.0f ms", len(said), (time.monotonic() - started) * 1000)
         if self.local and said:
             self._prefill_history([*messages, {"role": "assistant", "content": " ".join(said)}])
+
+    def _cut_off(
+        self, finish: str | None, round_no: int, agent: Agent, said: list[str], calls: ToolCallAccumulator
+    ) -> None:
+        """The model was stopped before it was done: what it said stands, what it was
+        still writing (a sentence, a tool call's arguments) is dropped; with nothing said,
+        the turn fails so the caller hears the apology instead of silence."""
+        dropped = [call.name for call in calls.calls()]
+        log.warning(
+            "round %d of %s cut off (finish_reason %s, max_completion_tokens %d): %d sentences kept, "
+            "tool calls not run: %s",
+            round_no,
+            self.model,
+            finish,
+            self.token_cap(agent),
+            len(said),
+            dropped or "none",
+        )
+        if not said:
+            raise ProviderError(self.name, "bad_request", f"reply cut off (finish_reason {finish}) before a sentence")
 
     def _prefill_history(self, messages: list[dict[str, Any]]) -> None:
         """Local only: while the reply plays and the caller answers, have llama-server
