@@ -17,7 +17,7 @@ import pytest
 
 from proto.messages import BrainTurn
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
-from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until, watching
+from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, service_log, wait_until, watching
 from voxline.devstack import DevStack
 from voxline.simulator import Utterance, run_call
 
@@ -126,6 +126,42 @@ async def test_the_owner_killed_between_turns_another_orchestrator_answers_the_n
 
 async def test_the_owner_stopped_hands_the_call_over(pair: DevStack) -> None:
     await _fail_owner_mid_call(pair, signal.SIGTERM)
+
+
+async def test_an_owner_paused_and_resumed_lets_the_call_go_without_acting_on_it(pair: DevStack) -> None:
+    stack = pair
+    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=6000))
+    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+    async def first_reply() -> bool:
+        return len(await _replies(stack, script.call_sid)) >= 1
+
+    await wait_until(first_reply, timeout=30, what="the first reply")
+    owner = await _owner(stack, script.call_sid)
+    assert owner in ORCHESTRATORS
+    other = next(k for k in ORCHESTRATORS if k != owner)
+    proc = stack.processes[owner]
+    assert proc.popen is not None
+    proc.popen.send_signal(signal.SIGSTOP)  # alive, silent: its lease runs out
+    try:
+
+        async def taken_over() -> bool:
+            return await _owner(stack, script.call_sid) == other
+
+        await wait_until(taken_over, timeout=15, what=f"{other} to take the paused owner's call")
+    finally:
+        proc.popen.send_signal(signal.SIGCONT)  # back, with its timers and queue as they were
+
+    async def let_go() -> bool:
+        return "call let go: it is owned elsewhere" in service_log(stack, owner)
+
+    await wait_until(let_go, timeout=15, what="the old owner to find its lease lost")
+    result = await call
+    assert result.accepted and not result.errors, result.errors
+    assert [t.completed for t in result.turns] == [True, True]
+    assert result.record is not None and result.record["status"] == "ended"
+    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
+    assert [str(r["reply_text"]).split(".")[0] for r in replies] == [f"You said: {q}" for q in QUESTIONS[:2]]
 
 
 async def test_a_dead_gateway_s_calls_are_ended_and_released_everywhere(pair: DevStack) -> None:
