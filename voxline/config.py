@@ -187,8 +187,12 @@ class ElevenLabsSettings(ProviderSettings):
     warm_sockets: int = Field(
         1, description="Sockets kept open and initialised per voice, so no sentence waits on a handshake."
     )
-    socket_max_idle_s: float = Field(
-        15.0, description="A warm socket older than this is replaced (the server closes idle ones at 20 s)."
+    inactivity_timeout_s: int = Field(
+        180,
+        ge=1,
+        le=180,
+        description="Idle seconds before the server closes a socket (its default 20, at most 180); "
+        "warm sockets are replaced 10 s before.",
     )
 
 

@@ -186,7 +186,8 @@ async def test_elevenlabs_turn(stack: DevStack, el: ElevenLabsEmulator, oa: Open
     reply = [s for s in sessions if "opening hours" in s.texts[0] or "test agent" in s.texts[0]]
     assert len(reply) == 2  # the fake brain's two sentences
     for s in sessions:
-        assert s.query == {"model_id": "eleven_flash_v2_5", "output_format": "ulaw_8000"} and s.key_in_header
+        assert s.query == {"model_id": "eleven_flash_v2_5", "output_format": "ulaw_8000", "inactivity_timeout": "180"}
+        assert s.key_in_header
         assert s.messages[0]["text"] == " " and s.messages[0]["generation_config"]["chunk_length_schedule"]
         assert [m.get("flush") for m in s.messages[1:]] == [True, None] and s.messages[-1] == {"text": ""}
         assert s.final_sent

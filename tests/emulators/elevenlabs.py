@@ -6,6 +6,17 @@ It speaks the documented protocol (first message `text: " "` with settings, text
 Audio is mu-law 8 kHz (the tests ask for `ulaw_8000`): a tone, `ms_per_char` per character.
 Failures are injected per handshake (HTTP status), per stream (drop after N audio
 messages, stall) and as latency (handshake, first audio after a flush).
+
+A socket that receives nothing for `inactivity_timeout` seconds (a query parameter:
+default 20, at most 180) is closed by the server
+(https://elevenlabs.io/docs/api-reference/text-to-speech/v-1-text-to-speech-voice-id-stream-input,
+https://elevenlabs.io/blog/websocket-improvements-reliability-and-custom-timeout). What
+the server says then is not in the reference; ASSUMPTION: as users report it, an error
+message `input_timeout_exceeded` (https://github.com/livekit/agents/issues/218), then a
+1008 close whose reason is that text cut to the 123 bytes a close frame allows
+(https://github.com/elevenlabs/elevenlabs-docs/issues/426). ASSUMPTION: a timeout above
+180 is refused at the handshake with HTTP 400. `second` shortens a documented second so
+a test can watch the 20 s default lapse.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ MS_PER_CHAR = 40
 PIECE_MS = 200
 PIECE_INTERVAL_S = 0.01
 DEFAULT_KEY = "el-test-key-7f3a9c"
+DEFAULT_INACTIVITY_S = 20
+MAX_INACTIVITY_S = 180
+CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 
 @dataclass
@@ -46,6 +60,12 @@ class Session:
     final_sent: bool = False
     client_closed_early: bool = False  # closed by the client before isFinal
     done: bool = False
+    timed_out: bool = False  # closed by the server: nothing received for inactivity_timeout
+
+
+def inactivity_timeout(path: str) -> int:
+    values = parse_qs(urlsplit(path).query).get("inactivity_timeout")
+    return int(values[-1]) if values else DEFAULT_INACTIVITY_S
 
 
 class ElevenLabsEmulator:
@@ -58,6 +78,7 @@ class ElevenLabsEmulator:
         self.stall = False  # accept text, never answer
         self.realtime = False  # pace audio at real time (barge-in tests need synthesis in flight)
         self.ms_per_char = MS_PER_CHAR
+        self.second = 1.0  # how long one documented second of inactivity_timeout lasts here
         self.sessions: list[Session] = []
         self.handshakes: list[int] = []  # status of every handshake answered
         self._loop = asyncio.new_event_loop()
@@ -97,7 +118,7 @@ class ElevenLabsEmulator:
     def reset(self) -> None:
         self.ttfb_ms = self.handshake_ms = 0.0
         self.handshake_failures, self.drop_after_audio, self.stall, self.realtime = [], None, False, False
-        self.sessions, self.handshakes, self.ms_per_char = [], [], MS_PER_CHAR
+        self.sessions, self.handshakes, self.ms_per_char, self.second = [], [], MS_PER_CHAR, 1.0
 
     def text_sessions(self) -> list[Session]:
         """Sessions that carried text (warm sockets never used are left out)."""
@@ -113,6 +134,9 @@ class ElevenLabsEmulator:
         if self.handshake_failures:
             status = self.handshake_failures.pop(0)
             return self._refuse(connection, HTTPStatus(status), json.dumps({"detail": {"status": "injected"}}))
+        if inactivity_timeout(request.path) > MAX_INACTIVITY_S:
+            body = {"detail": {"status": "invalid_request", "message": "inactivity_timeout can be at most 180"}}
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, json.dumps(body))
         key = request.headers.get("xi-api-key")
         if key is not None and key != self.api_key:
             body = {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}
@@ -134,8 +158,14 @@ class ElevenLabsEmulator:
         session = Session(split.path.split("/")[3], query, "xi-api-key" in request.headers)
         self.sessions.append(session)
         buffer = ""
+        idle_s = inactivity_timeout(request.path) * self.second
         try:
-            async for raw in ws:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), idle_s)
+                except TimeoutError:
+                    await self._time_out(ws, session)
+                    return
                 message = json.loads(raw)
                 session.messages.append(message)
                 text = message.get("text")
@@ -165,6 +195,15 @@ class ElevenLabsEmulator:
         finally:
             session.client_closed_early = not session.final_sent
             session.done = True
+
+    async def _time_out(self, ws: ServerConnection, session: Session) -> None:
+        seconds = float(session.query.get("inactivity_timeout", DEFAULT_INACTIVITY_S))
+        text = f"Have not received a new text input within the timeout of {seconds} seconds. Streaming input "
+        text += "terminated. Please make sure to either feed the input in the timely manner, or to send the end "
+        text += 'of input text (empty string "") when done.'
+        session.timed_out = True
+        await ws.send(json.dumps({"message": text, "error": "input_timeout_exceeded", "code": 1008}))
+        await ws.close(1008, text.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
 
     def _authorised(self, session: Session, first: dict[str, Any]) -> bool:
         return session.key_in_header or first.get("xi_api_key") == self.api_key

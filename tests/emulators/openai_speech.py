@@ -2,6 +2,13 @@
 streamed chunked like the real API, with the key check, error bodies and failures our
 TTS provider must survive (status per request, latency, stall, a cut connection).
 `GET /v1/models` answers too, because the provider warms its connection with it.
+
+Voices are checked per model, as OpenAI's guide lists them
+(https://platform.openai.com/docs/guides/text-to-speech#voice-options): tts-1 and
+tts-1-hd speak only alloy, ash, coral, echo, fable, onyx, nova, sage and shimmer;
+gpt-4o-mini-tts also ballad, verse, marin and cedar. ASSUMPTION: another voice is refused
+with HTTP 400, an invalid_request_error on `voice` (the wording of the live API's message
+is not documented; users report a 400, e.g. https://github.com/anasfik/openai/issues/224).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ RATE = 24_000
 MS_PER_CHAR = 40
 PIECE_BYTES = RATE * 2 // 10  # 100 ms of audio per chunk
 DEFAULT_KEY = "sk-openai-test-5d21e8"
+TTS1_VOICES = frozenset({"alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer"})
+GPT_VOICES = TTS1_VOICES | {"ballad", "verse", "marin", "cedar"}
 
 _ERRORS = {
     401: ("invalid_request_error", "invalid_api_key"),
@@ -80,9 +89,9 @@ class OpenAiSpeechEmulator:
         self.ttfb_ms, self.failures, self.drop_after_chunks, self.stall = 0.0, [], None, False
         self.requests, self.model_lists, self.ms_per_char = [], 0, MS_PER_CHAR
 
-    def _error(self, status: int, message: str) -> web.Response:
+    def _error(self, status: int, message: str, param: str | None = None) -> web.Response:
         kind, code = _ERRORS.get(status, ("invalid_request_error", None))
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return web.json_response(body, status=status)
 
     def _key_error(self, request: web.Request) -> web.Response | None:
@@ -112,6 +121,12 @@ class OpenAiSpeechEmulator:
         if body.get("response_format") != "pcm" or not body.get("input"):
             self.requests.append(SpeechRequest(body, 400))
             return self._error(400, "this emulator streams response_format=pcm only")
+        model = str(body.get("model", ""))
+        voices = TTS1_VOICES if model.startswith("tts-1") else GPT_VOICES
+        if body.get("voice") not in voices:
+            self.requests.append(SpeechRequest(body, 400))
+            known = ", ".join(sorted(voices))
+            return self._error(400, f"Voice {body.get('voice')!r} is not supported by {model}: {known}.", "voice")
         record = SpeechRequest(body, 200)
         self.requests.append(record)
         if self.stall:

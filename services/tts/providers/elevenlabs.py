@@ -5,10 +5,34 @@ Why one socket per sentence, opened before it is needed: the worker synthesizes 
 sentences of a reply concurrently, and on this endpoint a socket carries one stream of
 audio with no marker of which flush it belongs to; only `isFinal`, after the closing
 `{"text": ""}`, says a stream is complete. So a sentence takes a socket that is already
-connected and initialised (a small pool per voice, refilled in the background and
-replaced before the server's 20 s inactivity timeout), sends its text with `flush`,
-closes the input and reads audio until `isFinal`. The handshake is off the caller's
-time, the end of each sentence is exact, and a barge-in just closes that socket.
+connected and initialised (a small pool per voice, refilled in the background), sends
+its text with `flush`, closes the input and reads audio until `isFinal`. The handshake
+is off the caller's time, the end of each sentence is exact, and a barge-in just closes
+that socket.
+
+The server closes a socket that received nothing for `inactivity_timeout` seconds: 20
+unless the URL asks for more, at most 180
+(https://elevenlabs.io/docs/api-reference/text-to-speech/v-1-text-to-speech-voice-id-stream-input,
+https://elevenlabs.io/blog/websocket-improvements-reliability-and-custom-timeout). We ask
+for VOXLINE_ELEVENLABS_INACTIVITY_TIMEOUT_S (180) and replace a warm socket 10 s before
+it would lapse; at the default 20 s the pool was rebuilt every 10 s for nothing.
+
+Multi-context (`/multi-stream-input`, `context_id`, `close_context`;
+https://elevenlabs.io/docs/eleven-api/guides/how-to/websockets/multi-context-web-socket),
+evaluated and not adopted. It would carry a reply's sentences as contexts of one socket,
+its audio tagged with `contextId`, and a barge-in would send `close_context` instead of
+closing a socket. What it would buy us is small: the handshake is already off the
+caller's time (warm sockets), and closing a per-sentence socket already stops that
+generation at once. What it would cost: the guide wants one socket per caller session,
+but `synthesize(text, voice)` serves sentences of many calls with no session in sight
+(the interface and the worker would change); all of a call's sentences would share one
+socket, so one drop or one server close fails them together instead of one; at most 5
+contexts may be open on a socket, and contexts of interrupted replies that are not yet
+closed count against it (the server then closes the socket, 1008: reported in
+https://github.com/livekit/agents/issues/5844); a demultiplexing reader task per socket
+would replace today's read-until-isFinal; and it is not offered for eleven_v3. Its one
+real gain, prosody carried across a reply's sentences, is worth a try once the worker
+hands a provider the whole reply as a stream; not in this change.
 
 The SDK's own `convert_realtime` is a blocking client (a thread per sentence, no flush,
 nothing to warm), so the protocol is spoken with the asyncio `websockets` client while
@@ -40,6 +64,7 @@ log = logging.getLogger("voxline.tts.elevenlabs")
 
 OUTPUT_FORMAT = "ulaw_8000"
 REFILL_PAUSE_S = 5.0
+IDLE_MARGIN_S = 10.0  # a warm socket is replaced this long before the server would close it
 _VOICE_ID = re.compile(r"[A-Za-z0-9]{16,40}")
 
 
@@ -82,8 +107,20 @@ class ElevenLabsTtsProvider:
         """Agents may name a voice of another provider (a fallback chain); only an id is ours."""
         return voice if _VOICE_ID.fullmatch(voice) else self.settings.elevenlabs.voice_id
 
+    @property
+    def max_idle_s(self) -> float:
+        """Age past which a warm socket is replaced: short of the server's inactivity timeout."""
+        timeout = self.settings.elevenlabs.inactivity_timeout_s
+        return timeout - min(IDLE_MARGIN_S, timeout / 2)
+
     def url(self, voice_id: str) -> str:
-        query = urlencode({"model_id": self.settings.elevenlabs.model, "output_format": OUTPUT_FORMAT})
+        query = urlencode(
+            {
+                "model_id": self.settings.elevenlabs.model,
+                "output_format": OUTPUT_FORMAT,
+                "inactivity_timeout": self.settings.elevenlabs.inactivity_timeout_s,
+            }
+        )
         base = self.settings.elevenlabs.base_url.rstrip("/")
         return f"{base}/v1/text-to-speech/{quote(voice_id)}/stream-input?{query}"
 
@@ -129,7 +166,7 @@ class ElevenLabsTtsProvider:
         fresh: ClientConnection | None = None
         while pool and fresh is None:
             ws, opened = pool.pop(0)
-            if ws.state is State.OPEN and time.monotonic() - opened < self.settings.elevenlabs.socket_max_idle_s:
+            if ws.state is State.OPEN and time.monotonic() - opened < self.max_idle_s:
                 fresh = ws
             else:
                 self._close_later(ws)
@@ -170,7 +207,7 @@ class ElevenLabsTtsProvider:
 
     async def _keep_fresh(self) -> None:
         """Replace warm sockets before the server closes them for inactivity."""
-        max_idle = self.settings.elevenlabs.socket_max_idle_s
+        max_idle = self.max_idle_s
         while not self._closed:
             await asyncio.sleep(max_idle / 3)
             now = time.monotonic()

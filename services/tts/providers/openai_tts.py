@@ -19,16 +19,23 @@ import openai
 import soxr
 
 from services.openai_errors import openai_errors
-from services.providers import ProviderError, kind_of_status
+from services.providers import ProviderError, ProviderUnavailable, kind_of_status
 from voxline.audio import TELEPHONY_RATE, pcm16_to_mulaw
 from voxline.config import TtsSettings
 
 log = logging.getLogger("voxline.tts.openai")
 
 OPENAI_PCM_RATE = 24_000
-VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar"}
-)
+# The built-in voices by model, as OpenAI's guide lists them
+# (https://platform.openai.com/docs/guides/text-to-speech#voice-options): tts-1 and tts-1-hd
+# take only the nine older ones; gpt-4o-mini-tts (and its snapshots) all thirteen.
+TTS1_VOICES = frozenset({"alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer"})
+VOICES = TTS1_VOICES | {"ballad", "verse", "marin", "cedar"}
+
+
+def voices_of(model: str) -> frozenset[str]:
+    """The voices `model` speaks; a model we do not know gets the full list (the API decides)."""
+    return TTS1_VOICES if model.startswith("tts-1") else VOICES
 
 
 class PcmToMulaw:
@@ -58,6 +65,14 @@ class OpenAiTtsProvider:
 
     def __init__(self, settings: TtsSettings) -> None:
         self.settings = settings
+        model, voice = settings.openai_tts.model, settings.openai_tts.voice
+        self.voices = voices_of(model)
+        if voice not in self.voices:
+            # At start, not on the first sentence: every sentence would be refused (HTTP 400).
+            known = ", ".join(sorted(self.voices))
+            raise ProviderUnavailable(
+                f"OpenAI TTS model {model} has no voice {voice!r} (VOXLINE_OPENAI_TTS_VOICE); choose one of {known}"
+            )
         timeout = settings.openai_tts.timeout_s
         self.client = openai.AsyncOpenAI(
             api_key=settings.openai_tts.api_key.get_secret_value() or "missing-key",
@@ -72,7 +87,9 @@ class OpenAiTtsProvider:
         )
 
     def voice_for(self, voice: str) -> str:
-        return voice if voice in VOICES else self.settings.openai_tts.voice
+        """An agent's voice when this model speaks it (agents may name another provider's
+        voice, for a fallback chain), else the configured one."""
+        return voice if voice in self.voices else self.settings.openai_tts.voice
 
     async def load(self) -> None:
         """Open a connection (and check the key) before the first caller needs it."""
