@@ -262,6 +262,23 @@ async def test_barge_in_closes_the_model_stream(stack: DevStack, chat: OpenAiCha
     assert first["reply_text"].startswith(first["heard_text"]) and first["heard_text"] != first["reply_text"]
 
 
+async def test_the_tokens_of_each_reply_are_counted_by_model_and_kind(
+    stack: DevStack, chat: OpenAiChatEmulator
+) -> None:
+    async def tokens(kind: str) -> float:
+        text = await metrics(stack, "brain")
+        return counter_value(text, "voxline_brain_tokens_total", model="gpt-4o", kind=kind)
+
+    before = {kind: await tokens(kind) for kind in ("prompt", "completion")}
+    chat.replies = [Reply("We are open until six today.")]
+    result = await call(stack, Utterance(text="Are you open today?"))
+    assert result.accepted and not result.errors, result.errors
+    (request,) = chat.requests
+    assert request.body["stream_options"] == {"include_usage": True} and request.usage is not None
+    assert await tokens("prompt") - before["prompt"] == request.usage["prompt_tokens"]
+    assert await tokens("completion") - before["completion"] == request.usage["completion_tokens"] == 6
+
+
 # --- provider errors ------------------------------------------------------------------
 
 
