@@ -242,7 +242,7 @@ class OpenAIChatProvider:
         """The model was stopped before it was done: what it said stands, what it was
         still writing (a sentence, a tool call's arguments) is dropped; with nothing said,
         the turn fails so the caller hears the apology instead of silence."""
-        dropped = [call.name for call in calls.calls()]
+        dropped = [call.name[:64] for call in calls.calls()]
         log.warning(
             "round %d of %s cut off (finish_reason %s, max_completion_tokens %d): %d sentences kept, "
             "tool calls not run: %s",

@@ -14,16 +14,18 @@ The server closes a socket that received nothing for `inactivity_timeout` second
 unless the URL asks for more, at most 180
 (https://elevenlabs.io/docs/api-reference/text-to-speech/v-1-text-to-speech-voice-id-stream-input,
 https://elevenlabs.io/blog/websocket-improvements-reliability-and-custom-timeout). We ask
-for VOXLINE_ELEVENLABS_INACTIVITY_TIMEOUT_S (180) and replace a warm socket 10 s before
-it would lapse; at the default 20 s the pool was rebuilt every 10 s for nothing.
+for VOXLINE_ELEVENLABS_INACTIVITY_TIMEOUT_S (180): the keeper replaces a warm socket
+after two thirds of that less 10 s, and a socket within 10 s of the limit is never used.
+At the default 20 s the whole pool was rebuilt every 10 s for nothing.
 
 Multi-context (`/multi-stream-input`, `context_id`, `close_context`;
 https://elevenlabs.io/docs/eleven-api/guides/how-to/websockets/multi-context-web-socket),
 evaluated and not adopted. It would carry a reply's sentences as contexts of one socket,
 its audio tagged with `contextId`, and a barge-in would send `close_context` instead of
 closing a socket. What it would buy us is small: the handshake is already off the
-caller's time (warm sockets), and closing a per-sentence socket already stops that
-generation at once. What it would cost: the guide wants one socket per caller session,
+caller's time (warm sockets), and closing a per-sentence socket already ends that
+generation (ASSUMPTION: the server stops generating for a closed socket as it does for a
+closed context; neither page says how fast). What it would cost: the guide wants one socket per caller session,
 but `synthesize(text, voice)` serves sentences of many calls with no session in sight
 (the interface and the worker would change); all of a call's sentences would share one
 socket, so one drop or one server close fails them together instead of one; at most 5
