@@ -96,6 +96,14 @@ class SttRelease(_Msg, kw_only=True, frozen=True):
     reason: str
 
 
+class SttReplay(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> the call's stt worker (subjects.stt_replay): publish again, on the
+    call's stt subject, the call's events newer than `since_us`. A new owner resumed the
+    call from a snapshot; what the caller said after it went to the dead owner."""
+
+    since_us: int
+
+
 class SttAssigned(_Msg, kw_only=True, frozen=True):
     worker_id: str
     provider: str
@@ -292,6 +300,7 @@ Message = (
     | SttAssign
     | SttAssigned
     | SttRelease
+    | SttReplay
     | SpeechStarted
     | Transcript
     | SpeechEnded

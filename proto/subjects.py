@@ -43,6 +43,11 @@ def stt_release(worker_id: str) -> str:
     return f"{PREFIX}.stt.release.{worker_id}"
 
 
+def stt_replay(worker_id: str) -> str:
+    """orchestrator -> the call's STT worker: publish the call's recent events again."""
+    return f"{PREFIX}.stt.replay.{worker_id}"
+
+
 def call_prefix(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.messages import CallStart, ChatTurn, SttAssign
+from proto.messages import CallStart, ChatTurn, SpeechEnded, SpeechPaused, SpeechStarted, SttAssign, Transcript
 from proto.records import CallRecord
 from services.orchestrator.caller import CallerState
 from services.orchestrator.states import CallState
@@ -42,6 +42,10 @@ class Call(msgspec.Struct, kw_only=True):
     silent_turns: int = 0  # replies in a row TTS could not speak
     timers: list[PendingTimer] = []
     next_timer_id: int = 1
+    # The STT events handled last: after a takeover the STT worker replays what came since
+    # the snapshot, and an event already handled here is not handled twice.
+    recent_stt: list[SpeechStarted | Transcript | SpeechEnded | SpeechPaused] = []
+    resumed_at_us: int = 0  # the last takeover: STT events older than it may come twice
 
     @property
     def current(self) -> Turn | None:

@@ -59,6 +59,7 @@ MAX_SILENT_TURNS = 2
 # A resumed call's turn ids jump by this much: turns the last owner started after its last
 # snapshot are below the jump, so one cancel reaches all of them and no new turn reuses an id.
 RESUME_TURN_ID_GAP = 100
+RECENT_STT_EVENTS = 16  # kept in the call's state, to know a replayed STT event
 # The maximum call length's goodbye: the hang-up reason, and how long it may take to be heard.
 TIME_LIMIT_REASON = "maximum call length reached"
 TIME_LIMIT_GRACE_S = 15.0
@@ -81,6 +82,10 @@ class _Step(Speech):
 
     def handle(self, event: Event) -> None:
         call = self.call
+        if isinstance(event, SpeechStarted | Transcript | SpeechEnded | SpeechPaused):
+            if event.at_us <= call.resumed_at_us and event in call.recent_stt:
+                return  # from before the takeover, and replayed: handled already
+            call.recent_stt = [*call.recent_stt[-(RECENT_STT_EVENTS - 1) :], event]
         match event:
             case SpeechStarted() | Dtmf():
                 self.cancel_timer(Timer(TimerKind.IDLE))
@@ -335,6 +340,7 @@ class _Step(Speech):
         a question the caller heard no answer to is asked again at once."""
         call = self.call
         log.warning("call resumed here from its saved state (last owner: %s)", event.previous_owner or "handed over")
+        call.resumed_at_us = self.now_us
         turn = call.current
         question, commit = "", None
         if turn is not None and turn.active:

@@ -34,6 +34,7 @@ from proto.messages import (
     SttAssign,
     SttAssigned,
     SttRelease,
+    SttReplay,
 )
 from proto.records import CALL_RECORDS_BUCKET
 from services.common import unsubscribe_quietly
@@ -349,6 +350,13 @@ class Orchestrator:
             self._stt_worker[call_id] = snapshot.stt_worker  # the liveness watch covers it from now
         actor = await self._run_actor(snapshot.call)
         actor.post(Resumed(previous_owner=previous_owner))
+        if snapshot.stt_worker:  # what the caller said since the snapshot went to the dead owner
+            since = max((e.at_us for e in snapshot.call.recent_stt), default=snapshot.call.record.started_at_us)
+            replay = SttReplay(call_id=call_id, since_us=since)
+            try:
+                await self.bus.publish(subjects.stt_replay(snapshot.stt_worker), replay)
+            except Exception as exc:
+                log.warning("could not ask for the STT events since the snapshot: %s", exc, extra={"call_id": call_id})
         if not snapshot.stt_worker and snapshot.assign is not None:
             refusal = await self._assign_stt(snapshot.assign, snapshot.call.traceparent)
             if refusal:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.msg import Msg
@@ -24,11 +25,13 @@ from proto.messages import (
     CallEnded,
     Message,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
     SttAssign,
     SttAssigned,
     SttError,
     SttRelease,
+    SttReplay,
     Transcript,
 )
 from services.common import RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
@@ -42,6 +45,7 @@ from voxline.telemetry import stage_histogram
 log = logging.getLogger("voxline.stt")
 
 ACTIVE_CALLS = Gauge("voxline_stt_active_calls", "Calls whose audio this STT worker holds.")
+RECENT_EVENTS = 32  # per call, kept for a new owner's replay: a few utterances' worth
 FINAL_LATENCY = stage_histogram(
     "voxline_stt_final_latency_seconds", "End of the caller's speech to the final transcript."
 )
@@ -64,6 +68,10 @@ class HeldCall:
     speech_end_us: int = 0  # of the utterance awaiting its final transcript
     failed: bool = False
     utterance: Span | None = None  # from the caller's speech start to its final transcript
+    # The call's latest events, for a new owner that resumed from an older snapshot.
+    recent: deque[SpeechStarted | Transcript | SpeechEnded | SpeechPaused] = field(
+        default_factory=lambda: deque(maxlen=RECENT_EVENTS)
+    )
 
 
 class SttWorker:
@@ -85,6 +93,7 @@ class SttWorker:
             await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
             await self.bus.serve_ping(subjects.stt_ping(self.settings.instance_id)),
             await self.bus.subscribe(subjects.stt_release(self.settings.instance_id), self.on_release),
+            await self.bus.subscribe(subjects.stt_replay(self.settings.instance_id), self.on_replay),
         ]
         self._ready = True
 
@@ -168,6 +177,8 @@ class SttWorker:
     async def _emit(self, held: HeldCall, event: Message) -> None:
         """Publish a session event; a bus failure is logged, never raised into the provider."""
         self._trace(held, event)
+        if isinstance(event, SpeechStarted | Transcript | SpeechEnded | SpeechPaused):
+            held.recent.append(event)
         if isinstance(event, SpeechEnded):
             held.speech_end_us = event.speech_end_us
         elif isinstance(event, Transcript) and event.is_final and held.speech_end_us:
@@ -199,6 +210,22 @@ class SttWorker:
             tracing.mark_error(held.utterance, "stt error")
             held.utterance.end()
             held.utterance = None
+
+    async def on_replay(self, message: Message, msg: Msg) -> None:
+        if not isinstance(message, SttReplay):
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        with call_context(message.call_id):
+            held = self._calls.get(message.call_id)
+            if held is None:
+                return
+            again = [event for event in held.recent if event.at_us > message.since_us]
+            log.info("replaying %d event(s) to the call's new owner", len(again))
+            for event in again:
+                try:
+                    await self.bus.publish(subjects.stt_events(held.call_id), event, held.headers)
+                except Exception:
+                    log.exception("could not replay %s", type(event).__name__)
 
     async def on_release(self, message: Message, msg: Msg) -> None:
         if not isinstance(message, SttRelease):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.messages import BrainTurn, CallStopped, Synthesize, TurnCancel
+from proto.messages import BrainTurn, CallStopped, Synthesize, Transcript, TurnCancel
 from services.orchestrator.call import Call
 from services.orchestrator.core import RESUME_TURN_ID_GAP
 from services.orchestrator.events import Resumed
@@ -106,3 +106,21 @@ def test_an_ended_call_is_not_resumed() -> None:
     d.send(CallStopped(call_id=d.call.call_id, reason="caller hung up", at_us=d.now_us))
     _failover(d)
     assert d.effects == [] and d.call.state is CallState.ENDED
+
+
+def test_stt_events_replayed_after_a_takeover_are_handled_once() -> None:
+    d = Driver()
+    d.greet()
+    d.speech_started()
+    d.wait(900)
+    d.speech_ended()
+    d.wait(20)
+    final = Transcript(call_id=d.call.call_id, text=QUESTION, is_final=True, at_us=d.now_us, provider_ms=15.0)
+    d.send(final)
+    _failover(d)
+    # The STT worker replays the events since the snapshot: this final was in it already.
+    d.send(final)
+    while d.pending(TimerKind.END_OF_TURN):
+        d.fire(TimerKind.END_OF_TURN)
+    [request] = d.published(BrainTurn)
+    assert request.user_text == QUESTION  # not "QUESTION QUESTION"

@@ -9,7 +9,7 @@ from typing import Any
 from proto import subjects
 from proto.audio_frame import AudioFrame
 from proto.headers import CALL_ID
-from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError, SttRelease
+from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError, SttRelease, SttReplay
 from services.stt.providers.base import Emit
 from services.stt.providers.fake import FakeSttProvider
 from services.stt.worker import SttStatus, SttWorker
@@ -184,3 +184,24 @@ async def test_stop_releases_every_call(worker_bus: Bus, probe: Probe, nats_serv
     assert worker.status().active_calls == 0
     assert await nats_server.subscriptions(worker_bus) == []  # audio, work and ping alike
     assert not worker.ready()
+
+
+async def test_a_replay_publishes_the_call_s_events_since_a_time_again(worker_bus: Bus, probe: Probe) -> None:
+    worker, _ = await make_worker(worker_bus)
+    await probe.request(subjects.STT_ASSIGN, assign())
+    await speak(probe, "c1", 2)
+    [started] = await probe.wait_for(SpeechStarted)
+    # A new owner resumed from a snapshot older than this speech start: it asks again.
+    await probe.publish(subjects.stt_replay(WORKER_ID), SttReplay(call_id="c1", since_us=started.at_us - 1))
+    await probe.wait_for(SpeechStarted, count=2)
+    assert probe.of(SpeechStarted) == [started, started]
+    # Nothing newer than the snapshot: nothing again.
+    await probe.publish(subjects.stt_replay(WORKER_ID), SttReplay(call_id="c1", since_us=started.at_us))
+    await probe.publish(subjects.stt_replay(WORKER_ID), SttReplay(call_id="c9", since_us=0))  # not ours
+    # One subscription handles them in order: once this one's event is back, the two above
+    # were handled, and added nothing.
+    await probe.publish(subjects.stt_replay(WORKER_ID), SttReplay(call_id="c1", since_us=0))
+    await probe.wait_for(SpeechStarted, count=3)
+    await probe.caught_up(worker_bus)
+    assert len(probe.of(SpeechStarted)) == 3
+    await worker.stop()
