@@ -34,13 +34,13 @@ from proto.messages import (
     SttAssign,
     SttAssigned,
     SttRelease,
-    SttReplay,
 )
 from proto.records import CALL_RECORDS_BUCKET
 from services.common import unsubscribe_quietly
 from services.orchestrator.actor import CallActor
-from services.orchestrator.call import Call, CallLimits, CallSnapshot, new_call
-from services.orchestrator.events import Greet, Resumed, SttLost
+from services.orchestrator.call import Call, CallLimits, new_call
+from services.orchestrator.events import Greet, SttLost
+from services.orchestrator.failover import Failover
 from services.orchestrator.liveness import PeerWatch
 from services.orchestrator.ownership import LeaseTimes, Ownership
 from services.orchestrator.states import CallState
@@ -57,7 +57,6 @@ MAX_STT_REASSIGNMENTS = 2
 REFUSED = Counter(
     "voxline_orchestrator_refused_calls_total", "Calls this orchestrator refused (no agent, no STT worker)"
 )
-TAKEOVERS = Counter("voxline_orchestrator_takeovers_total", "Calls taken over from a dead or stopping orchestrator")
 CALL_RECORD_TTL_S = 7 * 24 * 3600
 # How long shutting down waits for the calls' actors to end their calls.
 STOP_TIMEOUT_S = 10.0
@@ -72,7 +71,7 @@ class OrchestratorStatus(msgspec.Struct):
     subscriptions: int  # per-call bus subscriptions they hold, together
 
 
-class Orchestrator:
+class Orchestrator(Failover):
     def __init__(self, bus: Bus, settings: OrchestratorSettings) -> None:
         self.bus = bus
         self.settings = settings
@@ -156,39 +155,6 @@ class Orchestrator:
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
         await self.ownership.stop()
 
-    async def _hand_over(self, call_id: str) -> bool:
-        """Stop acting on the call, save its state as it is now, and free its lease."""
-        actor, run = self.calls.get(call_id), self._runs.get(call_id)
-        revision = self.ownership.revision(call_id)
-        if actor is None or run is None or actor.ended or revision is None:
-            return False
-        snapshot = self._snapshot(actor.call)  # taken before the actor's end clears its STT entry
-        actor.handing_over = True
-        actor.abandon()
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-        try:
-            await self.ownership.save_state(call_id, snapshot)
-            handed = await self.ownership.hand_over(call_id, revision)
-        except Exception as exc:
-            log.error("could not hand the call over: %s", exc, extra={"call_id": call_id})
-            return False
-        if handed:
-            log.info("call handed over", extra={"call_id": call_id})
-        else:  # renewed meanwhile: it will be taken over when the lease runs out instead
-            log.warning("the hand-over lost a race with a renewal", extra={"call_id": call_id})
-        return handed
-
-    async def _end_orphan(self, call_id: str) -> None:
-        """Take back a handed-over call nobody took, and end it here."""
-        revision = self.ownership.book.revision(call_id)
-        if revision is None or not await self.ownership.take_over(call_id, revision):
-            return
-        snapshot = await self._load_snapshot(call_id)
-        if snapshot is not None:
-            actor = await self._run_resumed(snapshot)
-            actor.post(CallStopped(call_id=call_id, reason="orchestrator shutting down", at_us=now_us()))
-
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
         if not isinstance(start, CallStart):
             log.error("bad call start request: %s", type(start).__name__)
@@ -254,19 +220,6 @@ class Orchestrator:
         log.info("call taken: agent %s", agent.id)
         return ""
 
-    def _snapshot(self, call: Call) -> bytes:
-        snapshot = CallSnapshot(
-            call=call,
-            assign=self._assigns.get(call.call_id),
-            stt_worker=self._stt_worker.get(call.call_id, ""),
-            gateway=self._gateway.get(call.call_id, ""),
-        )
-        return msgspec.json.encode(snapshot)
-
-    async def _save_state(self, call: Call) -> None:
-        if self.ownership.holds(call.call_id):
-            await self.ownership.save_state(call.call_id, self._snapshot(call))
-
     async def _run_actor(self, call: Call, call_span: Span | None = None) -> CallActor:
         """Subscribe to the call's subjects and run its actor here."""
         call_id = call.call_id
@@ -298,69 +251,6 @@ class Orchestrator:
         self.calls[call_id] = actor
         ACTIVE_CALLS.set(len(self.calls))
         self._runs[call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{call_id}")
-        return actor
-
-    # --- failover ------------------------------------------------------------------------
-
-    async def _on_lease_lost(self, call_id: str) -> None:
-        """Someone else owns the call now (we were paused or cut off): let it go, silently."""
-        actor, run = self.calls.get(call_id), self._runs.get(call_id)
-        if actor is not None:
-            actor.abandon()
-        if run is not None:
-            run.cancel()
-
-    async def _load_snapshot(self, call_id: str) -> CallSnapshot | None:
-        data = await self.ownership.load_state(call_id)
-        if data is None:
-            return None
-        try:
-            return msgspec.json.decode(data, type=CallSnapshot)
-        except msgspec.ValidationError as exc:
-            log.error("the saved state of the call is unreadable: %s", exc, extra={"call_id": call_id})
-            return None
-
-    async def _on_orphan(self, call_id: str, revision: int) -> None:
-        """A lease stood still (its owner died) or was handed over: take the call over."""
-        if self._draining or call_id in self.calls or call_id in self._unresumable:
-            return
-        snapshot = await self._load_snapshot(call_id)
-        if snapshot is None:
-            self._unresumable.add(call_id)
-            log.error("an orphaned call has no saved state; it cannot be resumed", extra={"call_id": call_id})
-            return
-        previous = self.ownership.book.owner(call_id) or ""
-        if not await self.ownership.take_over(call_id, revision):
-            return  # another orchestrator was first
-        current_call_id.set(call_id)
-        if snapshot.call.state is CallState.ENDED:
-            await self.ownership.release(call_id)  # its owner died while cleaning up
-            return
-        log.warning("took the call over from %s", previous or "a hand-over", extra={"call_id": call_id})
-        TAKEOVERS.inc()
-        await self._run_resumed(snapshot, previous)
-
-    async def _run_resumed(self, snapshot: CallSnapshot, previous_owner: str = "") -> CallActor:
-        call_id = snapshot.call.call_id
-        if snapshot.assign is not None:
-            self._assigns[call_id] = snapshot.assign
-        if snapshot.gateway:
-            self._gateway[call_id] = snapshot.gateway
-        if snapshot.stt_worker:
-            self._stt_worker[call_id] = snapshot.stt_worker  # the liveness watch covers it from now
-        actor = await self._run_actor(snapshot.call)
-        actor.post(Resumed(previous_owner=previous_owner))
-        if snapshot.stt_worker:  # what the caller said since the snapshot went to the dead owner
-            since = max((e.at_us for e in snapshot.call.recent_stt), default=snapshot.call.record.started_at_us)
-            replay = SttReplay(call_id=call_id, since_us=since)
-            try:
-                await self.bus.publish(subjects.stt_replay(snapshot.stt_worker), replay)
-            except Exception as exc:
-                log.warning("could not ask for the STT events since the snapshot: %s", exc, extra={"call_id": call_id})
-        if not snapshot.stt_worker and snapshot.assign is not None:
-            refusal = await self._assign_stt(snapshot.assign, snapshot.call.traceparent)
-            if refusal:
-                actor.post(SttLost(reason=refusal))
         return actor
 
     async def _announce_end(self, actor: CallActor) -> None:
