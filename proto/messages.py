@@ -87,6 +87,9 @@ class SttAssign(_Msg, kw_only=True, frozen=True):
     keywords: list[str] = []
     custom_parameters: dict[str, str] = {}
     pause_ms: int = 0  # report the end of speech after this much silence; 0 = provider default
+    # The caller audio after this time (gateway clock, µs) was heard by no transcript: the
+    # worker fetches it from the gateway (CallerAudioRequest) before the live audio. 0: none.
+    audio_since_us: int = 0
 
 
 class SttRelease(_Msg, kw_only=True, frozen=True):
@@ -102,6 +105,20 @@ class SttReplay(_Msg, kw_only=True, frozen=True):
     call from a snapshot; what the caller said after it went to the dead owner."""
 
     since_us: int
+
+
+class CallerAudioRequest(_Msg, kw_only=True, frozen=True):
+    """stt -> the call's gateway (request on subjects.caller_audio): the caller audio it
+    still holds that arrived after `since_us`."""
+
+    since_us: int
+
+
+class CallerAudio(_Msg, kw_only=True, frozen=True):
+    """gateway -> stt (reply): encoded caller AudioFrames (seq, arrival time), oldest first;
+    the gateway keeps the last few seconds of each call."""
+
+    frames: list[bytes]
 
 
 class SttAssigned(_Msg, kw_only=True, frozen=True):
@@ -301,6 +318,8 @@ Message = (
     | SttAssigned
     | SttRelease
     | SttReplay
+    | CallerAudioRequest
+    | CallerAudio
     | SpeechStarted
     | Transcript
     | SpeechEnded

@@ -82,6 +82,12 @@ def tts_events(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}.tts"
 
 
+def caller_audio(call_id: str) -> str:
+    """The call's recent caller audio, from its gateway (request/reply): a new STT worker
+    transcribes what its dead predecessor heard but never transcribed."""
+    return f"{PREFIX}.call.{call_id}.caller_audio"
+
+
 def control(call_id: str) -> str:
     """Orders to the gateway (hang up), orchestrator -> gateway."""
     return f"{PREFIX}.call.{call_id}.control"

@@ -25,6 +25,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from proto import AudioFrame, MarkName, subjects
 from proto.messages import (
+    CallerAudio,
+    CallerAudioRequest,
     CallRefused,
     CallStart,
     CallStopped,
@@ -41,6 +43,7 @@ from proto.messages import (
 )
 from services.common import Fence
 from services.gateway import twilio_protocol as tp
+from services.gateway.caller_audio import CallerAudioHistory
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline import tracing
@@ -82,6 +85,8 @@ class MediaStream:
         self.clock = clock  # µs: when chunks went out, echoes came back and clears were sent
         self.transfer = transfer
         self._end_reason = ""
+        self._transfer_outcome: asyncio.Future[str] | None = None  # why the stream ends, once a transfer is under way
+        self.close_code, self.close_reason = 0, ""  # how we closed the stream: the <Connect action> answers by it
         self._fence = Fence()
         self.bus = bus
         self.settings = settings
@@ -91,6 +96,7 @@ class MediaStream:
         self.playback = Playback()
         self._send_lock = asyncio.Lock()  # every write to Twilio, with the decision behind it
         self._subs: list[Subscription] = []
+        self._caller_audio = CallerAudioHistory()
         self._headers: dict[str, str] = {}
         self._span: Span = INVALID_SPAN  # the call's trace root: the stream, start to end
         self._closing = False
@@ -150,6 +156,7 @@ class MediaStream:
             await self.bus.subscribe_frames(subjects.audio_out(self.call_id), self._on_reply_frame),
             await self.bus.subscribe(subjects.turn_cancel(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
+            await self.bus.subscribe(subjects.caller_audio(self.call_id), self._on_caller_audio_request),
         ]
         params = {k: v for k, v in meta.custom_parameters.items() if k != "stream_token"}
         request = CallStart(
@@ -189,12 +196,15 @@ class MediaStream:
             event = self._parse(text)
             if isinstance(event, tp.Media):
                 frame = AudioFrame(event.media.payload, seq=event.media.chunk, timestamp_us=now_us())
+                self._caller_audio.add(frame)
                 await self.bus.publish_frame(audio_subject, frame)  # no headers: 50 a second
             elif isinstance(event, tp.MarkEcho):
                 await self._on_mark_echo(event.mark.name)
             elif isinstance(event, tp.Dtmf):
                 await self._publish(Dtmf(call_id=self.call_id, digit=event.dtmf.digit, at_us=now_us()))
             elif isinstance(event, tp.Stop):
+                if self._transfer_outcome is not None:  # Twilio stops the stream our redirect took over
+                    return await self._transfer_outcome
                 return "caller hung up"
 
     def _parse(self, text: str) -> tp.InboundEvent | None:
@@ -227,6 +237,7 @@ class MediaStream:
         if self._closing:
             return
         self._closing = True
+        self.close_code, self.close_reason = code, reason
         try:
             await self.ws.close(code=code, reason=reason)
         except Exception:
@@ -305,6 +316,15 @@ class MediaStream:
             )
         )
 
+    async def _on_caller_audio_request(self, message: Message, msg: Msg) -> None:
+        """A new STT worker asks for what its predecessor heard but never transcribed."""
+        if not isinstance(message, CallerAudioRequest) or not msg.reply:
+            log.warning("ignored %s on %s", type(message).__name__, msg.subject)
+            return
+        frames = self._caller_audio.since(message.since_us)
+        log.info("handing %d frame(s) of caller audio to the call's new stt worker", len(frames))
+        await self.bus.respond(msg, CallerAudio(call_id=self.call_id, frames=frames))
+
     # --- orders from the orchestrator ------------------------------------------------
 
     async def _on_control(self, message: Message, msg: Msg) -> None:
@@ -329,6 +349,7 @@ class MediaStream:
         closing it ourselves frees the call's resources now. A failed transfer ends the call
         (logged) rather than leaving the caller on a line nobody answers."""
         masked = f"...{to[-4:]}" if len(to) > 4 else "***"
+        self._transfer_outcome = asyncio.get_running_loop().create_future()
         if self.transfer is None:
             log.error("cannot transfer to %s: the Twilio REST API is not configured", masked)
             self._end_reason = "transfer unavailable"
@@ -340,6 +361,8 @@ class MediaStream:
             except Exception as exc:
                 log.error("transfer to %s failed: %s", masked, exc)
                 self._end_reason = "transfer failed"
+        # A `stop` that came meanwhile was the redirect taking effect, or else the caller leaving.
+        self._transfer_outcome.set_result("transferred" if self._end_reason == "transferred" else "caller hung up")
         await self._close(1000, self._end_reason)
 
     async def _pause(self, turn_id: int) -> None:

@@ -34,6 +34,7 @@ from proto.messages import (
     SttAssign,
     SttAssigned,
     SttRelease,
+    Transcript,
 )
 from proto.records import CALL_RECORDS_BUCKET
 from services.common import unsubscribe_quietly
@@ -69,6 +70,14 @@ class OrchestratorStatus(msgspec.Struct):
     active_calls: int  # calls this instance owns
     calls: dict[str, CallState]  # their call ids and states
     subscriptions: int  # per-call bus subscriptions they hold, together
+
+
+def with_unheard_audio(assign: SttAssign, call: Call) -> SttAssign:
+    """The assignment for the worker that replaces the call's STT worker: it first fetches
+    the caller audio since the last final transcript, which its predecessor may have heard
+    without transcribing (the gateway keeps the last seconds)."""
+    finals = [e.at_us for e in call.recent_stt if isinstance(e, Transcript) and e.is_final]
+    return msgspec.structs.replace(assign, audio_since_us=max(finals, default=call.record.started_at_us))
 
 
 class Orchestrator(Failover):
@@ -233,7 +242,7 @@ class Orchestrator(Failover):
             return (
                 assign is not None
                 and reassignments <= MAX_STT_REASSIGNMENTS
-                and not await self._assign_stt(assign, call.traceparent)
+                and not await self._assign_stt(with_unheard_audio(assign, call), call.traceparent)
             )
 
         actor = CallActor(self.bus, call, reassign, self._save_state, call_span)
@@ -305,7 +314,7 @@ class Orchestrator(Failover):
                 await self.bus.publish(subjects.stt_release(worker_id), release)
             except Exception as exc:
                 log.warning("could not tell the stt worker to let the call go: %s", exc, extra={"call_id": call_id})
-            refusal = await self._assign_stt(assign, actor.call.traceparent)
+            refusal = await self._assign_stt(with_unheard_audio(assign, actor.call), actor.call.traceparent)
             if refusal:
                 actor.post(SttLost(reason=refusal))
             else:

@@ -23,6 +23,8 @@ from proto import subjects
 from proto.audio_frame import AudioFrame
 from proto.messages import (
     CallEnded,
+    CallerAudio,
+    CallerAudioRequest,
     Message,
     SpeechEnded,
     SpeechPaused,
@@ -45,6 +47,7 @@ from voxline.telemetry import stage_histogram
 log = logging.getLogger("voxline.stt")
 
 ACTIVE_CALLS = Gauge("voxline_stt_active_calls", "Calls whose audio this STT worker holds.")
+CATCH_UP_TIMEOUT_S = 1.0
 RECENT_EVENTS = 32  # per call, kept for a new owner's replay: a few utterances' worth
 FINAL_LATENCY = stage_histogram(
     "voxline_stt_final_latency_seconds", "End of the caller's speech to the final transcript."
@@ -68,6 +71,10 @@ class HeldCall:
     speech_end_us: int = 0  # of the utterance awaiting its final transcript
     failed: bool = False
     utterance: Span | None = None  # from the caller's speech start to its final transcript
+    # Live frames wait here while the audio a dead predecessor never transcribed is fed
+    # first (SttAssign.audio_since_us); None once caught up.
+    backlog: list[AudioFrame] | None = None
+    catch_up: asyncio.Task[None] | None = None
     # The call's latest events, for a new owner that resumed from an older snapshot.
     recent: deque[SpeechStarted | Transcript | SpeechEnded | SpeechPaused] = field(
         default_factory=lambda: deque(maxlen=RECENT_EVENTS)
@@ -143,7 +150,13 @@ class SttWorker:
         self._none_held.clear()
         ACTIVE_CALLS.set(len(self._calls))
 
+        if assign.audio_since_us:
+            held.backlog = []
+
         async def on_frame(frame: AudioFrame, _: Msg) -> None:
+            if held.backlog is not None:
+                held.backlog.append(frame)
+                return
             await self._feed(held, frame)
 
         held.audio = await self.bus.subscribe_frames(subjects.audio_in(call_id), on_frame)
@@ -151,7 +164,35 @@ class SttWorker:
             await unsubscribe_quietly(held.audio)
             return False
         log.info("took call (provider %s)", self.provider.name)
+        if held.backlog is not None:
+            held.catch_up = asyncio.create_task(
+                self._catch_up(held, assign.audio_since_us), name=f"stt-catch-up-{call_id}"
+            )
         return True
+
+    async def _catch_up(self, held: HeldCall, since_us: int) -> None:
+        """Transcribe first what the call's previous worker heard and never transcribed
+        (the gateway keeps the last seconds of caller audio), then the live audio that
+        arrived meanwhile, each frame once."""
+        last_us = since_us
+        try:
+            reply = await self.bus.request(
+                subjects.caller_audio(held.call_id),
+                CallerAudioRequest(call_id=held.call_id, since_us=since_us),
+                timeout=CATCH_UP_TIMEOUT_S,
+            )
+            frames = [AudioFrame.decode(f) for f in reply.frames] if isinstance(reply, CallerAudio) else []
+            log.info("catching up on %d frame(s) of caller audio", len(frames))
+            for frame in frames:
+                await self._feed(held, frame)
+                last_us = max(last_us, frame.timestamp_us)
+        except Exception as exc:  # the gateway may be gone too: go on with the live audio
+            log.warning("no caller audio to catch up on: %s", exc)
+        while held.backlog:
+            frame = held.backlog.pop(0)
+            if frame.timestamp_us > last_us:
+                await self._feed(held, frame)
+        held.backlog = None
 
     async def _feed(self, held: HeldCall, frame: AudioFrame) -> None:
         if held.failed:
@@ -251,6 +292,8 @@ class SttWorker:
             self._none_held.set()
         if held is None:
             return False
+        if held.catch_up is not None:
+            held.catch_up.cancel()
         if held.utterance is not None:  # the call ended mid-utterance
             held.utterance.set_attribute("cancelled", True)
             held.utterance.end()

@@ -6,10 +6,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proto import subjects
+import msgspec
+from nats.aio.msg import Msg
+
+from proto import decode, encode, subjects
 from proto.audio_frame import AudioFrame
 from proto.headers import CALL_ID
-from proto.messages import CallEnded, SpeechStarted, SttAssign, SttAssigned, SttError, SttRelease, SttReplay
+from proto.messages import (
+    CallEnded,
+    CallerAudio,
+    CallerAudioRequest,
+    SpeechStarted,
+    SttAssign,
+    SttAssigned,
+    SttError,
+    SttRelease,
+    SttReplay,
+)
 from services.stt.providers.base import Emit
 from services.stt.providers.fake import FakeSttProvider
 from services.stt.worker import SttStatus, SttWorker
@@ -204,4 +217,72 @@ async def test_a_replay_publishes_the_call_s_events_since_a_time_again(worker_bu
     await probe.wait_for(SpeechStarted, count=3)
     await probe.caught_up(worker_bus)
     assert len(probe.of(SpeechStarted)) == 3
+    await worker.stop()
+
+
+class RecordingProvider(CountingProvider):
+    """Records the Twilio chunk number of every frame its sessions are fed, in order."""
+
+    def __init__(self, settings: SttSettings) -> None:
+        super().__init__(settings)
+        self.fed: list[int] = []
+        self._fed_more = asyncio.Event()
+
+    async def open(self, assign: SttAssign, emit: Emit) -> Any:
+        session = await super().open(assign, emit)
+        feed = session.feed
+
+        async def record(frame: AudioFrame) -> None:
+            self.fed.append(frame.seq)
+            self._fed_more.set()
+            await feed(frame)
+
+        session.feed = record  # type: ignore[method-assign]
+        return session
+
+    async def wait_fed(self, count: int) -> None:
+        while len(self.fed) < count:
+            self._fed_more.clear()
+            await asyncio.wait_for(self._fed_more.wait(), timeout=5)
+
+
+def chunk_at(n: int) -> AudioFrame:
+    """Caller chunk `n` as the gateway stamps it: 20 ms apart, after a final at 1000 µs."""
+    return AudioFrame(SPEECH, seq=n, timestamp_us=1000 + 20_000 * (n - 9))
+
+
+async def test_a_worker_taking_a_call_over_first_transcribes_the_audio_its_predecessor_never_did(
+    worker_bus: Bus, probe: Probe
+) -> None:
+    settings = SttSettings(instance_id=WORKER_ID, fake_stt_latency_ms=0)
+    provider = RecordingProvider(settings)
+    worker = SttWorker(worker_bus, settings, provider)
+    await worker.start()
+    await settle(worker_bus)
+    # The gateway's side: it holds chunks 10..14 of the caller's sentence, which arrived
+    # after the last final transcript, and answers the new worker's request for them.
+    history = [chunk_at(n) for n in range(10, 15)]
+    asked: list[int] = []
+
+    async def gateway(msg: Msg) -> None:
+        request = decode(msg.data)
+        assert isinstance(request, CallerAudioRequest)
+        asked.append(request.since_us)
+        # Live audio goes on while the history travels: chunk 14 (again, on the live
+        # subject) and 15, which must wait for the history and come once each.
+        for frame in (chunk_at(14), chunk_at(15)):
+            await probe.publish_frame(subjects.audio_in("c1"), frame)
+        await settle(probe.bus)
+        await msg.respond(encode(CallerAudio(call_id="c1", frames=[f.encode() for f in history])))
+
+    await probe.bus.nc.subscribe(subjects.caller_audio("c1"), cb=gateway)
+    await settle(probe.bus)
+    reply = await probe.request(subjects.STT_ASSIGN, msgspec.structs.replace(assign(), audio_since_us=1000))
+    assert reply == assigned()
+    await provider.wait_fed(6)
+    await probe.publish_frame(subjects.audio_in("c1"), chunk_at(16))  # caught up: live from now on
+    await provider.wait_fed(7)
+    assert asked == [1000]
+    assert provider.fed == [10, 11, 12, 13, 14, 15, 16]
+    await probe.wait_for(SpeechStarted)  # the sentence was heard from the gateway's copy
     await worker.stop()
