@@ -1,6 +1,7 @@
 """The call record: what happened on a call, kept in the JetStream KV bucket
 `CALL_RECORDS_BUCKET` under the call id. The orchestrator writes it, the gateway's REST
-API serves it."""
+API serves it. After the orchestrator's last write the gateway adds what Twilio reports
+later: a transfer's outcome, and the whole record of an outbound call nobody answered."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class CallRecord(msgspec.Struct, kw_only=True):
     started_at_us: int
     ended_at_us: int = 0
     end_reason: str = ""
+    # A transfer's outcome as Twilio's <Dial action> reports it (DialCallStatus: completed,
+    # busy, no-answer, failed, canceled), written by the gateway after the call's end.
+    transfer_status: str = ""
     from_number: str = ""
     to_number: str = ""
     turns: list[TurnRecord] = []

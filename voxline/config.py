@@ -74,6 +74,9 @@ class GatewaySettings(CommonSettings):
         "", description="Twilio REST base URL; empty = https://api.twilio.com (tests point it at an emulator)."
     )
     twilio_timeout_s: float = Field(5.0, description="Timeout of one Twilio REST request.")
+    transfer_timeout_s: int = Field(
+        25, ge=5, le=600, description="How long a transfer's <Dial> rings the human before the caller is told so."
+    )
     api_key: str = Field(
         "", description="When set, every /v1/* request needs 'Authorization: Bearer <key>' (401 otherwise)."
     )

@@ -11,11 +11,11 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import Response
 
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
-from services.gateway import rest_api
+from services.gateway import rest_api, webhook
+from services.gateway.call_outcomes import CallOutcomes, StreamEnd
 from services.gateway.media_stream import MediaStream
 from services.gateway.stream_token import StreamTokens
-from services.gateway.twilio_rest import TwilioRest
-from services.gateway.webhook import voice_webhook
+from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest
 from voxline.agents import AgentStore
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
@@ -40,6 +40,8 @@ class Gateway:
         self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s)
         self.streams: set[MediaStream] = set()
         self.twilio = TwilioRest(settings)
+        self.outcomes = CallOutcomes(bus)
+        self.outcomes.closing_stream = self._closing_stream
         self.draining = False
         self._no_streams = asyncio.Event()  # set while no media stream is open
         self._no_streams.set()
@@ -70,6 +72,28 @@ class Gateway:
             subscriptions=sum(s.status().subscriptions for s in self.streams),
         )
 
+    async def transfer(self, call_sid: str, number: str) -> None:
+        """A transfer the agent ordered: remembered first, so the `<Connect action>` can
+        still dial it if the REST redirect fails or the REST API is not configured."""
+        self.outcomes.transfer_ordered(call_sid, number)
+        if not self.twilio.configured:
+            raise TwilioNotConfigured("no Twilio REST API: the transfer is dialled from the <Connect> action")
+        base = self.settings.public_url.rstrip("/") or self.outcomes.public_base
+        action = f"{base}{webhook.DIAL_ENDED_PATH}" if base else ""
+        if not action:
+            log.warning("no public URL known: the transfer's <Dial> has no action, an unanswered one ends the call")
+        await self.twilio.transfer(call_sid, number, action)
+
+    def _closing_stream(self, call_sid: str) -> StreamEnd | None:
+        for stream in self.streams:
+            if stream.call_id == call_sid and stream.close_reason:
+                return StreamEnd(stream.close_code, stream.close_reason)
+        return None
+
+    def stream_ended(self, stream: MediaStream) -> None:
+        if stream.call_id and stream.close_reason:
+            self.outcomes.stream_ended(stream.call_id, StreamEnd(stream.close_code, stream.close_reason))
+
     async def stop(self) -> None:
         await self.twilio.close()
 
@@ -94,16 +118,28 @@ def create_app(gateway: Gateway) -> FastAPI:
         if gateway.draining:
             log.info("draining: new call refused with 503 for Twilio to retry or fall back")
             return Response("draining", status_code=503, headers={"Retry-After": "1"})
-        return await voice_webhook(request, gateway.settings, gateway.agents, gateway.tokens)
+        return await webhook.voice_webhook(request, gateway.settings, gateway.agents, gateway.tokens, gateway.outcomes)
+
+    @app.post(webhook.STREAM_ENDED_PATH)
+    async def twilio_stream_ended(request: Request) -> Response:
+        return await webhook.stream_ended(request, gateway.settings, gateway.agents, gateway.outcomes)
+
+    @app.post(webhook.STREAM_STATUS_PATH)
+    async def twilio_stream_status(request: Request) -> Response:
+        return await webhook.stream_status(request, gateway.settings, gateway.outcomes)
+
+    @app.post(webhook.DIAL_ENDED_PATH)
+    async def twilio_dial_ended(request: Request) -> Response:
+        return await webhook.dial_ended(request, gateway.settings, gateway.agents, gateway.outcomes)
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
-        transfer = gateway.twilio.transfer if gateway.twilio.configured else None
-        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens, transfer)
+        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens, gateway.transfer)
         gateway.opened(stream)
         try:
             await stream.run()
         finally:
+            gateway.stream_ended(stream)
             gateway.closed(stream)
 
     @app.get("/v1/calls/{call_id}")
@@ -115,7 +151,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def list_agents() -> dict[str, Any]:
         return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
 
-    rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio)
+    rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
     for route in probe_routes(gateway.bus, lambda: gateway):
         app.router.routes.append(route)
     return app

@@ -19,10 +19,10 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from twilio.request_validator import RequestValidator
 
+from services.gateway.call_outcomes import NEVER_ANSWERED, CallOutcomes
 from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest, TwilioRestError
-from services.gateway.webhook import public_base
+from services.gateway.webhook import public_base, twilio_form
 from voxline.agents import AgentStore, InvalidAgent, UnknownAgent
 from voxline.config import GatewaySettings
 
@@ -75,9 +75,11 @@ async def place_call(
     base = public_base(request, settings)
     if not settings.public_url:
         log.warning("VOXLINE_PUBLIC_URL is not set: Twilio will be sent to %s, which it may not reach", base)
-    url = f"{base}/twilio/voice?{urlencode({'agent': body.agent_id})}"
+    query = urlencode({"agent": body.agent_id})
     try:
-        placed = await twilio.place_call(body.to, from_, url, status_callback=f"{base}/twilio/status")
+        placed = await twilio.place_call(
+            body.to, from_, f"{base}/twilio/voice?{query}", status_callback=f"{base}/twilio/status?{query}"
+        )
     except TwilioNotConfigured as exc:
         return error(503, str(exc))
     except TwilioRestError as exc:
@@ -89,20 +91,31 @@ async def place_call(
     return JSONResponse({"call_sid": placed.call_sid, "status": placed.status}, status_code=201)
 
 
-async def call_status(request: Request, settings: GatewaySettings) -> Response:
-    """Twilio's status callback of an outbound call: logged (answered, busy, no-answer...)."""
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    if settings.twilio_auth_token:
-        url = public_base(request, settings) + request.url.path
-        if not RequestValidator(settings.twilio_auth_token).validate(
-            url, form, request.headers.get("x-twilio-signature", "")
-        ):
-            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
-    log.info("call status %s", form.get("CallStatus", "?"), extra={"call_id": form.get("CallSid", "")})
+async def call_status(request: Request, settings: GatewaySettings, outcomes: CallOutcomes) -> Response:
+    """Twilio's status callback of an outbound call, for every event we asked for
+    (initiated, ringing, answered, completed): https://www.twilio.com/docs/voice/api/call-resource#statuscallback.
+    A call that ended busy, unanswered or failed never reaches the agent, so its record is
+    written here; the others are logged (an answered call's record is the orchestrator's)."""
+    form = await twilio_form(request, settings)
+    if isinstance(form, Response):
+        return form
+    call_sid, status = form.get("CallSid", ""), form.get("CallStatus", "?")
+    extra = {"call_id": call_sid}
+    if status in NEVER_ANSWERED and call_sid.isalnum():
+        agent_id = request.query_params.get("agent", "")
+        try:
+            if await outcomes.never_answered(call_sid, status, agent_id, form.get("From", ""), form.get("To", "")):
+                log.warning("outbound call for agent %s ended unanswered: %s", agent_id, status, extra=extra)
+        except Exception as exc:
+            log.error("outbound call ended %s; could not write its record: %s", status, exc, extra=extra)
+    else:
+        log.info("call status %s", status, extra=extra)
     return Response(status_code=204)
 
 
-def install(app: FastAPI, settings: GatewaySettings, agents: AgentStore, twilio: TwilioRest) -> None:
+def install(
+    app: FastAPI, settings: GatewaySettings, agents: AgentStore, twilio: TwilioRest, outcomes: CallOutcomes
+) -> None:
     require_api_key(app, settings.api_key)
 
     @app.post("/v1/calls", status_code=201)
@@ -111,4 +124,4 @@ def install(app: FastAPI, settings: GatewaySettings, agents: AgentStore, twilio:
 
     @app.post("/twilio/status")
     async def twilio_status(request: Request) -> Response:
-        return await call_status(request, settings)
+        return await call_status(request, settings, outcomes)

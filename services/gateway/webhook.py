@@ -1,4 +1,6 @@
-"""`POST /twilio/voice`: Twilio asks what to do with a call; we answer with a media stream.
+"""The webhooks Twilio calls for a call's TwiML: `POST /twilio/voice` (a call came in: we
+answer with a media stream), and the callbacks after it (`<Connect action>` when the stream
+ended, `<Stream statusCallback>`, `<Dial action>` when a transfer rang out).
 
 The TwiML is built with the `twilio` library and signatures are checked with its
 RequestValidator, so protocol details stay with the people who own the protocol.
@@ -7,20 +9,26 @@ RequestValidator, so protocol details stay with the people who own the protocol.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from fastapi import Request
 from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from services.gateway.call_outcomes import DIAL_ANSWERED, CallOutcomes
 from services.gateway.stream_token import StreamTokens
-from voxline.agents import AgentStore, UnknownAgent
+from services.gateway.twilio_rest import business_number, dial_twiml
+from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent
 from voxline.config import GatewaySettings
 
 log = logging.getLogger("voxline.gateway.webhook")
 
 MEDIA_PATH = "/twilio/media"
+STREAM_ENDED_PATH = "/twilio/stream-ended"  # <Connect action>
+STREAM_STATUS_PATH = "/twilio/stream-status"  # <Stream statusCallback>
+DIAL_ENDED_PATH = "/twilio/dial-ended"  # <Dial action> of a transfer
+DEFAULT_AGENT = Agent(id="", name="", greeting="", system_prompt="")  # its messages, when the agent is unknown
 
 
 def public_base(request: Request, settings: GatewaySettings) -> str:
@@ -50,18 +58,42 @@ def say_and_hang_up(text: str) -> str:
     return str(response)
 
 
-async def voice_webhook(
-    request: Request, settings: GatewaySettings, agents: AgentStore, tokens: StreamTokens
-) -> Response:
+def hang_up() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
+
+
+async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, str] | Response:
+    """The request's form fields if Twilio signed them (when TWILIO_AUTH_TOKEN is set), else
+    the 403 to answer. Twilio signs the full URL it requested, query included, plus the
+    sorted POST fields: https://www.twilio.com/docs/usage/webhooks/webhooks-security"""
     form = await request.form()
     params = {k: str(v) for k, v in form.items()}
-    base = public_base(request, settings)
     if settings.twilio_auth_token:
-        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        url = public_base(request, settings) + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get("x-twilio-signature", "")
         if not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
             log.warning("rejected a webhook with a bad X-Twilio-Signature (url %s)", url)
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+    return params
+
+
+def _agent(agents: AgentStore, agent_id: str) -> Agent:
+    try:
+        return agents.get(agent_id) if agent_id else DEFAULT_AGENT
+    except (UnknownAgent, InvalidAgent):
+        return DEFAULT_AGENT
+
+
+async def voice_webhook(
+    request: Request, settings: GatewaySettings, agents: AgentStore, tokens: StreamTokens, outcomes: CallOutcomes
+) -> Response:
+    params = await twilio_form(request, settings)
+    if isinstance(params, Response):
+        return params
+    base = public_base(request, settings)
+    outcomes.public_base = base
     call_sid = params.get("CallSid", "")
     if not call_sid.isalnum():
         log.warning("webhook without a usable CallSid: %r", call_sid[:64])
@@ -72,11 +104,91 @@ async def voice_webhook(
     except UnknownAgent as exc:
         log.error("webhook for an unknown agent: %s", exc, extra={"call_id": call_sid})
         return twiml_response(say_and_hang_up("Sorry, this number is not configured. Goodbye."))
+    query = urlencode({"agent": agent_id})
     response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=stream_url(base))
+    # https://www.twilio.com/docs/voice/twiml/connect#action: when <Connect> ends (our side
+    # closed the stream, or it failed) Twilio requests `action` and runs its TwiML; without
+    # one the call just ends, in silence.
+    connect = Connect(action=f"{base}{STREAM_ENDED_PATH}?{query}")
+    # https://www.twilio.com/docs/voice/twiml/stream#statuscallback: stream-started,
+    # stream-stopped and stream-error (with StreamError) come to this URL.
+    stream = connect.stream(url=stream_url(base), status_callback=f"{base}{STREAM_STATUS_PATH}?{query}")
     stream.parameter(name="agent_id", value=agent_id)
     stream.parameter(name="stream_token", value=tokens.issue(call_sid, agent_id))
+    stream.parameter(name="from", value=params.get("From", ""))
+    stream.parameter(name="to", value=params.get("To", ""))
     response.append(connect)
     log.info("answering call for agent %s", agent_id, extra={"call_id": call_sid})
     return twiml_response(str(response))
+
+
+async def stream_ended(
+    request: Request, settings: GatewaySettings, agents: AgentStore, outcomes: CallOutcomes
+) -> Response:
+    """`<Connect action>`: the media stream is over and the caller is still on the line.
+    A transfer the agent ordered is dialled (whether or not the REST redirect got through);
+    a call the agent ended is hung up; anything else (stream refused, failed, lost) gets
+    the agent's apology before the hang-up, and an error in the log saying why."""
+    params = await twilio_form(request, settings)
+    if isinstance(params, Response):
+        return params
+    call_sid = params.get("CallSid", "")
+    agent = _agent(agents, request.query_params.get("agent", ""))
+    extra = {"call_id": call_sid}
+    number = outcomes.transfer_to(call_sid)
+    if number:
+        caller_id = business_number(params.get("Direction", ""), params.get("From", ""), params.get("To", ""))
+        action = public_base(request, settings) + DIAL_ENDED_PATH
+        log.info("stream ended for a transfer: dialling it from the <Connect> action", extra=extra)
+        return twiml_response(dial_twiml(number, settings.transfer_timeout_s, caller_id, action))
+    end = outcomes.stream_end(call_sid)
+    if end is not None and end.agent_ended:
+        log.info("stream ended by the agent (%s): hanging up", end.reason, extra=extra)
+        return twiml_response(hang_up())
+    if end is not None:
+        why = end.reason
+    else:
+        why = outcomes.stream_error(call_sid) or "no media stream of this call ended on this gateway"
+    log.error("media stream failed with the caller on the line (%s): apology and hang-up", why, extra=extra)
+    return twiml_response(say_and_hang_up(agent.failure_message))
+
+
+async def stream_status(request: Request, settings: GatewaySettings, outcomes: CallOutcomes) -> Response:
+    """`<Stream statusCallback>`: a stream that Twilio could not open or that broke is
+    logged with Twilio's reason (StreamError), which the `<Connect action>` then repeats."""
+    params = await twilio_form(request, settings)
+    if isinstance(params, Response):
+        return params
+    call_sid, event = params.get("CallSid", ""), params.get("StreamEvent", "")
+    extra = {"call_id": call_sid}
+    if event == "stream-error":
+        error = params.get("StreamError", "") or "no StreamError given"
+        outcomes.stream_failed(call_sid, f"Twilio: {error}")
+        log.error("media stream error reported by Twilio: %s", error, extra=extra)
+    else:
+        log.info("media stream %s (Twilio)", event.removeprefix("stream-") or "status ?", extra=extra)
+    return Response(status_code=204)
+
+
+async def dial_ended(
+    request: Request, settings: GatewaySettings, agents: AgentStore, outcomes: CallOutcomes
+) -> Response:
+    """`<Dial action>` of a transfer: https://www.twilio.com/docs/voice/twiml/dial#action.
+    Answered: the human had the caller, and hung up; the call ends. Busy, no answer, failed:
+    the caller is told nobody is available instead of being dropped, and the record says so."""
+    params = await twilio_form(request, settings)
+    if isinstance(params, Response):
+        return params
+    call_sid, status = params.get("CallSid", ""), params.get("DialCallStatus", "") or "failed"
+    extra = {"call_id": call_sid}
+    try:
+        record = await outcomes.transfer_ended(call_sid, status)
+    except Exception as exc:  # the caller must hear the answer even if the record cannot be written
+        log.error("could not write the transfer's outcome into the record: %s", exc, extra=extra)
+        record = None
+    if status in DIAL_ANSWERED:
+        log.info("transfer answered; the human hung up (%s)", status, extra=extra)
+        return twiml_response(hang_up())
+    log.warning("transfer not answered (%s): the caller is told so", status, extra=extra)
+    agent = _agent(agents, record.agent_id if record is not None else "")
+    return twiml_response(say_and_hang_up(agent.transfer_failed_message))

@@ -1,8 +1,14 @@
 """Twilio's REST Calls resource (API 2010-04-01) as a small aiohttp server: create a call
-(`POST /2010-04-01/Accounts/{AccountSid}/Calls.json`) and update one
-(`POST .../Calls/{CallSid}.json`, e.g. new TwiML for a transfer), with HTTP basic auth
-(account SID : auth token), Twilio's JSON error bodies, injected failures, and every
-request recorded for the tests."""
+(`POST /2010-04-01/Accounts/{AccountSid}/Calls.json`), fetch one (`GET .../Calls/{CallSid}.json`)
+and update one (`POST .../Calls/{CallSid}.json`, e.g. new TwiML for a transfer), with HTTP
+basic auth (account SID : auth token), Twilio's JSON error bodies, injected failures, and
+every request recorded for the tests.
+
+The emulator keeps a book of calls and their status, because Twilio's answers depend on it:
+https://www.twilio.com/docs/voice/api/call-resource (Call resource: statuses, fetch, update,
+StatusCallbackEvent) and https://www.twilio.com/docs/errors/21220 (a call that is not
+in-progress cannot be redirected).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import base64
 import re
 import secrets
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +26,11 @@ from aiohttp import web
 ACCOUNT_SID = "AC" + "7e1f" * 8
 AUTH_TOKEN = "twilio-rest-test-token-51c0"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# https://www.twilio.com/docs/voice/api/call-resource#create-a-call-resource: the events a
+# StatusCallbackEvent may name; any other value is refused with 21626.
+STATUS_CALLBACK_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
+# Statuses in which a call is over (the Call resource's `status` enum).
+ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 
 @dataclass
@@ -27,6 +39,17 @@ class RestRequest:
     form: dict[str, str]
     status: int
     call_sid: str = ""  # the call updated, or the one created
+    method: str = "POST"
+    lists: dict[str, list[str]] = field(default_factory=dict)  # fields sent more than once
+
+
+@dataclass
+class EmulatedCall:
+    sid: str
+    from_: str
+    to: str
+    direction: str  # "inbound" or "outbound-api"
+    status: str  # queued, ringing, in-progress, completed, busy, failed, no-answer, canceled
 
 
 class TwilioRestEmulator:
@@ -41,6 +64,21 @@ class TwilioRestEmulator:
     def reset(self) -> None:
         self.failures: list[int] = []  # statuses for the next requests, in order
         self.requests: list[RestRequest] = []
+        self.calls: dict[str, EmulatedCall] = {}
+        # Called (in the emulator's thread) when an update is accepted, before Twilio
+        # answers it: what Twilio does to the call meanwhile (ends its media stream).
+        self.on_update: Callable[[str], None] | None = None
+
+    # --- the test's side of the calls --------------------------------------------------
+
+    def inbound(self, call_sid: str, from_: str, to: str) -> None:
+        """A caller rang one of our Twilio numbers and the call is up (in-progress)."""
+        self.calls[call_sid] = EmulatedCall(call_sid, from_, to, "inbound", "in-progress")
+
+    def end(self, call_sid: str, status: str = "completed") -> None:
+        """The call is over (the caller hung up: completed)."""
+        call = self.calls.setdefault(call_sid, EmulatedCall(call_sid, "", "", "inbound", status))
+        call.status = status
 
     @property
     def base_url(self) -> str:
@@ -55,6 +93,7 @@ class TwilioRestEmulator:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls.json", self._create)
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self._update)
+        app.router.add_get("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self._fetch)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -71,7 +110,9 @@ class TwilioRestEmulator:
         return [r for r in self.requests if r.path.endswith("/Calls.json") and r.status == 201]
 
     def updated(self) -> list[RestRequest]:
-        return [r for r in self.requests if not r.path.endswith("/Calls.json") and r.status == 200]
+        return [
+            r for r in self.requests if r.method == "POST" and not r.path.endswith("/Calls.json") and r.status == 200
+        ]
 
     @staticmethod
     def _error(status: int, code: int, message: str) -> web.Response:
@@ -82,46 +123,76 @@ class TwilioRestEmulator:
         auth = request.headers.get("Authorization", "")
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         if auth != f"Basic {expected}" or request.match_info["account"] != self.account_sid:
-            self.requests.append(RestRequest(path, form, 401))
+            self.requests.append(RestRequest(path, form, 401, method=request.method))
             return self._error(401, 20003, "Authenticate")
         if self.failures:
             status = self.failures.pop(0)
-            self.requests.append(RestRequest(path, form, status))
+            self.requests.append(RestRequest(path, form, status, method=request.method))
             return self._error(status, 20429 if status == 429 else 20500, "injected failure")
         return None
 
-    def _call(self, sid: str, form: dict[str, str], status: str) -> dict[str, Any]:
+    def _json(self, call: EmulatedCall) -> dict[str, Any]:
         return {
-            "sid": sid,
+            "sid": call.sid,
             "account_sid": self.account_sid,
-            "to": form.get("To", ""),
-            "from": form.get("From", ""),
-            "status": status,
-            "direction": "outbound-api",
+            "to": call.to,
+            "from": call.from_,
+            "status": call.status,
+            "direction": call.direction,
             "api_version": "2010-04-01",
-            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json",
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{call.sid}.json",
         }
 
+    def _call(self, sid: str) -> EmulatedCall:
+        # ASSUMPTION: a call the test did not put in the book is a live inbound call (the
+        # simulator's calls never pass through this emulator); real Twilio would know it.
+        return self.calls.setdefault(sid, EmulatedCall(sid, "", "", "inbound", "in-progress"))
+
     async def _create(self, request: web.Request) -> web.Response:
-        form = {k: str(v) for k, v in (await request.post()).items()}
+        post = await request.post()
+        form = {k: str(v) for k, v in post.items()}
+        lists = {k: [str(v) for v in post.getall(k)] for k in set(post.keys()) if len(post.getall(k)) > 1}
         path = request.path
         if (refused := self._refusal(request, path, form)) is not None:
             return refused
-        for field in ("To", "From"):
-            if not _E164.match(form.get(field, "")):
+        for name in ("To", "From"):
+            if not _E164.match(form.get(name, "")):
                 self.requests.append(RestRequest(path, form, 400))
-                return self._error(400, 21211 if field == "To" else 21212, f"Invalid '{field}' Phone Number")
+                return self._error(400, 21211 if name == "To" else 21212, f"Invalid '{name}' Phone Number")
         if not form.get("Url") and not form.get("Twiml"):
             self.requests.append(RestRequest(path, form, 400))
             return self._error(400, 21205, "Url or Twiml is required")
+        events = [str(v) for v in post.getall("StatusCallbackEvent", [])]
+        if any(e not in STATUS_CALLBACK_EVENTS for e in events):
+            # https://www.twilio.com/docs/errors/21626 (Invalid 'StatusCallbackEvent')
+            self.requests.append(RestRequest(path, form, 400))
+            return self._error(400, 21626, "Invalid 'StatusCallbackEvent'")
         sid = "CA" + secrets.token_hex(16)
-        self.requests.append(RestRequest(path, form, 201, sid))
-        return web.json_response(self._call(sid, form, "queued"), status=201)
+        lists["StatusCallbackEvent"] = events
+        self.requests.append(RestRequest(path, form, 201, sid, lists=lists))
+        call = self.calls[sid] = EmulatedCall(sid, form["From"], form["To"], "outbound-api", "queued")
+        return web.json_response(self._json(call), status=201)
+
+    async def _fetch(self, request: web.Request) -> web.Response:
+        path, sid = request.path, request.match_info["sid"]
+        if (refused := self._refusal(request, path, {})) is not None:
+            return refused
+        self.requests.append(RestRequest(path, {}, 200, sid, method="GET"))
+        return web.json_response(self._json(self._call(sid)))
 
     async def _update(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         path, sid = request.path, request.match_info["sid"]
         if (refused := self._refusal(request, path, form)) is not None:
             return refused
+        call = self._call(sid)
+        if (form.get("Twiml") or form.get("Url")) and call.status in ENDED:
+            # https://www.twilio.com/docs/errors/21220: "You attempted a realtime operation
+            # on a Call that was not in-progress. Calls that have completed cannot be
+            # recorded or redirected." The API's own message for a redirect is this one.
+            self.requests.append(RestRequest(path, form, 400, sid))
+            return self._error(400, 21220, "Call is not in-progress. Cannot redirect.")
+        if self.on_update is not None:
+            self.on_update(sid)
         self.requests.append(RestRequest(path, form, 200, sid))
-        return web.json_response(self._call(sid, form, "in-progress"))
+        return web.json_response(self._json(call))
