@@ -189,8 +189,8 @@ class MediaStream:
         while True:
             try:
                 text = await self.ws.receive_text()
-            except WebSocketDisconnect:
-                return "stream closed"
+            except WebSocketDisconnect:  # Twilio's answer to our own close is one too
+                return (self._end_reason or "agent hung up") if self._closing else "stream closed"
             except RuntimeError:  # the socket was closed by us (Hangup, Transfer)
                 return self._end_reason or "agent hung up"
             event = self._parse(text)
