@@ -29,7 +29,7 @@ from proto.headers import TRACEPARENT, call_headers
 from proto.messages import CallEnded, Message, TurnCancel
 from services.providers import Provider, ProviderError, close_provider, close_stream
 from voxline import tracing
-from voxline.bus import Bus
+from voxline.bus import Bus, MessageHandler
 from voxline.telemetry import current_call_id, current_turn_id
 
 log = logging.getLogger("voxline.services")
@@ -104,6 +104,56 @@ class RecentCalls:
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._items
+
+
+class QueueSeat:
+    """A worker's seat in a work queue group, held only while it has room: at capacity it
+    leaves the group, so NATS gives new work to the others (and a caller is told "busy" when
+    nobody has room, instead of work piling up where it will be late), and it joins again
+    once it is below capacity. Capacity 0 = no limit.
+
+    Changes are made in a task of their own: a worker finds itself full inside the queue's
+    own callback, and unsubscribing from there would cancel that callback."""
+
+    def __init__(self, bus: Bus, subject: str, queue: str, handler: MessageHandler, capacity: int) -> None:
+        self.bus, self.subject, self.queue, self.handler, self.capacity = bus, subject, queue, handler, capacity
+        self._sub: Subscription | None = None
+        self._closed = False
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def joined(self) -> bool:
+        return self._sub is not None
+
+    async def join(self) -> None:
+        async with self._lock:
+            if self._sub is None and not self._closed:
+                self._sub = await self.bus.subscribe(self.subject, self.handler, queue=self.queue)
+
+    async def _leave(self) -> None:
+        async with self._lock:
+            if self._sub is not None:
+                await unsubscribe_quietly(self._sub)
+                self._sub = None
+
+    def holding(self, held: int) -> None:
+        """The worker now holds `held` units of work: leave or join accordingly."""
+        full = bool(self.capacity) and held >= self.capacity
+        if full == (self._sub is None) or self._closed:
+            return
+        if full:
+            log.warning("at capacity (%d): leaving the %s queue", self.capacity, self.queue)
+        else:
+            log.info("below capacity again: back in the %s queue", self.queue)
+        task = asyncio.create_task(self._leave() if full else self.join())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self) -> None:
+        """Leave for good (a drain): no later `holding` brings the seat back."""
+        self._closed = True
+        await self._leave()
 
 
 class Fence:

@@ -214,6 +214,9 @@ class OpenAiTtsSettings(ProviderSettings):
 
 class OrchestratorSettings(WorkerSettings):
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
+    max_calls: int = Field(
+        200, description="Calls one orchestrator owns at most; at capacity it leaves the call queue (0 = no limit)."
+    )
     stt_assign_timeout_s: float = Field(1.0, description="How long to wait for an STT worker to take a call.")
     history_turns: int = Field(20, description="Conversation turns sent to the brain.")
     brain_timeout_s: float = Field(
@@ -231,6 +234,11 @@ class OrchestratorSettings(WorkerSettings):
 
 class SttSettings(WorkerSettings):
     stt_provider: str = Field("", description="fake | local | deepgram; empty = the profile's choice.")
+    stt_max_calls: int = Field(
+        200,
+        description="Calls one STT worker listens to at most; at capacity it leaves the assign queue (0 = no "
+        "limit). The local profile's Whisper keeps up with only a few calls per core: set it low there.",
+    )
     fake_speech_dbfs: float = Field(-40.0, description="Fake STT: a frame louder than this is speech.")
     fake_end_silence_ms: int = Field(300, description="Fake STT: silence that ends an utterance.")
     fake_stt_latency_ms: int = Field(20, description="Fake STT: delay of the final transcript after speech end.")

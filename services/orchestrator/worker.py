@@ -37,7 +37,7 @@ from proto.messages import (
     Transcript,
 )
 from proto.records import CALL_RECORDS_BUCKET
-from services.common import unsubscribe_quietly
+from services.common import QueueSeat
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import Call, CallLimits, new_call
 from services.orchestrator.events import Greet, SttLost
@@ -94,7 +94,9 @@ class Orchestrator(Failover):
         self._subs: dict[str, list[Subscription]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._records_ready = False
-        self._own: list[Subscription] = []
+        self._seat = QueueSeat(
+            bus, subjects.CALL_START, subjects.QUEUE_ORCHESTRATOR, self._on_call_start, settings.max_calls
+        )
         self._assigns: dict[str, SttAssign] = {}
         self._stt_worker: dict[str, str] = {}  # call id -> the STT worker holding its audio
         self._gateway: dict[str, str] = {}  # call id -> the gateway holding its media stream
@@ -114,9 +116,7 @@ class Orchestrator(Failover):
         await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
         await self.ownership.start()
         self._records_ready = True
-        self._own.append(
-            await self.bus.subscribe(subjects.CALL_START, self._on_call_start, queue=subjects.QUEUE_ORCHESTRATOR)
-        )
+        await self._seat.join()
         stt_workers, gateways = (lambda: set(self._stt_worker.values())), (lambda: set(self._gateway.values()))
         watches = [
             PeerWatch(self.bus, "stt worker", subjects.stt_ping, stt_workers, self._move_calls_of),
@@ -138,9 +138,7 @@ class Orchestrator(Failover):
         """Take no new call (leave the call-start queue); the calls owned run on to their
         end here: a rolling update never ends a caller's call."""
         self._draining = True
-        for sub in self._own:
-            await unsubscribe_quietly(sub)
-        self._own = []
+        await self._seat.close()
         while runs := list(self._runs.values()):
             await asyncio.wait(runs)
 
@@ -259,6 +257,7 @@ class Orchestrator(Failover):
         ]
         self.calls[call_id] = actor
         ACTIVE_CALLS.set(len(self.calls))
+        self._seat.holding(len(self.calls))
         self._runs[call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{call_id}")
         return actor
 
@@ -341,6 +340,7 @@ class Orchestrator(Failover):
             self._stt_worker.pop(call_id, None)
             self._gateway.pop(call_id, None)
             ACTIVE_CALLS.set(len(self.calls))
+            self._seat.holding(len(self.calls))
             if actor.abandoned:  # the call goes on elsewhere: no last word from here
                 self.ownership.forget(call_id)
                 if not actor.handing_over:

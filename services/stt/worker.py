@@ -36,7 +36,7 @@ from proto.messages import (
     SttReplay,
     Transcript,
 )
-from services.common import RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
+from services.common import QueueSeat, RecentCalls, call_context, launch, outgoing_headers, unsubscribe_quietly
 from services.providers import close_provider
 from services.stt.providers import SttProvider, SttSession, make_provider
 from voxline import tracing
@@ -93,10 +93,11 @@ class SttWorker:
         self._ready = False
         self._none_held = asyncio.Event()  # set while no call is held: what a drain waits for
         self._none_held.set()
+        self._seat = QueueSeat(bus, subjects.STT_ASSIGN, subjects.QUEUE_STT, self.on_assign, settings.stt_max_calls)
 
     async def start(self) -> None:
+        await self._seat.join()
         self._subs = [
-            await self.bus.subscribe(subjects.STT_ASSIGN, self.on_assign, queue=subjects.QUEUE_STT),
             await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
             await self.bus.serve_ping(subjects.stt_ping(self.settings.instance_id)),
             await self.bus.subscribe(subjects.stt_release(self.settings.instance_id), self.on_release),
@@ -149,6 +150,7 @@ class SttWorker:
         self._calls[call_id] = held
         self._none_held.clear()
         ACTIVE_CALLS.set(len(self._calls))
+        self._seat.holding(len(self._calls))
 
         if assign.audio_since_us:
             held.backlog = []
@@ -288,6 +290,7 @@ class SttWorker:
     async def _release(self, call_id: str) -> bool:
         held = self._calls.pop(call_id, None)
         ACTIVE_CALLS.set(len(self._calls))
+        self._seat.holding(len(self._calls))
         if not self._calls:
             self._none_held.set()
         if held is None:
@@ -320,12 +323,12 @@ class SttWorker:
         call ends and the liveness ping, until each call ends: the STT is sticky, so a
         rolling update must not move a caller mid-sentence."""
         self._ready = False
-        assign, self._subs = self._subs[0], self._subs[1:]
-        await unsubscribe_quietly(assign)
+        await self._seat.close()
         await self._none_held.wait()
 
     async def stop(self) -> None:
         self._ready = False
+        await self._seat.close()
         for sub in self._subs:
             await unsubscribe_quietly(sub)
         for call_id in list(self._calls):

@@ -37,6 +37,20 @@ idle_hangup_s = 3.0
 reprompt = "Are you still there?"
 """
 
+# An agent that waits minutes for a silent caller: for tests whose caller stays silent
+# while processes are replaced under the call.
+PATIENT_AGENT = """
+name = "Patient"
+greeting = "Hello."
+system_prompt = "You are a test agent."
+goodbye = "Goodbye."
+
+[turn]
+idle_reprompt_s = 120.0
+idle_hangup_s = 240.0
+reprompt = "Are you still there?"
+"""
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
@@ -54,6 +68,7 @@ def own_stack(
     agents = tmp_path_factory.mktemp(f"{name}-agents")
     shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
     (agents / "quick-idle.toml").write_text(QUICK_IDLE_AGENT)
+    (agents / "patient.toml").write_text(PATIENT_AGENT)
     base = {
         "VOXLINE_AGENTS_DIR": str(agents),
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,

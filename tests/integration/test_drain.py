@@ -57,6 +57,7 @@ async def test_a_call_survives_sigterm_of_every_service_in_turn(drain_stack: Dev
         Utterance(text="first question"),
         Utterance(text="second question", pause_ms=PAUSE_BEFORE_SECOND_QUESTION_MS),
         Utterance(text="third question"),
+        agent_id="patient",  # the silence before the second question is longer than the demo's idle hang-up
     )
     call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
 

@@ -4,9 +4,11 @@ liveness ping), the worker in-process on a real bus and a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from proto import decode, encode, subjects
@@ -285,4 +287,35 @@ async def test_a_worker_taking_a_call_over_first_transcribes_the_audio_its_prede
     assert asked == [1000]
     assert provider.fed == [10, 11, 12, 13, 14, 15, 16]
     await probe.wait_for(SpeechStarted)  # the sentence was heard from the gateway's copy
+    await worker.stop()
+
+
+async def test_a_worker_at_capacity_leaves_the_assign_queue_and_comes_back_with_room(
+    worker_bus: Bus, probe: Probe, nats_server: NatsServer
+) -> None:
+    settings = SttSettings(instance_id=WORKER_ID, fake_stt_latency_ms=0, stt_max_calls=1)
+    worker = SttWorker(worker_bus, settings, CountingProvider(settings))
+    await worker.start()
+    await settle(worker_bus)
+    assert await probe.request(subjects.STT_ASSIGN, assign("c1")) == assigned("c1")
+
+    async def in_queue() -> bool:
+        return subjects.STT_ASSIGN in await nats_server.subscriptions(worker_bus)
+
+    async def until(check: Callable[[], Awaitable[bool]], want: bool) -> None:
+        for _ in range(200):  # the seat changes in a task of its own, after the reply
+            if await check() == want:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the assign subscription never became {want}")
+
+    await until(in_queue, False)  # full: NATS gives new calls to other workers
+    try:
+        await probe.request(subjects.STT_ASSIGN, assign("c2"), timeout=0.5)
+        raise AssertionError("a full worker took a call")
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        pass
+    await probe.publish(subjects.CALL_ENDED, CallEnded(call_id="c1", reason="hangup"))
+    await until(in_queue, True)
+    assert await probe.request(subjects.STT_ASSIGN, assign("c2")) == assigned("c2")
     await worker.stop()
