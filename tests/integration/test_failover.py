@@ -19,7 +19,8 @@ from proto.messages import BrainTurn
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, service_log, wait_until, watching
 from voxline.devstack import DevStack
-from voxline.simulator import Utterance, run_call
+from voxline.simulator import CallScript, Utterance, run_call
+from voxline.simulator.results import CallResult
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,19 @@ async def _kv_keys(nats_url: str, bucket: str) -> list[str]:
         await nc.close()
 
 
+async def _call_answered_once(stack: DevStack, script: CallScript) -> tuple[asyncio.Task[CallResult], str, str]:
+    """Start the call and wait for its first reply; the call's task, its owner, the other."""
+    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+    async def first_reply() -> bool:
+        return len(await _replies(stack, script.call_sid)) >= 1
+
+    await wait_until(first_reply, timeout=30, what="the first reply")
+    owner = await _owner(stack, script.call_sid)
+    assert owner in ORCHESTRATORS, "no orchestrator lists the call in /status"
+    return call, owner, next(k for k in ORCHESTRATORS if k != owner)
+
+
 async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
     loop = asyncio.get_running_loop()
     script = script_for(
@@ -77,15 +91,7 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
         Utterance(text=QUESTIONS[2]),
     )
     async with watching(stack.nats_url) as spy:
-        call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
-
-        async def first_reply() -> bool:
-            return len(await _replies(stack, script.call_sid)) >= 1
-
-        await wait_until(first_reply, timeout=30, what="the first reply")
-        owner = await _owner(stack, script.call_sid)
-        assert owner in ORCHESTRATORS, "no orchestrator lists the call in /status"
-        other = next(k for k in ORCHESTRATORS if k != owner)
+        call, owner, other = await _call_answered_once(stack, script)
         proc = stack.processes[owner]
         assert proc.popen is not None
         proc.popen.send_signal(how)
@@ -131,15 +137,7 @@ async def test_the_owner_stopped_hands_the_call_over(pair: DevStack) -> None:
 async def test_an_owner_paused_and_resumed_lets_the_call_go_without_acting_on_it(pair: DevStack) -> None:
     stack = pair
     script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=6000))
-    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
-
-    async def first_reply() -> bool:
-        return len(await _replies(stack, script.call_sid)) >= 1
-
-    await wait_until(first_reply, timeout=30, what="the first reply")
-    owner = await _owner(stack, script.call_sid)
-    assert owner in ORCHESTRATORS
-    other = next(k for k in ORCHESTRATORS if k != owner)
+    call, owner, other = await _call_answered_once(stack, script)
     proc = stack.processes[owner]
     assert proc.popen is not None
     proc.popen.send_signal(signal.SIGSTOP)  # alive, silent: its lease runs out

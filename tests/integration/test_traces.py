@@ -8,15 +8,13 @@ receiver; it is stopped before the assertions, so every service has flushed its 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from tests.emulators.otlp import OtlpReceiver, ReceivedSpan
-from tests.integration.conftest import AUTH_TOKEN, script_for
-from voxline.agents import BUNDLED_DIR
-from voxline.devstack import DevStack, free_port
+from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for
+from voxline.devstack import DevStack
 from voxline.simulator import Utterance, run_call
 
 pytestmark = pytest.mark.integration
@@ -33,14 +31,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def traced_stack(receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    agents = tmp_path_factory.mktemp("agents")
-    shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
     env = {
-        "VOXLINE_AGENTS_DIR": str(agents),
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "VOXLINE_FAKE_TTFT_MS": "80",
-        "VOXLINE_FAKE_TTFB_MS": "40",
-        "VOXLINE_FAKE_STT_LATENCY_MS": "20",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         # Whatever the runner's environment says, each service names itself and keeps every trace.
@@ -51,19 +42,8 @@ def traced_stack(receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactor
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_SDK_DISABLED": "false",
     }
-    stack = DevStack(
-        profile="fake",
-        http_port=free_port(),
-        data_dir=tmp_path_factory.mktemp("nats"),
-        log_dir=tmp_path_factory.mktemp("logs"),
-        extra_env=env,
-        verbose=False,
-    )
-    try:
-        stack.start(timeout=90)
+    with own_stack(tmp_path_factory, "traced", env) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _parent_of(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> ReceivedSpan:
