@@ -47,7 +47,13 @@ class CommonSettings(BaseSettings):
 
 class GatewaySettings(CommonSettings):
     http_host: str = Field("127.0.0.1", description="Gateway bind address.")
-    http_port: int = Field(8080, description="Gateway port: Twilio webhook, media WebSocket, REST, metrics.")
+    http_port: int = Field(
+        8080, description="Public gateway port: Twilio webhook, media WebSocket, REST API, /healthz, /readyz."
+    )
+    health_port: int = Field(
+        0,
+        description="Internal port of /healthz, /readyz, /metrics, /status (not for the Ingress; 0 = a free one).",
+    )
     public_url: str = Field("", description="Public https:// base URL Twilio reaches; ws(s) URLs derive from it.")
     stream_token_secret: str = Field(
         "", description="HMAC key for stream tokens; random per process when empty (single gateway only)."

@@ -162,11 +162,11 @@ class DevStack:
         penv = dict(env)
         if service == "gateway":
             penv["VOXLINE_HTTP_PORT"] = str(self.http_port + nth)
-            health = f"http://127.0.0.1:{self.http_port + nth}/readyz"
-        else:
-            port = free_port()
-            penv["VOXLINE_HEALTH_PORT"] = str(port)
-            health = f"http://127.0.0.1:{port}/readyz"
+        # Every service's /healthz, /readyz, /metrics, /status: the gateway's on a port of
+        # their own, apart from its public one.
+        port = free_port()
+        penv["VOXLINE_HEALTH_PORT"] = str(port)
+        health = f"http://127.0.0.1:{port}/readyz"
         proc = Process(key, [sys.executable, "-m", f"services.{service}"], penv, self._log_file(key), health)
         self.processes[key] = proc
         proc.start()

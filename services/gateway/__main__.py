@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.applications import Starlette
 
 from proto import subjects
 from services.gateway.app import Gateway, create_app
 from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
-from voxline.service import connect_with_retry, drain_within, install_stop_signals, serve_http, wait_for_stop
+from voxline.service import (
+    connect_with_retry,
+    drain_within,
+    install_stop_signals,
+    probe_routes,
+    serve_http,
+    wait_for_stop,
+)
 from voxline.telemetry import setup_logging
 
 log = logging.getLogger("voxline.gateway")
+
+
+async def _serve_all(*servers: Coroutine[Any, Any, None]) -> None:
+    """Both servers as one task: either failing (a port in use) stops the process."""
+    await asyncio.gather(*servers)
 
 
 async def main(settings: GatewaySettings) -> None:
@@ -29,7 +45,11 @@ async def main(settings: GatewaySettings) -> None:
     else:
         log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked")
     # The server outlives the drain: open media streams and the probes keep being served.
-    http = asyncio.create_task(serve_http(create_app(gateway), settings.http_host, settings.http_port, finished))
+    public = serve_http(create_app(gateway), settings.http_host, settings.http_port, finished)
+    internal = Starlette(routes=probe_routes(bus, lambda: gateway))  # /metrics, /status: not on the public port
+    http = asyncio.create_task(
+        _serve_all(public, serve_http(internal, settings.health_host, settings.health_port, finished))
+    )
     await wait_for_stop(stop, http)
     await drain_within("gateway", gateway, settings.drain_timeout_s, now)
     finished.set()

@@ -22,6 +22,7 @@ from voxline.config import GatewaySettings
 from voxline.service import probe_routes
 
 log = logging.getLogger("voxline.gateway")
+PUBLIC_PROBES = ("/healthz", "/readyz")
 
 
 class GatewayStatus(msgspec.Struct):
@@ -152,6 +153,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
 
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
+    # /metrics and /status are internal: only the health port serves them (__main__), never
+    # this public port the Ingress exposes; the probes stay here for load balancers too.
     for route in probe_routes(gateway.bus, lambda: gateway):
-        app.router.routes.append(route)
+        if route.path in PUBLIC_PROBES:
+            app.router.routes.append(route)
     return app

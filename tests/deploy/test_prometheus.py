@@ -66,7 +66,7 @@ class Scraped:
 def scrape_config(stack: DevStack) -> str:
     """One job per service, as deploy/prometheus/prometheus.yml has them; scraped every
     second so the test sees the calls within seconds."""
-    targets = {"gateway": stack.http_port} | {name: stack.health_port(name) for name in WORKERS}
+    targets = {name: stack.health_port(name) for name in ("gateway", *WORKERS)}  # the gateway's internal port
     jobs = [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]} for job, port in targets.items()]
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -98,7 +98,7 @@ async def test_malformed_frame_is_logged_and_the_call_goes_on(stack: DevStack) -
     assert result.turns[0].completed
     assert "malformed media stream message ignored" in service_log(stack, "gateway")
     async with httpx.AsyncClient() as client:
-        metrics = (await client.get(f"{stack.gateway_url}/metrics")).text
+        metrics = (await client.get(f"http://127.0.0.1:{stack.health_port('gateway')}/metrics")).text
     assert "voxline_gateway_malformed_frames_total" in metrics
     assert stack.processes["gateway"].alive
     # And the gateway still takes calls.
@@ -116,10 +116,22 @@ async def test_hang_up_releases_every_per_call_resource(stack: DevStack) -> None
                 status = (await client.get(f"http://127.0.0.1:{stack.health_port(name)}/status")).json()
                 if call_id in str(status):
                     return False
-            gateway = (await client.get(f"{stack.gateway_url}/status")).json()
+            gateway = (await client.get(f"http://127.0.0.1:{stack.health_port('gateway')}/status")).json()
             if call_id in gateway["calls"]:
                 return False
             subs = (await client.get(f"{stack.nats_monitor_url}/subsz?subs=1")).json()
             return call_id not in str(subs)
 
     await wait_until(released, timeout=10, what=f"release of every resource of {call_id}")
+
+
+async def test_metrics_and_status_only_on_the_gateways_internal_port(stack: DevStack) -> None:
+    """The Ingress exposes the public port: per-call status and metrics must not be on it."""
+    internal = f"http://127.0.0.1:{stack.health_port('gateway')}"
+    async with httpx.AsyncClient() as client:
+        for path in ("/metrics", "/status"):
+            assert (await client.get(f"{stack.gateway_url}{path}")).status_code == 404, path
+            assert (await client.get(f"{internal}{path}")).status_code == 200, path
+        for path in ("/healthz", "/readyz"):
+            assert (await client.get(f"{stack.gateway_url}{path}")).status_code == 200, path
+            assert (await client.get(f"{internal}{path}")).status_code == 200, path
