@@ -313,6 +313,9 @@ class LlmServerSettings(CommonSettings):
 
     models_dir: str = Field("", description="Where the assembled GGUF is cached; var/models when empty.")
     llm_server_port: int = Field(0, description="llama-server port (0 = pick a free one).")
+    llm_server_host: str = Field(
+        "127.0.0.1", description="llama-server bind address (0.0.0.0 when the brain runs in another container)."
+    )
     llm_server_threads: int = Field(2, description="llama-server CPU threads.")
     llm_server_ctx: int = Field(2048, description="llama-server context size in tokens (per slot when -np 1).")
     llm_server_parallel: int = Field(1, description="llama-server slots (calls answered at once).")

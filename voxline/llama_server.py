@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     server = LlamaServer(
         model,
         port=args.port,
+        host=settings.llm_server_host,
         threads=settings.llm_server_threads,
         ctx=settings.llm_server_ctx,
         parallel=settings.llm_server_parallel,
