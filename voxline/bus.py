@@ -44,6 +44,7 @@ class Bus:
         # Counts disconnects: what was seen over the bus before one proves nothing after it
         # (a lease that did not move while we were cut off may have been renewed meanwhile).
         self.connection_epoch = 0
+        self.kv_replicas = 1  # copies of each KV bucket this bus creates (CommonSettings.kv_replicas)
 
     @property
     def nc(self) -> Client:
@@ -159,9 +160,12 @@ class Bus:
     # --- JetStream key-value: durable per-call state (call records) ---------------------
 
     async def create_bucket(self, bucket: str, ttl_s: float, history: int = 1) -> None:
-        """Create the bucket if it does not exist yet (idempotent across instances)."""
+        """Create the bucket if it does not exist yet (idempotent across instances), with
+        `kv_replicas` copies: on a NATS cluster, call state must outlive one node."""
         js = self.nc.jetstream()
-        self._buckets[bucket] = await js.create_key_value(bucket=bucket, history=history, ttl=ttl_s)
+        self._buckets[bucket] = await js.create_key_value(
+            bucket=bucket, history=history, ttl=ttl_s, replicas=self.kv_replicas
+        )
 
     async def _bucket(self, bucket: str) -> KeyValue:
         kv = self._buckets.get(bucket)

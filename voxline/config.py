@@ -38,6 +38,11 @@ class CommonSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
     health_host: str = Field("127.0.0.1", description="Bind address of /healthz, /readyz, /metrics.")
     instance_id: str = Field(default_factory=_default_instance_id, description="Names this worker on the bus.")
+    kv_replicas: int = Field(
+        1,
+        description="Copies of each JetStream KV bucket (call records, leases, state): 3 on a 3-node NATS "
+        "cluster, so call state outlives one node.",
+    )
     drain_timeout_s: float = Field(
         900.0,
         description="On SIGTERM, how long to keep serving the calls and work already held, taking no new ones "

@@ -161,6 +161,7 @@ async def _run_worker(service: str, settings: WorkerSettings, start: Callable[[B
     stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     install_stop_signals(stop, now)
     bus = Bus(f"{service}-{settings.instance_id}")
+    bus.kv_replicas = settings.kv_replicas
     holder: list[Worker] = []
     app = Starlette(routes=probe_routes(bus, lambda: holder[0] if holder else None))
     # The probes outlive the drain: liveness must hold while the last calls finish.
