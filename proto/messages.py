@@ -270,9 +270,25 @@ class Dtmf(_Msg, kw_only=True, frozen=True):
 
 
 class CallStopped(_Msg, kw_only=True, frozen=True):
-    """gateway -> orchestrator: the media stream ended (caller hung up or Hangup done)."""
+    """gateway -> orchestrator: the media stream ended (caller hung up or Hangup done).
+
+    `lost`: the stream broke without Twilio's `stop` (or its gateway died): the caller may
+    still be on the line, and Twilio comes back through the `<Connect action>` with a new
+    stream on any gateway (`StreamResume`), so the owner waits a while before ending."""
 
     reason: str
+    at_us: int
+    lost: bool = False
+    stream_sid: str = ""  # which stream: the end of one replaced by a resumed stream is old news
+
+
+class StreamResume(_Msg, kw_only=True, frozen=True):
+    """gateway -> the call's owner (request on `stream_resume(call_id)`): a new media stream
+    of a call whose stream broke; the call goes on through `gateway_id`. Answered with
+    `CallAccepted`, or `CallRefused` when the call cannot go on."""
+
+    stream_sid: str
+    gateway_id: str
     at_us: int
 
 
@@ -336,6 +352,7 @@ Message = (
     | ReplyAudioSent
     | Dtmf
     | CallStopped
+    | StreamResume
     | TurnCancel
     | PlaybackPause
     | PlaybackResume

@@ -43,3 +43,19 @@ class CallRecord(msgspec.Struct, kw_only=True):
     from_number: str = ""
     to_number: str = ""
     turns: list[TurnRecord] = []
+    # Media streams that broke and came back (Twilio's `<Connect action>`, another gateway):
+    # the call went on after a gap of silence.
+    stream_resumes: int = 0
+
+
+STREAM_ENDS_BUCKET = "voxline_stream_ends"
+
+
+class StreamEndRecord(msgspec.Struct, kw_only=True):
+    """How a call's media stream ended, kept by the gateway that held it (key = call id) for
+    Twilio's `<Connect action>`, which any gateway may receive. Gateways only."""
+
+    code: int = 0  # the WebSocket close code the gateway used; 0 = not closed yet
+    reason: str = ""
+    transfer_to: str = ""  # a transfer the agent ordered, to dial from the action
+    resumes: int = 0  # new streams handed out for this call by `<Connect action>`s

@@ -88,6 +88,12 @@ def caller_audio(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}.caller_audio"
 
 
+def stream_resume(call_id: str) -> str:
+    """A new media stream of a call whose stream broke (request/reply), gateway -> the
+    call's owner: only the owner subscribes, so it reaches the one process that can say yes."""
+    return f"{PREFIX}.call.{call_id}.resume"
+
+
 def control(call_id: str) -> str:
     """Orders to the gateway (hang up), orchestrator -> gateway."""
     return f"{PREFIX}.call.{call_id}.control"

@@ -66,6 +66,19 @@ class GatewaySettings(CommonSettings):
     stream_token_ttl_s: int = Field(60, description="How long Twilio has to open the media stream after the webhook.")
     agents_dir: str = Field("", description="Directory of agent TOML files; the bundled agents when empty.")
     call_start_timeout_s: float = Field(2.0, description="How long to wait for an orchestrator to own a new call.")
+    stream_resume_timeout_s: float = Field(
+        5.0,
+        description="How long a resumed media stream (after its gateway died) waits for the call's owner to answer; "
+        "covers an orchestrator failover under way at the same time.",
+    )
+    stream_resumes_max: int = Field(
+        3, ge=0, description="New media streams one call may get after broken ones (0: a broken stream ends the call)."
+    )
+    ws_send_timeout_s: float = Field(
+        2.0,
+        description="A write to Twilio's media WebSocket that takes longer means the link is stalled: the stream "
+        "is closed as lost (so a `clear` never waits behind it) and Twilio may come back on another gateway.",
+    )
     twilio_auth_token: str = Field(
         "",
         validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "VOXLINE_TWILIO_AUTH_TOKEN"),

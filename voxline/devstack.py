@@ -7,6 +7,7 @@ run exactly what a newcomer runs: real processes on real sockets over a real NAT
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,8 +34,14 @@ def free_port() -> int:
         return port
 
 
+def ports_for(replicas: int) -> int:
+    """Public ports a stack of `replicas` needs in a row: with several gateways, the front
+    door in front of them takes the first."""
+    return replicas + 1 if replicas > 1 else 1
+
+
 def free_ports_in_a_row(n: int) -> int:
-    """The first of `n` consecutive free ports (for `replicas` gateways)."""
+    """The first of `n` consecutive free ports (for `replicas` gateways: `ports_for`)."""
     while True:
         first = free_port()
         try:
@@ -112,7 +119,8 @@ class DevStack:
     processes: dict[str, Process] = field(default_factory=dict)
     nats_monitor_url: str = ""
     # Instances of every service (`voxline up --replicas N`): the extra ones are keyed
-    # `<service>-2`...; extra gateways listen on the ports after `http_port`.
+    # `<service>-2`...; with several, the gateways listen on the ports after `http_port` and
+    # `voxline.front_door` on `http_port` spreads connections over them (a load balancer).
     replicas: int = 1
 
     @property
@@ -147,21 +155,40 @@ class DevStack:
         env = self._base_env()
         if self.profile == "local":
             env["VOXLINE_LLM_BASE_URL"] = self._start_llm(env, timeout - (time.monotonic() - started))
+        if self.replicas > 1:
+            # Twilio is given the front door's address: the <Connect action> after a
+            # gateway's death comes back through it to a gateway that is up.
+            env.setdefault("VOXLINE_PUBLIC_URL", self.gateway_url)
+            # A stream may open on another gateway than the webhook's: one token key for all.
+            env.setdefault("VOXLINE_STREAM_TOKEN_SECRET", secrets.token_urlsafe(32))
+            self._start_front_door(env)
         for name in SERVICES:
             self._start_service(name, name, env)
             for n in range(2, self.replicas + 1):
                 self._start_service(name, f"{name}-{n}", env, n - 1)
-        for key in [k for k in self.processes if k not in ("nats", "llm")]:
+        for key in [k for k in self.processes if k not in ("nats", "llm", "front_door")]:
             self.wait_ready(key, timeout - (time.monotonic() - started))
         self._say(f"voxline: all services ready in {time.monotonic() - started:.1f}s (profile {self.profile})")
 
     def gateway_urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.http_port + n}" for n in range(self.replicas)]
+        """Each gateway's own address (`gateway_url` is the front door when there are several)."""
+        return [f"http://127.0.0.1:{self._gateway_port(n)}" for n in range(self.replicas)]
+
+    def _gateway_port(self, nth: int) -> int:
+        return self.http_port + nth + (1 if self.replicas > 1 else 0)
+
+    def _start_front_door(self, env: dict[str, str]) -> None:
+        args = [sys.executable, "-m", "voxline.front_door", "--listen", f"127.0.0.1:{self.http_port}"]
+        for n in range(self.replicas):
+            args += ["--backend", f"127.0.0.1:{self._gateway_port(n)}"]
+        proc = Process("front_door", args, dict(env), self._log_file("front_door"))
+        self.processes["front_door"] = proc
+        proc.start()
 
     def _start_service(self, service: str, key: str, env: dict[str, str], nth: int = 0) -> Process:
         penv = dict(env)
         if service == "gateway":
-            penv["VOXLINE_HTTP_PORT"] = str(self.http_port + nth)
+            penv["VOXLINE_HTTP_PORT"] = str(self._gateway_port(nth))
         # Every service's /healthz, /readyz, /metrics, /status: the gateway's on a port of
         # their own, apart from its public one.
         port = free_port()
@@ -287,7 +314,7 @@ def run_foreground(profile: str, http_port: int, nats_url: str, data_dir: Path, 
         print(
             f"\nVoxline is up. Gateway: {stack.gateway_url}\n"
             f"  Twilio webhook: {stack.gateway_url}/twilio/voice   (media: ws://127.0.0.1:{http_port}/twilio/media)\n"
-            + (f"  More gateways:  {', '.join(stack.gateway_urls()[1:])}\n" if replicas > 1 else "")
+            + (f"  Front door of:  {', '.join(stack.gateway_urls())}\n" if replicas > 1 else "")
             + '  Try it:         voxline call --say "What are your opening hours?"\n'
             "Ctrl-C stops everything.\n",
             flush=True,

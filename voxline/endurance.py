@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from voxline.bench.runner import run_level
-from voxline.devstack import DevStack, StackError, free_ports_in_a_row
+from voxline.devstack import DevStack, StackError, free_ports_in_a_row, ports_for
 from voxline.simulator.results import CallResult
 
 FAKE_PROVIDERS = {
@@ -52,7 +52,7 @@ def add_arguments(chaos: argparse.ArgumentParser, soak: argparse.ArgumentParser)
 def _stack(out: Path, replicas: int, log_level: str) -> DevStack:
     stack = DevStack(
         profile="fake",
-        http_port=free_ports_in_a_row(replicas),
+        http_port=free_ports_in_a_row(ports_for(replicas)),
         log_dir=out / "logs",
         extra_env={**FAKE_PROVIDERS, "VOXLINE_LOG_LEVEL": log_level},
         replicas=replicas,
@@ -141,7 +141,7 @@ def run_chaos(args: argparse.Namespace) -> int:
 
     def killer() -> None:
         while not done.wait(args.kill_every):
-            key = rng.choice([k for k in stack.processes if k not in ("nats", "llm")])
+            key = rng.choice([k for k in stack.processes if k not in ("nats", "llm", "front_door")])
             proc = stack.processes[key]
             pid = proc.popen.pid if proc.popen else 0
             proc.kill()

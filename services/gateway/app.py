@@ -76,7 +76,7 @@ class Gateway:
     async def transfer(self, call_sid: str, number: str) -> None:
         """A transfer the agent ordered: remembered first, so the `<Connect action>` can
         still dial it if the REST redirect fails or the REST API is not configured."""
-        self.outcomes.transfer_ordered(call_sid, number)
+        await self.outcomes.transfer_ordered(call_sid, number)
         if not self.twilio.configured:
             raise TwilioNotConfigured("no Twilio REST API: the transfer is dialled from the <Connect> action")
         base = self.settings.public_url.rstrip("/") or self.outcomes.public_base
@@ -90,10 +90,6 @@ class Gateway:
             if stream.call_id == call_sid and stream.close_reason:
                 return StreamEnd(stream.close_code, stream.close_reason)
         return None
-
-    def stream_ended(self, stream: MediaStream) -> None:
-        if stream.call_id and stream.close_reason:
-            self.outcomes.stream_ended(stream.call_id, StreamEnd(stream.close_code, stream.close_reason))
 
     async def stop(self) -> None:
         await self.twilio.close()
@@ -123,7 +119,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post(webhook.STREAM_ENDED_PATH)
     async def twilio_stream_ended(request: Request) -> Response:
-        return await webhook.stream_ended(request, gateway.settings, gateway.agents, gateway.outcomes)
+        return await webhook.stream_ended(request, gateway.settings, gateway.agents, gateway.tokens, gateway.outcomes)
 
     @app.post(webhook.STREAM_STATUS_PATH)
     async def twilio_stream_status(request: Request) -> Response:
@@ -135,12 +131,13 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
-        stream = MediaStream(ws, gateway.bus, gateway.settings, gateway.tokens, gateway.transfer)
+        stream = MediaStream(
+            ws, gateway.bus, gateway.settings, gateway.tokens, gateway.transfer, gateway.outcomes.stream_ended
+        )
         gateway.opened(stream)
         try:
             await stream.run()
         finally:
-            gateway.stream_ended(stream)
             gateway.closed(stream)
 
     @app.get("/v1/calls/{call_id}")

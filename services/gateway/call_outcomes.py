@@ -3,8 +3,11 @@
 Twilio tells us late what became of a call: the `<Connect action>` comes after the media
 stream closed, the `<Dial action>` after a transfer rang out, the status callback after an
 outbound call was busy. The answers depend on what happened here first (did the agent hang
-up, was a transfer ordered, was the stream refused), so each gateway remembers that for its
-own streams, and writes what Twilio reports into the call record.
+up, was a transfer ordered, was the stream refused). Behind a load balancer the callback
+may reach another gateway than the one that held the stream, or the holder may be dead:
+so what each gateway knows of its streams is kept in JetStream KV too
+(`STREAM_ENDS_BUCKET`), and read from there when this gateway does not know the call.
+What Twilio reports goes into the call record.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from proto.records import CALL_RECORDS_BUCKET, CallRecord
+from proto.records import CALL_RECORDS_BUCKET, STREAM_ENDS_BUCKET, CallRecord, StreamEndRecord
 from voxline.bus import Bus, RevisionMismatch
 from voxline.telemetry import now_us
 
@@ -26,8 +29,14 @@ log = logging.getLogger("voxline.gateway.outcomes")
 V = TypeVar("V")
 
 REMEMBERED = 10_000  # calls per kind; Twilio's callbacks come seconds to minutes after the stream
-# WebSocket close reasons of a stream Twilio ended (media_stream.py): not the agent's doing.
-STREAM_LOST = frozenset({"caller hung up", "stream closed"})
+STREAM_ENDS_TTL_S = 3600.0  # in KV: a transfer's <Dial action> comes when the human hangs up
+# Why a stream ended without the agent's doing (media_stream.py): the socket broke under the
+# call (no `stop`), or a write to it stalled. Twilio may come back with a new stream.
+STREAM_CLOSED = "stream closed"
+SEND_STALLED = "send stalled"
+LOST_REASONS = frozenset({STREAM_CLOSED, SEND_STALLED})
+# WebSocket close reasons of a stream Twilio ended: not the agent's doing.
+STREAM_LOST = frozenset({"caller hung up", *LOST_REASONS})
 NORMAL_CLOSE = 1000
 # https://www.twilio.com/docs/voice/twiml/dial#dialcallstatus-values: the human answered
 # (`answered` is what a <Dial><Conference> reports).
@@ -47,6 +56,11 @@ class StreamEnd:
         """The agent (orchestrator) closed the stream on purpose: a goodbye was said."""
         return self.code == NORMAL_CLOSE and self.reason not in STREAM_LOST
 
+    @property
+    def lost(self) -> bool:
+        """The stream broke under the call (no `stop` from Twilio): it may come back."""
+        return self.reason in LOST_REASONS
+
 
 class _Recent(Generic[V]):
     """A bounded map: the oldest entries go first."""
@@ -63,6 +77,9 @@ class _Recent(Generic[V]):
     def get(self, key: str) -> V | None:
         return self._items.get(key)
 
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
 
 class CallOutcomes:
     def __init__(self, bus: Bus) -> None:
@@ -71,28 +88,72 @@ class CallOutcomes:
         self._ends: _Recent[StreamEnd] = _Recent()
         self._transfers: _Recent[str] = _Recent()
         self._stream_errors: _Recent[str] = _Recent()
+        self._bucket_ready = False
         # How a stream still being torn down ended: Twilio may ask as soon as it is closed.
         self.closing_stream: Callable[[str], StreamEnd | None] = lambda _call_sid: None
 
-    # --- this gateway's own streams -----------------------------------------------------
+    # --- what the gateways know of each call's stream -----------------------------------
 
-    def stream_ended(self, call_sid: str, end: StreamEnd) -> None:
+    async def stream_ended(self, call_sid: str, end: StreamEnd) -> None:
         self._ends.put(call_sid, end)
+        await self._update(call_sid, lambda r: msgspec.structs.replace(r, code=end.code, reason=end.reason))
 
-    def stream_end(self, call_sid: str) -> StreamEnd | None:
-        return self._ends.get(call_sid) or self.closing_stream(call_sid)
+    async def stream_end(self, call_sid: str) -> StreamEnd | None:
+        local = self._ends.get(call_sid) or self.closing_stream(call_sid)
+        if local is not None:
+            return local
+        shared = await self._shared(call_sid)
+        return StreamEnd(shared.code, shared.reason) if shared is not None and shared.reason else None
 
-    def transfer_ordered(self, call_sid: str, number: str) -> None:
+    async def transfer_ordered(self, call_sid: str, number: str) -> None:
         self._transfers.put(call_sid, number)
+        await self._update(call_sid, lambda r: msgspec.structs.replace(r, transfer_to=number))
 
-    def transfer_to(self, call_sid: str) -> str:
-        return self._transfers.get(call_sid) or ""
+    async def transfer_to(self, call_sid: str) -> str:
+        local = self._transfers.get(call_sid)
+        if local:
+            return local
+        shared = await self._shared(call_sid)
+        return shared.transfer_to if shared is not None else ""
+
+    async def resuming(self, call_sid: str) -> int:
+        """A new stream is handed out for the call: it has not ended any more. Returns how
+        many streams were handed out so far (this one included)."""
+        self._ends.pop(call_sid)
+        shared = await self._update(
+            call_sid, lambda r: msgspec.structs.replace(r, code=0, reason="", resumes=r.resumes + 1)
+        )
+        return shared.resumes if shared is not None else 1
 
     def stream_failed(self, call_sid: str, error: str) -> None:
         self._stream_errors.put(call_sid, error)
 
     def stream_error(self, call_sid: str) -> str:
         return self._stream_errors.get(call_sid) or ""
+
+    async def _shared(self, call_sid: str) -> StreamEndRecord | None:
+        try:
+            return await self.bus.kv_get(STREAM_ENDS_BUCKET, call_sid, StreamEndRecord)
+        except Exception as exc:  # a callback must still be answered: what this gateway knows
+            log.error("could not read how the call's stream ended: %s", exc, extra={"call_id": call_sid})
+            return None
+
+    async def _update(
+        self, call_sid: str, change: Callable[[StreamEndRecord], StreamEndRecord]
+    ) -> StreamEndRecord | None:
+        """Read, change, write. Writers of one call's entry follow each other (one stream
+        at a time), so a plain put is enough; a failure is logged, the local copy stands."""
+        try:
+            if not self._bucket_ready:
+                await self.bus.create_bucket(STREAM_ENDS_BUCKET, ttl_s=STREAM_ENDS_TTL_S)
+                self._bucket_ready = True
+            current = await self.bus.kv_get(STREAM_ENDS_BUCKET, call_sid, StreamEndRecord) or StreamEndRecord()
+            updated = change(current)
+            await self.bus.kv_put(STREAM_ENDS_BUCKET, call_sid, updated)
+            return updated
+        except Exception as exc:
+            log.error("could not share how the call's stream ended: %s", exc, extra={"call_id": call_sid})
+            return None
 
     # --- the call record ----------------------------------------------------------------
 

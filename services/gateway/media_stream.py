@@ -38,11 +38,13 @@ from proto.messages import (
     PlaybackPause,
     PlaybackResume,
     ReplyAudioSent,
+    StreamResume,
     Transfer,
     TurnCancel,
 )
 from services.common import Fence
 from services.gateway import twilio_protocol as tp
+from services.gateway.call_outcomes import LOST_REASONS, SEND_STALLED, STREAM_CLOSED, StreamEnd
 from services.gateway.caller_audio import CallerAudioHistory
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
@@ -56,6 +58,8 @@ log = logging.getLogger("voxline.gateway.media")
 ACTIVE_STREAMS = Gauge("voxline_gateway_active_streams", "Open Twilio media streams")
 MALFORMED = Counter("voxline_gateway_malformed_frames_total", "Media stream messages that did not parse")
 CLEARS = Counter("voxline_gateway_clears_total", "clear messages sent to Twilio")
+SEND_TIMEOUTS = Counter("voxline_gateway_send_timeouts_total", "Media streams closed because a write to Twilio stalled")
+RESUMES = Counter("voxline_gateway_stream_resumes_total", "New media streams of calls whose stream broke", ["outcome"])
 FORWARD_LATENCY = stage_histogram("voxline_gateway_reply_forward_seconds", "TTS chunk made to the chunk sent to Twilio")
 
 # WebSocket close codes: 1008 policy violation (bad token), 1011 cannot serve the call.
@@ -64,6 +68,9 @@ CLOSE_UNAVAILABLE = 1011
 START_TIMEOUT_S = 10.0
 
 TransferCall = Callable[[str, str], Awaitable[None]]  # (call sid, number): Twilio REST <Dial>
+RecordEnd = Callable[[str, StreamEnd], Awaitable[None]]  # how a call's stream ended, for any gateway to read
+RESUME_PARAMETER = "resume"  # <Parameter> of a stream the <Connect action> handed out again
+RESUME_RETRY_S = 0.25  # between asks to the call's owner, who may be taking the call over
 
 
 class StreamStatus(msgspec.Struct):
@@ -79,9 +86,11 @@ class MediaStream:
         settings: GatewaySettings,
         tokens: StreamTokens,
         transfer: TransferCall | None = None,
+        record_end: RecordEnd | None = None,
         clock: Callable[[], int] = now_us,
     ) -> None:
         self.ws = ws
+        self.record_end = record_end
         self.clock = clock  # µs: when chunks went out, echoes came back and clears were sent
         self.transfer = transfer
         self._end_reason = ""
@@ -115,7 +124,7 @@ class MediaStream:
         if start is None:
             return
         ACTIVE_STREAMS.inc()
-        reason = "stream closed"
+        reason = STREAM_CLOSED
         try:
             if await self._begin(start):
                 reason = await self._receive_loop()
@@ -170,19 +179,48 @@ class MediaStream:
             started_at_us=now_us(),
             gateway_id=self.settings.instance_id,
         )
-        try:
-            with tracing.span("call start", parent=self._span, call_id=self.call_id):
-                reply = await self.bus.request(
-                    subjects.CALL_START, request, timeout=self.settings.call_start_timeout_s, headers=self._headers
-                )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            reply = CallRefused(call_id=self.call_id, reason="no orchestrator answered")
+        resumed = params.get(RESUME_PARAMETER) == "1"
+        if resumed:
+            reply = await self._resume_call(meta.stream_sid)
+        else:
+            try:
+                with tracing.span("call start", parent=self._span, call_id=self.call_id):
+                    reply = await self.bus.request(
+                        subjects.CALL_START, request, timeout=self.settings.call_start_timeout_s, headers=self._headers
+                    )
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                reply = CallRefused(call_id=self.call_id, reason="no orchestrator answered")
         if isinstance(reply, CallRefused):
             log.error("call refused: %s", reply.reason)
             await self._close(CLOSE_UNAVAILABLE, "call refused")
             return False
-        log.info("media stream started (stream %s)", meta.stream_sid)
+        log.info("media stream %s (stream %s)", "resumed" if resumed else "started", meta.stream_sid)
         return True
+
+    async def _resume_call(self, stream_sid: str) -> Message:
+        """A new stream of a call whose stream broke: only the call's owner can take it back.
+        No owner may answer for a moment (it is being taken over after a death too): ask
+        again until `stream_resume_timeout_s`."""
+        resume = StreamResume(
+            call_id=self.call_id, stream_sid=stream_sid, gateway_id=self.settings.instance_id, at_us=now_us()
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.stream_resume_timeout_s
+        with tracing.span("stream resume", parent=self._span, call_id=self.call_id):
+            while True:
+                remaining = deadline - loop.time()
+                try:
+                    reply = await self.bus.request(
+                        subjects.stream_resume(self.call_id), resume, timeout=max(0.1, remaining), headers=self._headers
+                    )
+                    break
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    if loop.time() + RESUME_RETRY_S >= deadline:
+                        reply = CallRefused(call_id=self.call_id, reason="no orchestrator owns the call any more")
+                        break
+                    await asyncio.sleep(RESUME_RETRY_S)
+        RESUMES.labels(outcome="refused" if isinstance(reply, CallRefused) else "accepted").inc()
+        return reply
 
     async def _receive_loop(self) -> str:
         audio_subject = subjects.audio_in(self.call_id)
@@ -190,7 +228,7 @@ class MediaStream:
             try:
                 text = await self.ws.receive_text()
             except WebSocketDisconnect:  # Twilio's answer to our own close is one too
-                return (self._end_reason or "agent hung up") if self._closing else "stream closed"
+                return (self._end_reason or "agent hung up") if self._closing else STREAM_CLOSED
             except RuntimeError:  # the socket was closed by us (Hangup, Transfer)
                 return self._end_reason or "agent hung up"
             event = self._parse(text)
@@ -225,7 +263,14 @@ class MediaStream:
         self._subs = []
         if self.call_id:
             try:
-                await self._publish(CallStopped(call_id=self.call_id, reason=reason, at_us=now_us()))
+                stopped = CallStopped(
+                    call_id=self.call_id,
+                    reason=reason,
+                    at_us=now_us(),
+                    lost=reason in LOST_REASONS,
+                    stream_sid=self.serializer.stream_sid,
+                )
+                await self._publish(stopped)
             except Exception as exc:
                 log.error("could not report the end of the stream: %s", exc)
             log.info("media stream ended: %s", reason)
@@ -234,14 +279,38 @@ class MediaStream:
         await self._close(1000, reason)
 
     async def _close(self, code: int, reason: str) -> None:
+        """How the stream ended is shared before the socket closes: Twilio requests the
+        `<Connect action>` the moment it does, possibly from another gateway."""
         if self._closing:
             return
         self._closing = True
         self.close_code, self.close_reason = code, reason
+        if self.call_id and self.record_end is not None:
+            try:
+                await asyncio.wait_for(self.record_end(self.call_id, StreamEnd(code, reason)), 1.0)
+            except Exception as exc:
+                log.error("could not record how the stream ended: %r", exc)
         try:
-            await self.ws.close(code=code, reason=reason)
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason), self.settings.ws_send_timeout_s)
         except Exception:
             pass
+
+    async def _write(self, text: str) -> bool:
+        """One message to Twilio; False when the socket is gone or stalled. A write that
+        does not complete within `ws_send_timeout_s` means the link is stuck: the stream is
+        closed as lost (Twilio may come back through the `<Connect action>`) instead of
+        holding the send lock, and a `clear`, behind it."""
+        try:
+            await asyncio.wait_for(self.ws.send_text(text), self.settings.ws_send_timeout_s)
+            return True
+        except TimeoutError:
+            SEND_TIMEOUTS.inc()
+            log.error("a write to Twilio stalled for %.1fs: closing the stream", self.settings.ws_send_timeout_s)
+            self._end_reason = SEND_STALLED
+            asyncio.get_running_loop().create_task(self._close(CLOSE_UNAVAILABLE, SEND_STALLED))
+        except Exception as exc:
+            log.warning("write to Twilio failed: %r", exc)
+        return False
 
     async def _publish(self, message: Message) -> None:
         await self.bus.publish(subjects.gateway_events(self.call_id), message, self._headers)
@@ -267,9 +336,10 @@ class MediaStream:
         for chunk in chunks:
             if self._closing or not self.playback.may_send(chunk.frame):
                 break
-            if chunk.frame.payload:
-                await self.ws.send_text(self.serializer.media(chunk.frame.payload))
-            await self.ws.send_text(self.serializer.mark(chunk.mark.encode()))
+            if chunk.frame.payload and not await self._write(self.serializer.media(chunk.frame.payload)):
+                break
+            if not await self._write(self.serializer.mark(chunk.mark.encode())):
+                break
             if self.playback.sent(chunk, self.clock()):
                 first_audio.append(chunk.frame.turn_id)
             sent.append(chunk)
@@ -287,7 +357,8 @@ class MediaStream:
     async def _send_clear(self, cleared: Cleared) -> None:
         """The caller holds the send lock. A newer turn's audio that was on its way behind
         the cleared one goes out again at once, ahead of the rest of that turn."""
-        await self.ws.send_text(self.serializer.clear())
+        if not await self._write(self.serializer.clear()):
+            return
         CLEARS.inc()
         await self._send(cleared.resend)
 

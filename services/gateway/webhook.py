@@ -17,6 +17,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from services.gateway.call_outcomes import DIAL_ANSWERED, CallOutcomes
+from services.gateway.media_stream import RESUME_PARAMETER
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import business_number, dial_twiml
 from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent
@@ -104,6 +105,15 @@ async def voice_webhook(
     except UnknownAgent as exc:
         log.error("webhook for an unknown agent: %s", exc, extra={"call_id": call_sid})
         return twiml_response(say_and_hang_up("Sorry, this number is not configured. Goodbye."))
+    log.info("answering call for agent %s", agent_id, extra={"call_id": call_sid})
+    return twiml_response(connect_stream(base, call_sid, agent_id, params, tokens))
+
+
+def connect_stream(
+    base: str, call_sid: str, agent_id: str, params: dict[str, str], tokens: StreamTokens, resume: bool = False
+) -> str:
+    """`<Connect><Stream>` to our media WebSocket: for a new call, or again for a call whose
+    stream broke (`resume`: the new stream goes on with the call instead of starting one)."""
     query = urlencode({"agent": agent_id})
     response = VoiceResponse()
     # https://www.twilio.com/docs/voice/twiml/connect#action: when <Connect> ends (our side
@@ -117,40 +127,64 @@ async def voice_webhook(
     stream.parameter(name="stream_token", value=tokens.issue(call_sid, agent_id))
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
+    if resume:
+        stream.parameter(name=RESUME_PARAMETER, value="1")
     response.append(connect)
-    log.info("answering call for agent %s", agent_id, extra={"call_id": call_sid})
-    return twiml_response(str(response))
+    return str(response)
 
 
 async def stream_ended(
-    request: Request, settings: GatewaySettings, agents: AgentStore, outcomes: CallOutcomes
+    request: Request, settings: GatewaySettings, agents: AgentStore, tokens: StreamTokens, outcomes: CallOutcomes
 ) -> Response:
     """`<Connect action>`: the media stream is over and the caller is still on the line.
     A transfer the agent ordered is dialled (whether or not the REST redirect got through);
-    a call the agent ended is hung up; anything else (stream refused, failed, lost) gets
-    the agent's apology before the hang-up, and an error in the log saying why."""
+    a call the agent ended is hung up; a stream that broke under a call still in progress
+    (its gateway died, the link dropped) gets a new stream, on whichever gateway Twilio
+    reaches, and the call goes on; anything else (stream refused, failed, too many breaks)
+    gets the agent's apology before the hang-up, and an error in the log saying why."""
     params = await twilio_form(request, settings)
     if isinstance(params, Response):
         return params
     call_sid = params.get("CallSid", "")
-    agent = _agent(agents, request.query_params.get("agent", ""))
+    if not call_sid.isalnum():
+        return Response("CallSid missing or invalid", status_code=400, media_type="text/plain")
+    agent_id = request.query_params.get("agent", "")
+    agent = _agent(agents, agent_id)
     extra = {"call_id": call_sid}
-    number = outcomes.transfer_to(call_sid)
+    number = await outcomes.transfer_to(call_sid)
     if number:
         caller_id = business_number(params.get("Direction", ""), params.get("From", ""), params.get("To", ""))
         action = public_base(request, settings) + DIAL_ENDED_PATH
         log.info("stream ended for a transfer: dialling it from the <Connect> action", extra=extra)
         return twiml_response(dial_twiml(number, settings.transfer_timeout_s, caller_id, action))
-    end = outcomes.stream_end(call_sid)
+    end = await outcomes.stream_end(call_sid)
     if end is not None and end.agent_ended:
         log.info("stream ended by the agent (%s): hanging up", end.reason, extra=extra)
         return twiml_response(hang_up())
+    if (end is None or end.lost) and await _resumable(outcomes, call_sid, settings):
+        why = end.reason if end else "its gateway is gone"
+        log.warning("media stream broke (%s): a new stream for the call", why, extra=extra)
+        twiml = connect_stream(public_base(request, settings), call_sid, agent_id or agent.id, params, tokens, True)
+        return twiml_response(twiml)
     if end is not None:
         why = end.reason
     else:
         why = outcomes.stream_error(call_sid) or "no media stream of this call ended on this gateway"
     log.error("media stream failed with the caller on the line (%s): apology and hang-up", why, extra=extra)
     return twiml_response(say_and_hang_up(agent.failure_message))
+
+
+async def _resumable(outcomes: CallOutcomes, call_sid: str, settings: GatewaySettings) -> bool:
+    """The call is still in progress (its owner has not ended it: the record says so) and
+    has not broken too often; counting this resume."""
+    record = await outcomes.record(call_sid)
+    if record is None or record.status != "in-progress":
+        return False
+    resumes = await outcomes.resuming(call_sid)
+    if resumes > settings.stream_resumes_max:
+        log.error("media stream broke %d times: no new one", resumes, extra={"call_id": call_sid})
+        return False
+    return True
 
 
 async def stream_status(request: Request, settings: GatewaySettings, outcomes: CallOutcomes) -> Response:

@@ -46,6 +46,8 @@ class Call(msgspec.Struct, kw_only=True):
     # the snapshot, and an event already handled here is not handled twice.
     recent_stt: list[SpeechStarted | Transcript | SpeechEnded | SpeechPaused] = []
     resumed_at_us: int = 0  # the last takeover: STT events older than it may come twice
+    stream_sid: str = ""  # the media stream the call is on now (a broken one is replaced)
+    stream_lost: str = ""  # why the stream broke, while waiting for Twilio to come back
 
     @property
     def current(self) -> Turn | None:
@@ -62,7 +64,14 @@ def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: st
         from_number=start.from_number,
         to_number=start.to_number,
     )
-    return Call(call_id=start.call_id, agent=agent, limits=limits, record=record, traceparent=traceparent)
+    return Call(
+        call_id=start.call_id,
+        agent=agent,
+        limits=limits,
+        record=record,
+        traceparent=traceparent,
+        stream_sid=start.stream_sid,
+    )
 
 
 class CallSnapshot(msgspec.Struct, kw_only=True):

@@ -34,6 +34,7 @@ from proto.messages import (
     SpeechEnded,
     SpeechPaused,
     SpeechStarted,
+    StreamResume,
     SttError,
     Transcript,
     Transfer,
@@ -63,6 +64,9 @@ RECENT_STT_EVENTS = 16  # kept in the call's state, to know a replayed STT event
 # The maximum call length's goodbye: the hang-up reason, and how long it may take to be heard.
 TIME_LIMIT_REASON = "maximum call length reached"
 TIME_LIMIT_GRACE_S = 15.0
+# How long a call whose media stream broke waits for Twilio to come back with a new one
+# (the `<Connect action>` is requested at once; a gateway answers it within a second).
+STREAM_RESUME_WAIT_S = 10.0
 
 
 def step(call: Call, event: Event, now_us: int) -> list[Effect]:
@@ -122,10 +126,18 @@ class _Step(Speech):
                 turn.mark("call_start", event.call_start_us)
                 elapsed_s = max(0, self.now_us - event.call_start_us) / 1e6
                 self.start_timer(Timer(TimerKind.MAX_CALL), max(0.0, call.agent.max_call_s - elapsed_s))
+            case CallStopped() if event.stream_sid and event.stream_sid != call.stream_sid:
+                log.info("end of a replaced media stream ignored (%s)", event.reason)
+            case CallStopped() if event.lost:
+                self._stream_lost(event.reason)
             case CallStopped():
                 self._end(event.reason)
+            case StreamResume():
+                self._stream_resumed(event)
             case Resumed():
-                self._resume(event)
+                log.warning("call resumed from its saved state (last owner: %s)", event.previous_owner or "handed over")
+                call.resumed_at_us = self.now_us
+                self._take_back("orchestrator failover")
             case _:
                 log.debug("ignored %s", type(event).__name__)
 
@@ -196,6 +208,9 @@ class _Step(Speech):
             self.on_tts_timeout(timer.turn_id, timer.seq)
         elif timer.kind is TimerKind.MAX_CALL:
             self._on_time_limit(timer.seq)
+        elif timer.kind is TimerKind.STREAM_LOST:
+            log.error("the media stream did not come back in %.0fs: the call ends", STREAM_RESUME_WAIT_S)
+            self._end(self.call.stream_lost)
 
     # --- the reply -----------------------------------------------------------------------
 
@@ -334,13 +349,33 @@ class _Step(Speech):
             self.go(CallState.LISTENING)
             self.start_idle_timer()
 
-    def _resume(self, event: Resumed) -> None:
-        """Go on from a snapshot: the reply in flight is given up (what the caller heard of
-        it stays in the history), anything the last owner started since is cancelled, and
-        a question the caller heard no answer to is asked again at once."""
+    def _stream_lost(self, reason: str) -> None:
+        """The stream broke without Twilio's `stop`: the caller may still be there, and
+        Twilio requests the `<Connect action>`, which hands out a new stream on a gateway
+        that is up. Wait for it; the call ends if none comes."""
         call = self.call
-        log.warning("call resumed here from its saved state (last owner: %s)", event.previous_owner or "handed over")
-        call.resumed_at_us = self.now_us
+        log.warning("media stream lost (%s): waiting %.0fs for a new one", reason, STREAM_RESUME_WAIT_S)
+        if not call.stream_lost:
+            self.start_timer(Timer(TimerKind.STREAM_LOST), STREAM_RESUME_WAIT_S)
+        call.stream_lost = reason
+
+    def _stream_resumed(self, event: StreamResume) -> None:
+        """A new stream of the call, on `event.gateway_id`: its playback starts empty, so the
+        reply that was on its way is given up and an unanswered question asked again."""
+        call = self.call
+        log.warning("media stream resumed on gateway %s after: %s", event.gateway_id, call.stream_lost or "a break")
+        self.cancel_timer(Timer(TimerKind.STREAM_LOST))
+        call.stream_lost = ""
+        call.stream_sid = event.stream_sid
+        call.record.stream_resumes += 1
+        self._take_back("media stream resumed")
+
+    def _take_back(self, reason: str) -> None:
+        """Go on after a break (a takeover from a snapshot, a new media stream): the reply
+        in flight is given up (what the caller heard of it stays in the history), anything
+        started since is cancelled, and a question the caller heard no answer to is asked
+        again at once."""
+        call = self.call
         turn = call.current
         question, commit = "", None
         if turn is not None and turn.active:
@@ -353,13 +388,11 @@ class _Step(Speech):
             )
             self.cancel_timers_of(turn.turn_id)
             turn.cancelled = True
-            turn.cancel_reason = "orchestrator failover"
+            turn.cancel_reason = reason
             if turn.committed and not question:
                 self._conclude(turn)
         call.next_turn_id += RESUME_TURN_ID_GAP
-        cancel = TurnCancel(
-            call_id=call.call_id, turn_id=call.next_turn_id - 1, reason="orchestrator failover", at_us=self.now_us
-        )
+        cancel = TurnCancel(call_id=call.call_id, turn_id=call.next_turn_id - 1, reason=reason, at_us=self.now_us)
         self.publish(subjects.turn_cancel(call.call_id), cancel)
         if question and commit is not None:
             self.commit_reply(self.start_reply(question, tentative=False), commit)

@@ -31,6 +31,7 @@ from proto.messages import (
     CallStart,
     CallStopped,
     Message,
+    StreamResume,
     SttAssign,
     SttAssigned,
     SttRelease,
@@ -120,7 +121,7 @@ class Orchestrator(Failover):
         stt_workers, gateways = (lambda: set(self._stt_worker.values())), (lambda: set(self._gateway.values()))
         watches = [
             PeerWatch(self.bus, "stt worker", subjects.stt_ping, stt_workers, self._move_calls_of),
-            PeerWatch(self.bus, "gateway", subjects.gateway_ping, gateways, self._end_calls_of_gateway),
+            PeerWatch(self.bus, "gateway", subjects.gateway_ping, gateways, self._streams_lost_with_gateway),
         ]
         self._liveness = [asyncio.create_task(w.run(), name=f"watch-{w.what}") for w in watches]
 
@@ -255,6 +256,7 @@ class Orchestrator(Failover):
                 subjects.tts_events(call_id),
             )
         ]
+        self._subs[call_id].append(await self.bus.subscribe(subjects.stream_resume(call_id), self._on_resume(actor)))
         self.calls[call_id] = actor
         ACTIVE_CALLS.set(len(self.calls))
         self._seat.holding(len(self.calls))
@@ -287,16 +289,24 @@ class Orchestrator(Failover):
         log.info("stt worker %s (%s) listens to the call", reply.worker_id, reply.provider)
         return None
 
-    async def _end_calls_of_gateway(self, gateway_id: str) -> None:
-        """The gateway holding these calls' media streams is gone: nobody hears the caller
-        or can play to them any more, so the calls end here and everywhere."""
+    async def _streams_lost_with_gateway(self, gateway_id: str) -> None:
+        """The gateway holding these calls' media streams is gone: Twilio comes back with a
+        new stream on another gateway (`StreamResume`), or the calls end after a wait."""
         ended = [cid for cid, gid in self._gateway.items() if gid == gateway_id]
         log.error("gateway %s is gone; ending its %d calls", gateway_id, len(ended))
         for call_id in ended:
             self._gateway.pop(call_id, None)
             actor = self.calls.get(call_id)
             if actor is not None:
-                actor.post(CallStopped(call_id=call_id, reason="media stream lost: gateway gone", at_us=now_us()))
+                # Naming the stream: if a new one is already on its way, this is old news.
+                lost = CallStopped(
+                    call_id=call_id,
+                    reason="media stream lost: gateway gone",
+                    at_us=now_us(),
+                    lost=True,
+                    stream_sid=actor.call.stream_sid,
+                )
+                actor.post(lost)
 
     async def _move_calls_of(self, worker_id: str) -> None:
         moved = [cid for cid, wid in self._stt_worker.items() if wid == worker_id]
@@ -318,6 +328,24 @@ class Orchestrator(Failover):
                 actor.post(SttLost(reason=refusal))
             else:
                 log.info("call reassigned to another stt worker", extra={"call_id": call_id})
+
+    def _on_resume(self, actor: CallActor) -> MessageHandler:
+        """A new media stream of the call (its stream broke, Twilio came back through the
+        `<Connect action>`): the call goes on through that stream's gateway."""
+
+        async def handler(message: Message, msg: Msg) -> None:
+            call_id = actor.call.call_id
+            if not isinstance(message, StreamResume) or not msg.reply:
+                log.warning("ignored %s on %s", type(message).__name__, msg.subject, extra={"call_id": call_id})
+                return
+            if actor.call.state is CallState.ENDED or actor.abandoned:
+                await self.bus.respond(msg, CallRefused(call_id=call_id, reason="the call is over"))
+                return
+            self._gateway[call_id] = message.gateway_id
+            actor.post(message)
+            await self.bus.respond(msg, CallAccepted(call_id=call_id, orchestrator_id=self.settings.instance_id))
+
+        return handler
 
     @staticmethod
     def _route(actor: CallActor) -> MessageHandler:

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from proto import decode, subjects
 from proto.messages import Message
 from voxline.agents import BUNDLED_DIR
-from voxline.devstack import DevStack, free_ports_in_a_row
+from voxline.devstack import DevStack, free_ports_in_a_row, ports_for
 from voxline.simulator import CallScript, Utterance
 
 AUTH_TOKEN = "test-twilio-auth-token-0001"
@@ -80,7 +80,7 @@ def own_stack(
     }
     s = DevStack(
         profile="fake",
-        http_port=free_ports_in_a_row(replicas),
+        http_port=free_ports_in_a_row(ports_for(replicas)),
         data_dir=tmp_path_factory.mktemp(f"{name}-nats"),
         log_dir=logs,
         extra_env={**base, **env},

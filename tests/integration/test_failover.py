@@ -12,11 +12,13 @@ import signal
 from collections.abc import Iterator
 
 import httpx
+import msgspec
 import nats
 import pytest
 
 from proto.messages import BrainTurn
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
+from proto.records import CALL_RECORDS_BUCKET
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, service_log, wait_until, watching
 from voxline.devstack import DevStack
 from voxline.simulator import CallScript, Utterance, run_call
@@ -25,6 +27,7 @@ from voxline.simulator.results import CallResult
 pytestmark = pytest.mark.integration
 
 ORCHESTRATORS = ("orchestrator", "orchestrator-2")
+GATEWAYS = ("gateway", "gateway-2")
 QUESTIONS = ["first question", "second question", "third question"]
 
 
@@ -162,7 +165,67 @@ async def test_an_owner_paused_and_resumed_lets_the_call_go_without_acting_on_it
     assert [str(r["reply_text"]).split(".")[0] for r in replies] == [f"You said: {q}" for q in QUESTIONS[:2]]
 
 
-async def test_a_dead_gateway_s_calls_are_ended_and_released_everywhere(pair: DevStack) -> None:
+async def _gateway_of(stack: DevStack, call_id: str) -> str | None:
+    """Which gateway's /status lists the call's media stream."""
+    async with httpx.AsyncClient() as client:
+        for key in GATEWAYS:
+            proc = stack.processes[key]
+            if proc.alive:
+                status = (await client.get(proc.health_url.replace("/readyz", "/status"), timeout=2)).json()
+                if call_id in status.get("calls", []):
+                    return key
+    return None
+
+
+async def _released_everywhere(stack: DevStack, call_id: str) -> bool:
+    async with httpx.AsyncClient() as client:
+        for key, proc in stack.processes.items():
+            if key.startswith(("stt", "orchestrator", "gateway")) and proc.alive:
+                status = (await client.get(proc.health_url.replace("/readyz", "/status"))).json()
+                if call_id in status.get("calls", {}):
+                    return False
+    return True
+
+
+async def _record_in_kv(stack: DevStack, call_id: str) -> dict[str, object] | None:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        entry = await (await nc.jetstream().key_value(CALL_RECORDS_BUCKET)).get(call_id)
+        return msgspec.json.decode(entry.value) if entry.value else None
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    finally:
+        await nc.close()
+
+
+async def test_a_dead_gateway_s_call_goes_on_through_another_gateway(pair: DevStack) -> None:
+    """Twilio requests the `<Connect action>` when the stream drops; through the front door
+    another gateway answers with a new stream of the same call, and the call goes on."""
+    stack = pair
+    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=4000))
+    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+    async def first_reply() -> bool:
+        return len(await _replies(stack, script.call_sid)) >= 1
+
+    await wait_until(first_reply, timeout=30, what="the first reply")
+    holder = await _gateway_of(stack, script.call_sid)
+    assert holder in GATEWAYS, "no gateway lists the call in /status"
+    stack.processes[holder].kill()  # SIGKILL: Twilio's media stream to it is gone
+    result = await call
+    assert [b.then for b in result.stream_breaks] == ["<Connect><Stream>"], result.stream_breaks
+    print(f"\nSIGKILL of the call's gateway: a new stream {result.stream_breaks[0].gap_ms} ms later")
+    assert not result.errors, result.errors
+    assert [t.completed for t in result.turns] == [True, True]
+    assert result.record is not None and result.record["status"] == "ended"
+    assert result.record["stream_resumes"] == 1 and result.record["end_reason"] == "caller hung up"
+    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
+    assert [str(r["reply_text"]).split(".")[0] for r in replies] == [f"You said: {q}" for q in QUESTIONS[:2]]
+    await wait_until(lambda: _released_everywhere(stack, script.call_sid), 10, "every service to release the call")
+    await asyncio.get_running_loop().run_in_executor(None, stack.restart, holder)
+
+
+async def test_with_no_gateway_left_the_call_ends_and_is_released_everywhere(pair: DevStack) -> None:
     stack = pair
     script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=20_000))
     call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
@@ -171,28 +234,20 @@ async def test_a_dead_gateway_s_calls_are_ended_and_released_everywhere(pair: De
         return len(await _replies(stack, script.call_sid)) >= 1
 
     await wait_until(first_reply, timeout=30, what="the first reply")
-    stack.processes["gateway"].kill()  # SIGKILL: Twilio's media stream to it is gone
+    for key in GATEWAYS:
+        stack.processes[key].kill()
     result = await call
-    assert not result.turns[-1].completed  # the stream broke with the gateway: no second answer
-    other_gateway = stack.gateway_urls()[1]
+    assert not result.turns[-1].completed  # nobody could take the stream: no second answer
+    [brk] = result.stream_breaks
+    assert brk.resumed_at_ms is None and brk.then.startswith("<Error>"), brk  # the action was unreachable
 
     async def ended() -> bool:
-        async with httpx.AsyncClient() as client:
-            r = await client.get(f"{other_gateway}/v1/calls/{script.call_sid}")
-        return r.status_code == 200 and r.json()["status"] == "ended"
+        record = await _record_in_kv(stack, script.call_sid)
+        return record is not None and record["status"] == "ended"
 
-    await wait_until(ended, timeout=20, what="the owner to end the call of the dead gateway")
-    async with httpx.AsyncClient() as client:
-        record = (await client.get(f"{other_gateway}/v1/calls/{script.call_sid}")).json()
-        assert record["end_reason"] == "media stream lost: gateway gone"
-
-        async def released() -> bool:
-            for key, proc in stack.processes.items():
-                if key.startswith(("stt", "orchestrator")) and proc.alive:
-                    status = (await client.get(proc.health_url.replace("/readyz", "/status"))).json()
-                    if script.call_sid in status.get("calls", {}):
-                        return False
-            return True
-
-        await wait_until(released, timeout=10, what="the STT workers and orchestrators to release the call")
-    await asyncio.get_running_loop().run_in_executor(None, stack.restart, "gateway")
+    await wait_until(ended, timeout=30, what="the owner to end the call after waiting for a new stream")
+    record = await _record_in_kv(stack, script.call_sid)
+    assert record is not None and record["end_reason"] == "media stream lost: gateway gone"
+    await wait_until(lambda: _released_everywhere(stack, script.call_sid), 10, "every service to release the call")
+    for key in GATEWAYS:
+        await asyncio.get_running_loop().run_in_executor(None, stack.restart, key)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from proto.records import CALL_RECORDS_BUCKET, CallRecord
+from proto.records import CALL_RECORDS_BUCKET, STREAM_ENDS_BUCKET, CallRecord
 from services.gateway.app import Gateway, create_app
 from services.gateway.call_outcomes import StreamEnd
 from services.gateway.twilio_rest import CallNotInProgress, TwilioRest
@@ -45,13 +45,15 @@ def settings(twilio: TwilioRestEmulator) -> GatewaySettings:
         twilio_api_base=twilio.base_url,
         public_url=BASE,
         transfer_timeout_s=20,
+        stream_token_secret="shared-by-every-gateway-" + "x" * 16,  # one stream, any gateway
     )
 
 
 @pytest.fixture
 async def gateway(worker_bus: Bus, settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    await worker_bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=3600)
-    await worker_bus.kv_delete(CALL_RECORDS_BUCKET, CALL_SID)
+    for bucket in (CALL_RECORDS_BUCKET, STREAM_ENDS_BUCKET):
+        await worker_bus.create_bucket(bucket, ttl_s=3600)
+        await worker_bus.kv_delete(bucket, CALL_SID)
     gw = Gateway(worker_bus, settings)
     yield gw
     await gw.stop()
@@ -125,13 +127,13 @@ async def test_stream_that_failed_gets_an_apology_and_the_reason_logged(
 
 
 async def test_stream_the_gateway_refused_gets_an_apology(gateway: Gateway, http: httpx.AsyncClient) -> None:
-    gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1011, "call refused"))
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1011, "call refused"))
     response = await twilio_post(http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
     assert verbs(response.text) == [("Say", {}, FAILURE), ("Hangup", {}, "")]
 
 
 async def test_stream_the_agent_ended_just_hangs_up(gateway: Gateway, http: httpx.AsyncClient) -> None:
-    gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "agent ended the call"))
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "agent ended the call"))
     response = await twilio_post(http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
     assert verbs(response.text) == [("Hangup", {}, "")]
 
@@ -142,10 +144,87 @@ async def test_transfer_the_rest_api_could_not_make_is_dialled_from_the_connect_
     twilio.failures = [503, 503]  # Twilio's API is down: fetch and redirect both fail
     with pytest.raises(Exception, match="503"):
         await gateway.transfer(CALL_SID, DESK)
-    gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "transfer failed"))
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "transfer failed"))
     response = await twilio_post(http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
     dial = {"timeout": "20", "callerId": OUR_NUMBER, "action": f"{BASE}/twilio/dial-ended"}
     assert verbs(response.text) == [("Dial", dial, DESK)]
+
+
+# --- behind a load balancer: the <Connect action> on another gateway --------------------
+
+
+@pytest.fixture
+async def other_http(worker_bus: Bus, settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """A second gateway on the same bus: where the load balancer sends Twilio's callback."""
+    other = Gateway(worker_bus, settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(other)), base_url=BASE) as client:
+        yield client
+    await other.stop()
+
+
+async def in_progress(bus: Bus) -> None:
+    record = CallRecord(call_id=CALL_SID, call_sid=CALL_SID, agent_id="demo", status="in-progress", started_at_us=1)
+    await bus.kv_put(CALL_RECORDS_BUCKET, CALL_SID, record)
+
+
+def stream_parameters(xml: str) -> dict[str, str]:
+    stream = ET.fromstring(xml).find("./Connect/Stream")
+    assert stream is not None, xml
+    return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}
+
+
+async def test_another_gateway_hangs_up_a_stream_the_agent_ended(
+    gateway: Gateway, http: httpx.AsyncClient, other_http: httpx.AsyncClient, worker_bus: Bus
+) -> None:
+    await in_progress(worker_bus)  # the owner has not written the end yet: the stream's end decides
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "agent ended the call"))
+    response = await twilio_post(other_http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
+    assert verbs(response.text) == [("Hangup", {}, "")]
+
+
+async def test_another_gateway_dials_the_transfer_the_agent_ordered(
+    gateway: Gateway, other_http: httpx.AsyncClient, twilio: TwilioRestEmulator
+) -> None:
+    twilio.failures = [503, 503]
+    with pytest.raises(Exception, match="503"):
+        await gateway.transfer(CALL_SID, DESK)
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "transfer failed"))
+    response = await twilio_post(other_http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
+    assert [v[0] for v in verbs(response.text)] == ["Dial"] and verbs(response.text)[0][2] == DESK
+
+
+async def test_a_stream_whose_gateway_died_gets_a_new_stream_on_another(
+    gateway: Gateway, other_http: httpx.AsyncClient, worker_bus: Bus
+) -> None:
+    await in_progress(worker_bus)  # nothing was recorded of the stream: its gateway died with it
+    response = await twilio_post(other_http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
+    connect = ET.fromstring(response.text).find("Connect")
+    assert connect is not None and connect.get("action") == f"{BASE}/twilio/stream-ended?agent=demo"
+    parameters = stream_parameters(response.text)
+    assert parameters["resume"] == "1" and parameters["agent_id"] == "demo"
+    gateway.tokens.verify(parameters["stream_token"], CALL_SID, "demo")  # a token the media stream accepts
+
+
+async def test_a_broken_stream_is_resumed_only_while_the_call_is_in_progress(
+    gateway: Gateway, http: httpx.AsyncClient, worker_bus: Bus
+) -> None:
+    await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "stream closed"))
+    ended = CallRecord(call_id=CALL_SID, call_sid=CALL_SID, agent_id="demo", status="ended", started_at_us=1)
+    await worker_bus.kv_put(CALL_RECORDS_BUCKET, CALL_SID, ended)
+    response = await twilio_post(http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
+    assert verbs(response.text) == [("Say", {}, FAILURE), ("Hangup", {}, "")]
+
+
+async def test_a_stream_that_keeps_breaking_is_resumed_at_most_stream_resumes_max_times(
+    gateway: Gateway, http: httpx.AsyncClient, worker_bus: Bus, settings: GatewaySettings
+) -> None:
+    await in_progress(worker_bus)
+    answers = []
+    for _ in range(settings.stream_resumes_max + 1):
+        await gateway.outcomes.stream_ended(CALL_SID, StreamEnd(1000, "stream closed"))
+        response = await twilio_post(http, f"{BASE}/twilio/stream-ended?agent=demo", call_form())
+        answers.append(ET.fromstring(response.text)[0].tag)
+    assert answers == ["Connect"] * settings.stream_resumes_max + ["Say"]
 
 
 # --- transfers --------------------------------------------------------------------------

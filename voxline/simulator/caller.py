@@ -17,13 +17,14 @@ import websockets
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from voxline.audio import TELEPHONY_RATE
+from voxline.simulator.connect_action import describe, follow_connect_action
 from voxline.simulator.coverage import turn_coverage
-from voxline.simulator.line import PhoneLine, SpeechLog
+from voxline.simulator.line import FollowAction, NewStream, PhoneLine, SpeechLog
 from voxline.simulator.placement import PlacementError, fetch_record, place_call, stream_parameters
 from voxline.simulator.playback import Chunk, measure_barge_in
-from voxline.simulator.results import BargeInResult, CallResult, PlayedEntry, TurnResult
+from voxline.simulator.results import BargeInResult, CallResult, PlayedEntry, StreamBreak, TurnResult
 from voxline.simulator.script import CallScript, Utterance
-from voxline.simulator.twilio_stream import TwilioStream
+from voxline.simulator.twilio_stream import StreamTarget, TwilioStream
 from voxline.simulator.voice import SpeechFrames, as_pcm16, read_wav, synthesize
 
 DTMF_GAP_S = 0.2
@@ -98,6 +99,7 @@ async def run_call(
         line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
         line.malformed_after_ms = script.malformed_frame_after_ms
         line.noise = script.line_noise
+        line.follow_action = _twilio_follows(line, http, target, script, auth_token, result)
         result.stream_sid = line.stream.stream_sid
         spoken: list[_Spoken] = []
         try:
@@ -152,6 +154,46 @@ async def _converse(
         if not await line.wait_turn_finished(after, reply_since, script.reply_timeout_s):
             result.errors.append(f"utterance {i}: reply not fully played within {script.reply_timeout_s:.0f}s")
     await asyncio.sleep(script.trailing_silence_ms / 1000.0)
+
+
+def _twilio_follows(
+    line: PhoneLine,
+    http: httpx.AsyncClient,
+    target: StreamTarget,
+    script: CallScript,
+    auth_token: str | None,
+    result: CallResult,
+) -> FollowAction | None:
+    """What Twilio does when the stream ends under the caller: the `<Connect action>`, and
+    a new stream if it answers with one (see `connect_action`)."""
+    if not target.action:
+        return None
+    action = target.action
+
+    async def follow() -> NewStream | None:
+        nonlocal action
+        lost = line.clock()
+        brk = StreamBreak(at_ms=round((lost - line.t0) * 1000.0, 1), close_code=line.ws.close_code)
+        result.stream_breaks.append(brk)
+        step = await follow_connect_action(http, action, script, auth_token)
+        if not isinstance(step, StreamTarget):
+            brk.then = describe(step)
+            return None
+        brk.then = "<Connect><Stream>"
+        try:
+            ws = await websockets.connect(step.url, open_timeout=10.0, compression=None)
+        except (InvalidStatus, OSError, WebSocketException, TimeoutError) as exc:
+            brk.then += f" (connect failed: {exc!r})"
+            return None
+        action = step.action or action
+        brk.resumed_at_ms = round((line.clock() - line.t0) * 1000.0, 1)
+        return (
+            ws,
+            TwilioStream(script.call_sid or "", script.account_sid or ""),
+            stream_parameters(step.parameters, script),
+        )
+
+    return follow
 
 
 def _reply_chunks(chunks: list[Chunk], onset: float, end: float, baseline: int) -> tuple[int | None, list[Chunk], int]:

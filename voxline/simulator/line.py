@@ -13,7 +13,7 @@ import asyncio
 import base64
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,6 +31,11 @@ from voxline.simulator.twilio_stream import (
     parse_gateway_message,
 )
 from voxline.simulator.voice import SpeechFrames
+
+# What Twilio does when a stream ends under the caller (`<Connect action>`): a new socket, the
+# stream's messages on it, and its `start` parameters; None when the call does not go on.
+NewStream = tuple[ClientConnection, TwilioStream, dict[str, str]]
+FollowAction = Callable[[], Awaitable[NewStream | None]]
 
 SILENT_FRAME = bytes([MULAW_SILENCE]) * FRAME_SAMPLES
 SILENT_FRAME_B64 = base64.b64encode(SILENT_FRAME).decode("ascii")
@@ -77,6 +82,12 @@ class PhoneLine:
         self._wake_player = asyncio.Event()
         self._sending = True
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by the caller: followed when the gateway side ends the stream. While it runs,
+        # no frame goes out (there is no stream) and the caller's speech waits.
+        self.follow_action: FollowAction | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._frames_at_stream_start = 0  # media timestamps restart at 0 on a new stream
+        self._frames_sent = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -93,6 +104,9 @@ class PhoneLine:
     async def hang_up(self) -> None:
         """Stop the frames, say `stop` like Twilio does on hang-up, and close."""
         self._sending = False
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         by_name = {task.get_name(): task for task in self._tasks}
         if "sim-sender" in by_name:
             await asyncio.gather(by_name["sim-sender"], return_exceptions=True)
@@ -158,6 +172,8 @@ class PhoneLine:
 
     async def _emit(self, build: Callable[[], dict[str, Any] | str]) -> None:
         """Build and send under one lock, so sequence numbers go out in order."""
+        if self._following is not None:
+            return  # the stream is gone; its echoes and keys go nowhere
         async with self._send_lock:
             message = build()
             try:
@@ -166,9 +182,42 @@ class PhoneLine:
                 self._mark_closed()
 
     def _mark_closed(self) -> None:
+        if self._following is not None:
+            return  # a new stream is on its way, or the call ends when it does not come
+        if not self.closed and self._sending and self.follow_action is not None:
+            self._following = asyncio.create_task(self._follow(self.follow_action), name="sim-follow")
+            return
         if not self.closed:
             self.closed = True
             self.closed_by_gateway = True
+        self._changed.set()
+
+    async def _follow(self, follow_action: FollowAction) -> None:
+        """The stream ended under the caller: Twilio's `<Connect action>`, then a new stream
+        on a new socket (the same call, a new streamSid), or the end of the line."""
+        old_receiver = next((t for t in self._tasks if t.get_name() == "sim-receiver"), None)
+        if old_receiver is not None and old_receiver is not asyncio.current_task():
+            await asyncio.gather(old_receiver, return_exceptions=True)
+        self.playback.stream_lost()
+        new = await follow_action()
+        if new is None or not self._sending:
+            self._following = None
+            self.closed = True
+            self.closed_by_gateway = True
+            self._changed.set()
+            return
+        ws, stream, parameters = new
+        async with self._send_lock:
+            self.ws, self.stream = ws, stream
+            try:
+                await ws.send(encode(stream.connected()))
+                await ws.send(encode(stream.start(parameters)))
+            except ConnectionClosed:
+                pass
+            self._frames_at_stream_start = self._frames_sent
+        self._tasks = [t for t in self._tasks if t.get_name() != "sim-receiver"]
+        self._tasks.append(asyncio.create_task(self._receiver(), name="sim-receiver"))
+        self._following = None
         self._changed.set()
 
     def _next_frame(self) -> tuple[str, SpeechLog | None, bool]:
@@ -191,10 +240,14 @@ class PhoneLine:
             await self.sleep_until(deadline)
             if not self._sending:
                 break
+            if self._following is not None:
+                continue  # no stream: nothing to send on, and the caller's speech waits
+            self._frames_sent = n
             payload, log, voiced = self._next_frame()
             if self.noise is not None:
                 payload = self.noise.mix(payload, self.clock(), caller_speaking=log is not None)
-            await self._emit(partial(self.stream.media_json, payload, (n - 1) * FRAME_MS))
+            stream_ms = (n - 1 - self._frames_at_stream_start) * FRAME_MS
+            await self._emit(partial(self.stream.media_json, payload, stream_ms))
             now = self.clock()
             late = int((now - deadline) * 1000.0)
             lateness[late] = lateness.get(late, 0) + 1

@@ -134,6 +134,15 @@ class PlaybackBuffer:
             mark.by_clear = True
         return played + released
 
+    def stream_lost(self) -> None:
+        """The media stream broke: what was queued for it never plays, and its marks are
+        never echoed (Twilio echoes marks of a live stream only). A new stream starts empty."""
+        now = self.clock()
+        self._cut_at(now)
+        self.marks[self._first_pending :] = [m for m in self.marks[self._first_pending :] if m.echoed_at is not None]
+        self._unattributed.clear()
+        self._unmarked.clear()
+
     def finish(self) -> None:
         """The call ended: whatever had not played yet never will."""
         self._cut_at(self.clock())

@@ -56,6 +56,21 @@ class PlayedEntry:
 
 
 @dataclass
+class StreamBreak:
+    """One end of a media stream that Twilio followed through the `<Connect action>`.
+    Times in ms since the first stream's start, on the simulator's clock."""
+
+    at_ms: float
+    close_code: int | None
+    resumed_at_ms: float | None = None  # the new stream's `start` went out; None: it did not come back
+    then: str = ""  # what the action answered, e.g. "<Connect><Stream>" or "<Say>Sorry...</Say> <Hangup>"
+
+    @property
+    def gap_ms(self) -> float | None:
+        return None if self.resumed_at_ms is None else round(self.resumed_at_ms - self.at_ms, 1)
+
+
+@dataclass
 class CallResult:
     """One call. `accepted` is False when no stream was obtained, or when the gateway closed
     it without ever sending audio (a refusal); close_code/close_reason only when it closed."""
@@ -79,6 +94,8 @@ class CallResult:
     played: list[PlayedEntry] = field(default_factory=list)
     duration_ms: float = 0.0
     send_lateness_ms: dict[int, int] = field(default_factory=dict)  # ms late -> frames sent
+    # Streams that ended under the caller, and what Twilio's <Connect action> did next.
+    stream_breaks: list[StreamBreak] = field(default_factory=list)
     record: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -34,10 +34,24 @@ def new_sid(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class StreamTarget:
-    """Where <Connect><Stream> told Twilio to connect, and what to pass along."""
+    """Where <Connect><Stream> told Twilio to connect, and what to pass along; `action` is
+    the <Connect action> Twilio requests when the stream ends with the caller on the line."""
 
     url: str
     parameters: dict[str, str] = field(default_factory=dict)
+    action: str = ""
+
+
+def twiml_verbs(xml_text: str) -> list[tuple[str, str]]:
+    """The verbs of a TwiML reply that has no stream, with their text (`<Say>`'s words,
+    `<Dial>`'s number): what Twilio would do next on the call."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ProtocolError(f"TwiML is not XML: {exc}") from exc
+    if root.tag != "Response":
+        raise ProtocolError(f"TwiML root is <{root.tag}>, not <Response>")
+    return [(child.tag, "".join(child.itertext()).strip()) for child in root]
 
 
 def parse_twiml(xml_text: str, base_url: str | None = None) -> StreamTarget:
@@ -62,7 +76,11 @@ def parse_twiml(xml_text: str, base_url: str | None = None) -> StreamTarget:
     if base_url is not None and not urlsplit(url).scheme:
         url = _ws_scheme(urljoin(base_url, url))
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")}
-    return StreamTarget(url=url, parameters=parameters)
+    connect = root.find("./Connect")
+    action = connect.get("action", "") if connect is not None else ""
+    if action and base_url is not None and not urlsplit(action).scheme:
+        action = urljoin(base_url, action)
+    return StreamTarget(url=url, parameters=parameters, action=action)
 
 
 def _ws_scheme(url: str) -> str:
