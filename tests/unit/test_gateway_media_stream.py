@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 
 from proto import AudioFrame, FrameFlags, subjects
 from proto.messages import MarkPlayed, PlaybackPause, PlaybackResume, TurnCancel
+from services.gateway.call_outcomes import SEND_STALLED
 from services.gateway.media_stream import MediaStream
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_protocol import TwilioSerializer
@@ -240,3 +241,19 @@ async def test_a_replaced_owner_s_cancel_is_dropped(
     assert "clear" not in [m["event"] for m in twilio.received]  # the caller still hears turn 1
     await media._on_control(TurnCancel(call_id=CALL_ID, turn_id=1, reason="barge_in", at_us=0, epoch=2), msg)
     assert "clear" in [m["event"] for m in twilio.received]  # the owner's own cancel is obeyed
+
+
+async def test_a_stalled_write_closes_the_stream_as_broken_and_a_cancel_does_not_wait_behind_it(
+    stream: tuple[MediaStream, TwilioSide, Msg],
+) -> None:
+    media, twilio, msg = stream
+    media.settings = GatewaySettings(ws_send_timeout_s=0.2)
+    twilio.open.clear()  # the link to Twilio is stuck: this write never completes
+    sending = asyncio.create_task(media._on_reply_frame(chunk(0), msg))
+    await twilio.writing.wait()
+    # The caller barges in: the cancel needs the send lock the stuck write holds. Bounded so
+    # that a cancel waiting forever fails the test instead of hanging it.
+    await asyncio.wait_for(media._cancel(1), 10)
+    await asyncio.wait_for(sending, 10)
+    assert media.close_reason == SEND_STALLED and media.close_code == 1011
+    assert not twilio.received  # nothing half-written counts as sent
