@@ -59,9 +59,12 @@ class CallAccepted(_Msg, kw_only=True, frozen=True):
 
 
 class CallRefused(_Msg, kw_only=True, frozen=True):
-    """orchestrator -> gateway (reply): the call cannot go on (unknown agent, no STT worker)."""
+    """orchestrator -> gateway (reply): the call cannot go on (unknown agent, no STT worker).
+    `busy`: for lack of capacity (no worker had room): the caller hears the agent's busy
+    message instead of its failure message."""
 
     reason: str
+    busy: bool = False
 
 
 class CallEnded(_Msg, kw_only=True, frozen=True):

@@ -35,6 +35,7 @@ STREAM_ENDS_TTL_S = 3600.0  # in KV: a transfer's <Dial action> comes when the h
 STREAM_CLOSED = "stream closed"
 SEND_STALLED = "send stalled"
 LOST_REASONS = frozenset({STREAM_CLOSED, SEND_STALLED})
+CALL_BUSY = "busy"  # refused: no orchestrator or STT worker had room for the call
 # WebSocket close reasons of a stream Twilio ended: not the agent's doing.
 STREAM_LOST = frozenset({"caller hung up", *LOST_REASONS})
 NORMAL_CLOSE = 1000

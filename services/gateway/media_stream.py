@@ -44,7 +44,7 @@ from proto.messages import (
 )
 from services.common import Fence
 from services.gateway import twilio_protocol as tp
-from services.gateway.call_outcomes import LOST_REASONS, SEND_STALLED, STREAM_CLOSED, StreamEnd
+from services.gateway.call_outcomes import CALL_BUSY, LOST_REASONS, SEND_STALLED, STREAM_CLOSED, StreamEnd
 from services.gateway.caller_audio import CallerAudioHistory
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
@@ -58,6 +58,7 @@ log = logging.getLogger("voxline.gateway.media")
 ACTIVE_STREAMS = Gauge("voxline_gateway_active_streams", "Open Twilio media streams")
 MALFORMED = Counter("voxline_gateway_malformed_frames_total", "Media stream messages that did not parse")
 CLEARS = Counter("voxline_gateway_clears_total", "clear messages sent to Twilio")
+REFUSED = Counter("voxline_gateway_refused_calls_total", "Media streams whose call was refused", ["reason"])
 SEND_TIMEOUTS = Counter("voxline_gateway_send_timeouts_total", "Media streams closed because a write to Twilio stalled")
 RESUMES = Counter("voxline_gateway_stream_resumes_total", "New media streams of calls whose stream broke", ["outcome"])
 FORWARD_LATENCY = stage_histogram("voxline_gateway_reply_forward_seconds", "TTS chunk made to the chunk sent to Twilio")
@@ -189,10 +190,12 @@ class MediaStream:
                         subjects.CALL_START, request, timeout=self.settings.call_start_timeout_s, headers=self._headers
                     )
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                reply = CallRefused(call_id=self.call_id, reason="no orchestrator answered")
+                # No orchestrator in the queue group: each one at capacity left it (or none runs).
+                reply = CallRefused(call_id=self.call_id, reason="no orchestrator answered", busy=True)
         if isinstance(reply, CallRefused):
-            log.error("call refused: %s", reply.reason)
-            await self._close(CLOSE_UNAVAILABLE, "call refused")
+            REFUSED.labels(reason=CALL_BUSY if reply.busy else "refused").inc()
+            log.error("call refused%s: %s", " (busy)" if reply.busy else "", reply.reason)
+            await self._close(CLOSE_UNAVAILABLE, CALL_BUSY if reply.busy else "call refused")
             return False
         log.info("media stream %s (stream %s)", "resumed" if resumed else "started", meta.stream_sid)
         return True

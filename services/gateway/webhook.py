@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from services.gateway.call_outcomes import DIAL_ANSWERED, CallOutcomes
+from services.gateway.call_outcomes import CALL_BUSY, DIAL_ANSWERED, CallOutcomes
 from services.gateway.media_stream import RESUME_PARAMETER
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import business_number, dial_twiml
@@ -161,6 +161,9 @@ async def stream_ended(
     if end is not None and end.agent_ended:
         log.info("stream ended by the agent (%s): hanging up", end.reason, extra=extra)
         return twiml_response(hang_up())
+    if end is not None and end.reason == CALL_BUSY:
+        log.warning("no capacity for the call: the busy message and a hang-up", extra=extra)
+        return twiml_response(say_and_hang_up(agent.busy_message))
     if (end is None or end.lost) and await _resumable(outcomes, call_sid, settings):
         why = end.reason if end else "its gateway is gone"
         log.warning("media stream broke (%s): a new stream for the call", why, extra=extra)

@@ -56,6 +56,7 @@ log = logging.getLogger("voxline.orchestrator")
 
 ACTIVE_CALLS = Gauge("voxline_orchestrator_active_calls", "Calls owned by this orchestrator")
 MAX_STT_REASSIGNMENTS = 2
+NO_STT_WORKER = "no speech-to-text worker available"  # all full, or none running: busy
 REFUSED = Counter(
     "voxline_orchestrator_refused_calls_total", "Calls this orchestrator refused (no agent, no STT worker)"
 )
@@ -177,7 +178,8 @@ class Orchestrator(Failover):
             await self.ownership.release(start.call_id)
             REFUSED.inc()
             log.error("refused call: %s", refusal)
-            await self.bus.respond(msg, CallRefused(call_id=start.call_id, reason=refusal))
+            busy = refusal == NO_STT_WORKER
+            await self.bus.respond(msg, CallRefused(call_id=start.call_id, reason=refusal, busy=busy))
             return
         await self.bus.respond(msg, CallAccepted(call_id=start.call_id, orchestrator_id=self.settings.instance_id))
         if not taken:
@@ -282,7 +284,7 @@ class Orchestrator(Failover):
                 subjects.STT_ASSIGN, assign, timeout=self.settings.stt_assign_timeout_s, headers=headers
             )
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return "no speech-to-text worker available"
+            return NO_STT_WORKER
         if not isinstance(reply, SttAssigned):
             return f"speech-to-text worker refused the call ({type(reply).__name__})"
         self._stt_worker[assign.call_id] = reply.worker_id

@@ -29,6 +29,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     goodbye: str = "Thank you for calling. Goodbye."
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     failure_message: str = "I'm sorry, we're having technical difficulties. Please call back later. Goodbye."
+    # Said when no orchestrator or speech-to-text worker had room for the call.
+    busy_message: str = "All our lines are busy right now. Please call back in a few minutes. Goodbye."
     # Said when a transfer's <Dial> was not answered (busy, no answer, failed).
     transfer_failed_message: str = "Sorry, nobody can take your call right now. Please call back later. Goodbye."
     # Every call ends by this length, with `time_limit_message` spoken: a stuck call or a
