@@ -93,6 +93,9 @@ class SttAssign(_Msg, kw_only=True, frozen=True):
     # The caller audio after this time (gateway clock, µs) was heard by no transcript: the
     # worker fetches it from the gateway (CallerAudioRequest) before the live audio. 0: none.
     audio_since_us: int = 0
+    # Final transcripts the call had before this assignment: a provider that numbers the
+    # caller's utterances (the fake one's script) goes on from there on a moved call.
+    finals_heard: int = 0
 
 
 class SttRelease(_Msg, kw_only=True, frozen=True):

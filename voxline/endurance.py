@@ -85,9 +85,8 @@ class CallerView:
     turns_asked: int = 0
     turns_answered: int = 0
     longest_wait_ms: float = 0.0  # caller's last word -> first reply audio, worst turn
-    # Caller words missing from the record of a call that went on. With the fake STT, a
-    # call moved to another STT worker restarts that worker's scripted transcripts, so its
-    # later words differ from what was said and count here too.
+    # Caller words missing from the record of a call that went on (a moved call's new fake
+    # STT worker goes on with the script's next line: SttAssign.finals_heard).
     words_lost: int = 0
     stale_ms: float = 0.0  # cancelled reply audio heard after its stop
     errors: list[str] = field(default_factory=list)  # what cut calls, first few kinds
@@ -120,7 +119,7 @@ class CallerView:
             f"calls: {self.calls}, completed {self.completed}, cut {self.cut}",
             f"turns answered: {self.turns_answered} of {self.turns_asked}",
             f"longest wait for a reply: {self.longest_wait_ms:.0f} ms",
-            f"caller words lost: {self.words_lost} (fake STT: a call moved to another worker counts its later words)",
+            f"caller words lost: {self.words_lost}",
             f"stale audio heard: {self.stale_ms:.0f} ms",
             *(f"  cut by: {e}" for e in self.errors),
         ]

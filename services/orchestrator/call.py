@@ -46,6 +46,7 @@ class Call(msgspec.Struct, kw_only=True):
     # the snapshot, and an event already handled here is not handled twice.
     recent_stt: list[SpeechStarted | Transcript | SpeechEnded | SpeechPaused] = []
     resumed_at_us: int = 0  # the last takeover: STT events older than it may come twice
+    finals_heard: int = 0  # final transcripts so far (a moved call's new STT worker is told)
     stream_sid: str = ""  # the media stream the call is on now (a broken one is replaced)
     stream_lost: str = ""  # why the stream broke, while waiting for Twilio to come back
 

@@ -90,6 +90,8 @@ class _Step(Speech):
             if event.at_us <= call.resumed_at_us and event in call.recent_stt:
                 return  # from before the takeover, and replayed: handled already
             call.recent_stt = [*call.recent_stt[-(RECENT_STT_EVENTS - 1) :], event]
+            if isinstance(event, Transcript) and event.is_final:
+                call.finals_heard += 1
         match event:
             case SpeechStarted() | Dtmf():
                 self.cancel_timer(Timer(TimerKind.IDLE))

@@ -79,7 +79,8 @@ def with_unheard_audio(assign: SttAssign, call: Call) -> SttAssign:
     the caller audio since the last final transcript, which its predecessor may have heard
     without transcribing (the gateway keeps the last seconds)."""
     finals = [e.at_us for e in call.recent_stt if isinstance(e, Transcript) and e.is_final]
-    return msgspec.structs.replace(assign, audio_since_us=max(finals, default=call.record.started_at_us))
+    since = max(finals, default=call.record.started_at_us)
+    return msgspec.structs.replace(assign, audio_since_us=since, finals_heard=call.finals_heard)
 
 
 class Orchestrator(Failover):

@@ -5,6 +5,10 @@ The pure core with event sequences, no bus."""
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
+
 from proto.messages import BrainTurn, CallStopped, StreamResume, TurnCancel
 from services.orchestrator.core import STREAM_RESUME_WAIT_S
 from services.orchestrator.effects import SaveRecord
@@ -87,3 +91,27 @@ def test_a_second_loss_while_waiting_keeps_the_first_deadline() -> None:
     d.wait(3000)
     lost(d, stream_sid="")
     assert d.pending(TimerKind.STREAM_LOST) == first
+
+
+def test_a_moved_call_s_new_stt_worker_is_told_how_many_finals_came_before() -> None:
+    """The fake STT numbers utterances by its script: without the count, a worker that takes
+    a call over would start the script again and 'hear' the first line a second time."""
+    from proto.messages import SttAssign
+    from services.orchestrator.worker import with_unheard_audio
+    from services.stt.providers.fake import FakeSttProvider
+    from voxline.config import SttSettings
+
+    d = Driver()
+    d.greet()
+    d.answered(QUESTION, REPLY)
+    assert d.call.finals_heard == 1
+    assign = with_unheard_audio(SttAssign(call_id=CALL_ID, agent_id="test"), d.call)
+    assert assign.finals_heard == 1
+    script = SttAssign(call_id=CALL_ID, agent_id="test", custom_parameters={"fake_transcripts": "one|two|three"})
+    moved = msgspec.structs.replace(script, finals_heard=assign.finals_heard)
+
+    async def emit(_message: object) -> None:
+        pass
+
+    session = asyncio.run(FakeSttProvider(SttSettings()).open(moved, emit))  # type: ignore[arg-type]
+    assert session.current_text == "two"

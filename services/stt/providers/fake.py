@@ -33,6 +33,7 @@ class FakeSttProvider:
         # An empty line is an utterance with no words in it (a cough, noise).
         lines = [line.strip() for line in script.split("|")] if script.strip() else [DEFAULT_TRANSCRIPT]
         session = FakeSttSession(assign.call_id, lines, self.settings, emit)
+        session.utterances = assign.finals_heard  # a moved call goes on with its next line
         if assign.pause_ms > 0:  # the orchestrator's early pause report wins over the fake's own default
             session.end_silence_ms = float(assign.pause_ms)
         return session
