@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ class CallerView:
     turns_asked: int = 0
     turns_answered: int = 0
     longest_wait_ms: float = 0.0  # caller's last word -> first reply audio, worst turn
+    # Caller's last word -> first reply audio played to them, worst answered turn: the
+    # longest silence a caller sat through waiting for an answer.
+    longest_silence_ms: float = 0.0
+    unanswered: int = 0  # turns that never got their reply played to the end
+    streams_broken: int = 0  # media streams that ended under a caller (a gateway killed)
+    streams_resumed: int = 0  # ... and came back through Twilio's <Connect action>
+    longest_stream_gap_ms: float = 0.0
     # Caller words missing from the record of a call that went on (a moved call's new fake
     # STT worker goes on with the script's next line: SttAssign.finals_heard).
     words_lost: int = 0
@@ -107,6 +114,13 @@ class CallerView:
                         v.errors.append(error)
             waits = [t.first_media_latency_ms for t in r.turns if t.first_media_latency_ms is not None]
             v.longest_wait_ms = max([v.longest_wait_ms, *waits])
+            silences = [t.first_played_latency_ms for t in r.turns if t.first_played_latency_ms is not None]
+            v.longest_silence_ms = max([v.longest_silence_ms, *silences])
+            v.unanswered += len(r.turns) - len(answered)
+            v.streams_broken += len(r.stream_breaks)
+            gaps = [b.gap_ms for b in r.stream_breaks if b.gap_ms is not None]
+            v.streams_resumed += len(gaps)
+            v.longest_stream_gap_ms = max([v.longest_stream_gap_ms, *gaps])
             v.stale_ms += sum(b.cancelled_audio_heard_after_ms for b in r.barge_ins)
             if r.record and not r.errors:
                 said = " ".join(_normal(str(t.get("caller_text", ""))) for t in r.record.get("turns", []))
@@ -118,7 +132,10 @@ class CallerView:
         return [
             f"calls: {self.calls}, completed {self.completed}, cut {self.cut}",
             f"turns answered: {self.turns_answered} of {self.turns_asked}",
-            f"longest wait for a reply: {self.longest_wait_ms:.0f} ms",
+            f"longest wait for a reply: {self.longest_wait_ms:.0f} ms (sent), "
+            f"longest silence heard: {self.longest_silence_ms:.0f} ms (played)",
+            f"media streams broken: {self.streams_broken}, resumed on another gateway: {self.streams_resumed}"
+            f" (longest gap {self.longest_stream_gap_ms:.0f} ms)",
             f"caller words lost: {self.words_lost}",
             f"stale audio heard: {self.stale_ms:.0f} ms",
             *(f"  cut by: {e}" for e in self.errors),
@@ -166,8 +183,29 @@ def run_chaos(args: argparse.Namespace) -> int:
     view = CallerView.of(results)
     print("\n" + "\n".join([f"kills: {len(kills)}", *view.lines()]))
     (out / "results.json").write_text(json.dumps({"kills": kills, "callers": view.__dict__}, indent=2))
-    print(f"results: {out}/results.json")
+    (out / "calls.json").write_text(json.dumps([_call_summary(r) for r in results], indent=1))
+    print(f"results: {out}/results.json, each call: {out}/calls.json")
     return 0
+
+
+def _call_summary(r: CallResult) -> dict[str, Any]:
+    """What a reader needs to find why a call's turn went unanswered: its turns, its stream
+    breaks, and how the record says it ended (then `grep <call_sid>` in the service logs)."""
+    record = r.record or {}
+    return {
+        "call_sid": r.call_sid,
+        "turns": [
+            {"text": t.text, "completed": t.completed, "wait_ms": t.first_media_latency_ms, "turn_id": t.turn_id}
+            for t in r.turns
+        ],
+        "stream_breaks": [asdict(b) for b in r.stream_breaks],
+        "errors": r.errors,
+        "notes": r.notes,
+        "end_reason": record.get("end_reason"),
+        "record_turns": [
+            {k: t.get(k) for k in ("turn_id", "kind", "caller_text", "cancel_reason")} for t in record.get("turns", [])
+        ],
+    }
 
 
 def _sample(stack: DevStack) -> dict[str, dict[str, Any]]:

@@ -341,15 +341,21 @@ class _Step(Speech):
             log.error("%d replies in a row could not be spoken: hanging up", call.silent_turns)
             self.control(Hangup(call_id=call.call_id, reason="text to speech unavailable"))
             return
-        if turn.action == "hangup":
-            self.control(Hangup(call_id=call.call_id, reason=turn.action_arg or "agent ended the call"))
-            return
-        if turn.action == "transfer" and turn.action_arg:
-            self.control(Transfer(call_id=call.call_id, to=turn.action_arg, reason="agent transfer"))
+        if self.act(turn.action, turn.action_arg):
             return
         if call.current is turn and call.state in (CallState.SPEAKING, CallState.THINKING):
             self.go(CallState.LISTENING)
             self.start_idle_timer()
+
+    def act(self, action: str, arg: str) -> bool:
+        """What a reply's end orders, once it was heard; False when it orders nothing."""
+        if action == "hangup":
+            self.control(Hangup(call_id=self.call.call_id, reason=arg or "agent ended the call"))
+            return True
+        if action == "transfer" and arg:
+            self.control(Transfer(call_id=self.call.call_id, to=arg, reason="agent transfer"))
+            return True
+        return False
 
     def _stream_lost(self, reason: str) -> None:
         """The stream broke without Twilio's `stop`: the caller may still be there, and
@@ -380,8 +386,11 @@ class _Step(Speech):
         call = self.call
         turn = call.current
         question, commit = "", None
+        rest: list[str] = []
         if turn is not None and turn.active:
             question = turn.open_question()
+            if turn.committed and not question and turn.brain_done:
+                rest = turn.unheard()
             commit = intents.Commit(
                 text=question,
                 speech_end_us=turn.times_us.get("speech_end", self.now_us),
@@ -398,10 +407,28 @@ class _Step(Speech):
         self.publish(subjects.turn_cancel(call.call_id), cancel)
         if question and commit is not None:
             self.commit_reply(self.start_reply(question, tentative=False), commit)
-        elif call.state is not CallState.CALLER_SPEAKING:
+        elif call.state is CallState.CALLER_SPEAKING:
+            pass  # the caller has the floor: what they say next is answered
+        elif turn is not None and turn.cancel_reason == reason and (rest or turn.action):
+            self._go_on_with(turn, rest)
+        else:
             self.go(CallState.LISTENING)
             self.start_idle_timer()
         self.effects.append(SaveRecord(call.record))
+
+    def _go_on_with(self, cut: Turn, rest: list[str]) -> None:
+        """The caller heard part of a reply before the break: the rest of it is said on
+        (the sentence they were in, again whole), and its action (hang up, transfer) kept."""
+        if not rest:
+            self.act(cut.action, cut.action_arg)
+            return
+        turn = self.new_turn(cut.kind)
+        turn.brain_done = True
+        turn.action, turn.action_arg = cut.action, cut.action_arg
+        self.go(CallState.THINKING)
+        for text in rest:
+            self.synthesize(turn, text)
+        self.synthesize(turn, "", last=True)
 
     # --- idle caller, failures, the end -------------------------------------------------
 

@@ -71,6 +71,15 @@ class Turn(msgspec.Struct, kw_only=True):
             return self.caller_text
         return ""
 
+    def unheard(self) -> list[str]:
+        """The sentences the caller did not hear to the end, in order, a partly heard one
+        whole: what a reply cut by a break (a broken stream, a takeover) still has to say."""
+        return [
+            text
+            for seq, text in sorted(self.sentences.items())
+            if text and seq not in self.sentence_heard and seq not in self.failed
+        ]
+
     def reply_text(self) -> str:
         return " ".join(self.sentences[s] for s in sorted(self.sentences) if self.sentences[s])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.messages import BrainTurn, CallStopped, Synthesize, Transcript, TurnCancel
+from proto.messages import BrainTurn, CallStopped, Hangup, Synthesize, Transcript, TurnCancel
 from services.orchestrator.call import Call
 from services.orchestrator.core import RESUME_TURN_ID_GAP
 from services.orchestrator.events import Resumed
@@ -52,23 +52,45 @@ def test_an_unheard_reply_is_asked_again_above_the_turn_id_gap() -> None:
     assert [s.text for s in d.published(Synthesize)] == ["Nine to six."]  # committed: spoken at once
 
 
-def test_a_half_heard_reply_is_kept_as_heard_and_the_caller_has_the_floor() -> None:
+def test_a_half_heard_reply_is_kept_as_heard_and_the_rest_is_said_on() -> None:
     d = Driver()
     d.greet()
     reply = d.answered(QUESTION, REPLY)
     d.wait(2500)
     d.mark(reply.turn_id, 0, 2380, sentence_end=True)
     _failover(d)
-    assert not d.published(BrainTurn)
+    assert not d.published(BrainTurn)  # nothing to ask again: the answer is known
     assert d.call.history[-1].content == REPLY[0]
     assert d.call.record.turns[-1].interrupted and d.call.record.turns[-1].cancel_reason == "orchestrator failover"
+    # The sentence the caller had not heard yet is said on, in a turn past the resume's gap.
+    assert [s.text for s in d.published(Synthesize)] == [REPLY[1], ""]
+    rest = d.turn
+    assert rest.turn_id > reply.turn_id + RESUME_TURN_ID_GAP - 1 and rest.kind == "reply"
+    assert d.call.state is CallState.THINKING
+    d.play(rest)
+    assert [h.content for h in d.call.history][-2:] == [REPLY[0], REPLY[1]]
     assert d.call.state is CallState.LISTENING and d.pending(TimerKind.IDLE)
     d.says("and on Sundays?")
     while d.pending(TimerKind.END_OF_TURN):
         d.fire(TimerKind.END_OF_TURN)
     request = d.published(BrainTurn)[-1]
     assert request.user_text == "and on Sundays?"
-    assert [h.content for h in request.history][-2:] == [QUESTION, REPLY[0]]
+    assert [h.content for h in request.history][-3:] == [QUESTION, REPLY[0], REPLY[1]]
+
+
+def test_a_goodbye_cut_by_the_break_still_hangs_up_after_its_rest() -> None:
+    d = Driver()
+    d.greet()
+    reply = d.answered(QUESTION, REPLY)
+    reply.action, reply.action_arg = "hangup", "agent said goodbye"
+    d.wait(2500)
+    d.mark(reply.turn_id, 0, 2380, sentence_end=True)
+    _failover(d)
+    rest = d.turn
+    assert rest.action == "hangup" and [s.text for s in d.published(Synthesize)] == [REPLY[1], ""]
+    effects = d.play(rest)
+    [hangup] = d.published(Hangup, effects)
+    assert hangup.reason == "agent said goodbye"
 
 
 def test_resumed_between_turns_the_call_just_listens() -> None:
