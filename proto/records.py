@@ -26,6 +26,7 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     cancel_reason: str = ""
     paused: int = 0  # times the caller talked over it without interrupting (backchannel, noise)
     preemptive: bool = False  # the brain started before the end of turn was confirmed
+    continues: int = 0  # the turn whose unheard rest this says, after a break (takeover, new stream)
     latency: dict[str, float] = {}  # stage -> ms, in pipeline order
 
 

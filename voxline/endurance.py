@@ -75,6 +75,20 @@ def _normal(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
 
 
+def _said_on(r: CallResult, turn_id: int | None) -> bool:
+    """A reply cut by a break (a gateway or orchestrator died) whose rest was said in a new
+    turn (the record's `continues`) and heard to the end: the caller got the whole answer."""
+    turns = (r.record or {}).get("turns", [])
+    while turn_id is not None:
+        rest = next((t for t in turns if t.get("continues") == turn_id), None)
+        if rest is None:
+            return False
+        if not rest.get("interrupted") and rest.get("heard_text") == rest.get("reply_text"):
+            return True
+        turn_id = rest.get("turn_id")
+    return False
+
+
 @dataclass
 class CallerView:
     """What the callers lived through, from the simulator's side and the call records."""
@@ -103,7 +117,7 @@ class CallerView:
         v = cls(calls=len(results))
         for r in results:
             v.turns_asked += len(r.turns)
-            answered = [t for t in r.turns if t.completed]
+            answered = [t for t in r.turns if t.completed or _said_on(r, t.turn_id)]
             v.turns_answered += len(answered)
             if r.accepted and not r.errors and len(answered) == len(r.turns):
                 v.completed += 1

@@ -423,7 +423,7 @@ class _Step(Speech):
             self.act(cut.action, cut.action_arg)
             return
         turn = self.new_turn(cut.kind)
-        turn.brain_done = True
+        turn.brain_done, turn.continues = True, cut.turn_id
         turn.action, turn.action_arg = cut.action, cut.action_arg
         self.go(CallState.THINKING)
         for text in rest:

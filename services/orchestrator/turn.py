@@ -30,6 +30,7 @@ class Turn(msgspec.Struct, kw_only=True):
     cancel_reason: str = ""
     committed: bool = True  # False while a preemptive reply waits for the end of turn
     preemptive: bool = False
+    continues: int = 0  # the turn cut by a break whose rest this turn says
     held: list[str] = []  # sentences of an uncommitted reply
     paused: int = 0  # times the caller talked over it without interrupting
     action: AgentAction = ""
@@ -178,5 +179,6 @@ class Turn(msgspec.Struct, kw_only=True):
             cancel_reason=self.cancel_reason,
             paused=self.paused,
             preemptive=self.preemptive,
+            continues=self.continues,
             latency=self.latency_ms(),
         )

@@ -28,3 +28,17 @@ def test_completed_cut_turns_waits_and_lost_words() -> None:
     assert view.longest_wait_ms == 1500.0
     assert view.words_lost == 1  # the cut call's record is not counted: it did not go on
     assert view.stale_ms == 40
+
+
+def test_a_reply_cut_by_a_break_counts_as_answered_only_once_its_rest_was_heard_whole() -> None:
+    said_on = _call("CA4", [True, False], ["Where can I park?", "How much is a cleaning?"])
+    said_on.turns[1].turn_id = 7
+    rest = {"turn_id": 108, "kind": "reply", "continues": 7, "reply_text": "It is 80 dollars.", "interrupted": False}
+    assert said_on.record is not None
+    said_on.record["turns"] += [{**rest, "heard_text": "It is 80 dollars."}]
+    cut_again = _call("CA5", [True, False], ["Where can I park?", "How much is a cleaning?"])
+    cut_again.turns[1].turn_id = 7
+    assert cut_again.record is not None
+    cut_again.record["turns"] += [{**rest, "heard_text": "It is", "interrupted": True}]
+    view = CallerView.of([said_on, cut_again])
+    assert (view.turns_answered, view.completed) == (3, 1)

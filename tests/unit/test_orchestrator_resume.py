@@ -66,6 +66,7 @@ def test_a_half_heard_reply_is_kept_as_heard_and_the_rest_is_said_on() -> None:
     assert [s.text for s in d.published(Synthesize)] == [REPLY[1], ""]
     rest = d.turn
     assert rest.turn_id > reply.turn_id + RESUME_TURN_ID_GAP - 1 and rest.kind == "reply"
+    assert rest.continues == reply.turn_id
     assert d.call.state is CallState.THINKING
     d.play(rest)
     assert [h.content for h in d.call.history][-2:] == [REPLY[0], REPLY[1]]
