@@ -16,7 +16,8 @@ import msgspec
 import nats
 import pytest
 
-from proto.messages import BrainTurn
+from proto import decode, subjects
+from proto.messages import BrainTurn, SpeechStarted
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
 from proto.records import CALL_RECORDS_BUCKET
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, service_log, wait_until, watching
@@ -251,3 +252,50 @@ async def test_with_no_gateway_left_the_call_ends_and_is_released_everywhere(pai
     await wait_until(lambda: _released_everywhere(stack, script.call_sid), 10, "every service to release the call")
     for key in GATEWAYS:
         await asyncio.get_running_loop().run_in_executor(None, stack.restart, key)
+
+
+async def test_the_stt_worker_killed_mid_sentence_the_sentence_is_still_heard(pair: DevStack) -> None:
+    """The worker dies while the caller is talking: its replacement first transcribes the
+    caller audio the gateway kept since the last final, so the sentence is not lost."""
+    stack = pair
+    long_question = "could you tell me whether you are open on saturday mornings and where I can park"
+    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=long_question, pause_ms=1500))
+    nc = await nats.connect(stack.nats_url)
+    onsets: list[SpeechStarted] = []
+
+    async def on_stt(msg: nats.aio.msg.Msg) -> None:
+        event = decode(msg.data)
+        if isinstance(event, SpeechStarted):
+            onsets.append(event)
+
+    await nc.subscribe(subjects.stt_events(str(script.call_sid)), cb=on_stt)
+    try:
+        call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+
+        async def second_sentence_begun() -> bool:
+            return len(onsets) >= 2
+
+        await wait_until(second_sentence_begun, timeout=30, what="the caller to start the second sentence")
+        holder = await _stt_worker_of(stack, str(script.call_sid))
+        assert holder is not None, "no STT worker lists the call"
+        stack.processes[holder].kill()
+        result = await call
+    finally:
+        await nc.close()
+    assert not result.errors, result.errors
+    assert [t.completed for t in result.turns] == [True, True]
+    assert result.record is not None
+    replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
+    assert [r["caller_text"] for r in replies] == [QUESTIONS[0], long_question]
+    await asyncio.get_running_loop().run_in_executor(None, stack.restart, holder)
+
+
+async def _stt_worker_of(stack: DevStack, call_id: str) -> str | None:
+    async with httpx.AsyncClient() as client:
+        for key in ("stt", "stt-2"):
+            proc = stack.processes[key]
+            if proc.alive:
+                status = (await client.get(proc.health_url.replace("/readyz", "/status"), timeout=2)).json()
+                if call_id in status.get("calls", []):
+                    return key
+    return None
