@@ -60,10 +60,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 @contextlib.contextmanager
 def own_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str], replicas: int = 1
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str], replicas: int = 1, nats_url: str = ""
 ) -> Iterator[DevStack]:
     """A stack of its own, for a module that kills or replaces its processes; `env` adds
-    to (or overrides) the suite's settings."""
+    to (or overrides) the suite's settings; `nats_url`: NATS the test started (else one
+    of the stack's own)."""
     logs = tmp_path_factory.mktemp(f"{name}-logs")
     agents = tmp_path_factory.mktemp(f"{name}-agents")
     shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
@@ -86,6 +87,7 @@ def own_stack(
         extra_env={**base, **env},
         verbose=False,
         replicas=replicas,
+        nats_url=nats_url,
     )
     try:
         s.start(timeout=90)
