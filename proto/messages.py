@@ -239,6 +239,21 @@ class SentenceSynthesized(_Msg, kw_only=True, frozen=True):
     attempt: int = 0
 
 
+class SynthesisProgress(_Msg, kw_only=True, frozen=True):
+    """tts -> orchestrator: a sentence's audio is flowing. Sent with its first chunk, then
+    with a chunk at most every `tts_progress_interval_s` (a few a second per sentence in
+    synthesis, not one per chunk), so the orchestrator's watchdog follows the next chunk:
+    a worker that dies mid-sentence is noticed `tts_progress_timeout_s` after its last
+    report, however long the sentence."""
+
+    turn_id: int
+    seq: int
+    attempt: int = 0
+    chunks: int  # chunks of the sentence published so far
+    at_us: int
+    worker_id: str = ""  # which TTS worker: the one to look at when progress stops
+
+
 class TtsError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     seq: int
@@ -353,6 +368,7 @@ Message = (
     | ReplyError
     | Synthesize
     | SentenceSynthesized
+    | SynthesisProgress
     | TtsError
     | MarkPlayed
     | ReplyAudioSent

@@ -247,7 +247,15 @@ class OrchestratorSettings(WorkerSettings):
         8.0, description="No reply sentence this long after a request: apologise (a brain worker died or hangs)."
     )
     tts_timeout_s: float = Field(
-        5.0, description="No synthesis result this long after a request: ask another TTS worker once, then skip."
+        5.0,
+        description="No first audio (SynthesisProgress) or result this long after a request: ask another TTS "
+        "worker once, then skip. Covers the provider's time to first audio.",
+    )
+    tts_progress_timeout_s: float = Field(
+        2.0,
+        description="A sentence whose audio was flowing and that has had no progress report this long: its TTS "
+        "worker is taken for dead and another asked (the retry, then a skip). Well above "
+        "VOXLINE_TTS_PROGRESS_INTERVAL_S.",
     )
     lease_ttl_s: float = Field(
         1.5,
@@ -316,6 +324,11 @@ class TtsSettings(WorkerSettings):
     fake_ms_per_char: float = Field(55.0, description="Fake TTS: audio length per character of text.")
     tts_stall_timeout_s: float = Field(
         5.0, description="A provider silent this long fails the sentence: TtsError, and the sentence is closed."
+    )
+    tts_progress_interval_s: float = Field(
+        0.5,
+        description="While a sentence's audio flows, a SynthesisProgress at most this often (and with its first "
+        "chunk): the orchestrator's watchdog follows it. Well below VOXLINE_TTS_PROGRESS_TIMEOUT_S.",
     )
     tts_provider_attempts: int = Field(
         2, description="Tries per provider on 429/5xx/dropped socket before the next provider in the chain."

@@ -25,6 +25,7 @@ class CallLimits(msgspec.Struct, frozen=True, kw_only=True):
     history_turns: int = 20
     brain_timeout_s: float = 8.0
     tts_timeout_s: float = 5.0
+    tts_progress_timeout_s: float = 2.0
 
 
 class Call(msgspec.Struct, kw_only=True):

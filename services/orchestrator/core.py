@@ -36,6 +36,7 @@ from proto.messages import (
     SpeechStarted,
     StreamResume,
     SttError,
+    SynthesisProgress,
     Transcript,
     Transfer,
     TtsError,
@@ -119,6 +120,8 @@ class _Step(Speech):
                 self.on_tts_error(event)
             case SentenceSynthesized():
                 self.on_synthesized(event)
+            case SynthesisProgress():
+                self.on_tts_progress(event)
             case ReplyAudioSent():
                 self._on_audio_sent(event)
             case MarkPlayed():

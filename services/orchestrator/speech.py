@@ -1,10 +1,16 @@
 """The agent's sentences on their way to TTS, and the watchdog on each of them.
 
-A TTS worker can die with a sentence in flight. The watchdog asks another worker for the
-same sentence (attempt 1); if that also brings no result, it sends an empty skip (attempt
-2, the same `last` flag) so the reply moves on instead of waiting on a silent line. The
-gateway plays only the newest attempt of a sentence, and a result of an older attempt
-than the newest one sent is news about audio nobody will play: it is ignored here too.
+A TTS worker can die with a sentence in flight. The watchdog follows the sentence's
+progress, not the whole sentence: it waits `tts_timeout_s` for the first audio (the
+provider's time to first byte), then, from each `SynthesisProgress` on, only
+`tts_progress_timeout_s` for the next one. A long sentence that keeps flowing is never
+taken for dead, and a worker killed in its middle is noticed a progress timeout (2 s)
+after its last chunk, not a sentence's length after the request. The watchdog then asks
+another worker for the same sentence (attempt 1); if that also brings no result, it
+sends an empty skip (attempt 2, the same `last` flag) so the reply moves on instead of
+waiting on a silent line. The gateway plays only the newest attempt of a sentence (a
+retried one from its start), and news of an older attempt than the newest one sent is
+about audio nobody will play: it is ignored here too.
 
 `Speech` is the part of one step (`core._Step`) that owns turns, timers and sentences.
 """
@@ -15,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proto import subjects
-from proto.messages import Message, SentenceSynthesized, Synthesize, TtsError, TurnKind
+from proto.messages import Message, SentenceSynthesized, SynthesisProgress, Synthesize, TtsError, TurnKind
 from services.orchestrator.effects import CancelTimer, Effect, Publish, StartTimer
 from services.orchestrator.timers import PendingTimer, Timer, TimerKind
 from services.orchestrator.turn import Turn
@@ -111,7 +117,7 @@ class Speech:
         if turn is None or not turn.active:
             return
         if turn.attempts.get(seq, 0) < RETRY_ATTEMPT:
-            log.error("no TTS result for turn %d sentence %d; asking another worker", turn_id, seq)
+            log.error("no TTS progress on turn %d sentence %d; asking another worker", turn_id, seq)
             self._send(turn, seq, RETRY_ATTEMPT)
         else:
             log.error("TTS failed twice on turn %d sentence %d; skipping it", turn_id, seq)
@@ -121,6 +127,14 @@ class Speech:
     def _stale(self, turn: Turn | None, seq: int, attempt: int) -> bool:
         """A result of an attempt older than the newest one sent for the sentence."""
         return turn is not None and attempt < turn.attempts.get(seq, 0)
+
+    def on_tts_progress(self, msg: SynthesisProgress) -> None:
+        """The sentence's audio is flowing: the watchdog waits for the next report only."""
+        timer = Timer(TimerKind.TTS, msg.turn_id, msg.seq)
+        if self._stale(self.turn_by_id(msg.turn_id), msg.seq, msg.attempt):
+            return  # a superseded attempt still talking: its progress is not the sentence's
+        if any(p.timer == timer for p in self.call.timers):  # else: done, failed, skipped or cancelled
+            self.start_timer(timer, self.call.limits.tts_progress_timeout_s)
 
     def on_tts_error(self, msg: TtsError) -> None:
         log.error("TtsError: %s", msg.message)

@@ -25,7 +25,7 @@ class TimerKind(enum.StrEnum):
     OVERLAP = "overlap"  # the caller talked over the reply this long: an interruption
     IDLE = "idle"  # the caller stayed silent after the agent finished: reprompt, then goodbye
     BRAIN = "brain"  # no reply sentence in time (per turn)
-    TTS = "tts"  # no synthesis result in time (per turn and sentence)
+    TTS = "tts"  # no first audio, next progress report or result in time (per turn and sentence)
     MAX_CALL = "max_call"  # the agent's maximum call length (seq 0), then the goodbye's grace (seq 1)
     STREAM_LOST = "stream_lost"  # the media stream broke and Twilio did not come back with a new one
 

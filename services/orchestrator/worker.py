@@ -91,6 +91,7 @@ class Orchestrator(Failover):
             history_turns=settings.history_turns,
             brain_timeout_s=settings.brain_timeout_s,
             tts_timeout_s=settings.tts_timeout_s,
+            tts_progress_timeout_s=settings.tts_progress_timeout_s,
         )
         self.agents = AgentStore(settings.agents_dir)
         self.calls: dict[str, CallActor] = {}

@@ -1,6 +1,11 @@
 """The TTS worker: synthesizes sentences from a queue group, one asyncio task per
 sentence, and streams each as fixed-length audio chunks to the call's audio.out subject.
 
+While a sentence's audio flows, the worker tells the orchestrator so (`SynthesisProgress`,
+with the first chunk and then at most every `tts_progress_interval_s`): its watchdog
+follows that, so a worker that dies mid-sentence is replaced within seconds, and a
+long sentence that keeps flowing is never taken for a dead one.
+
 The gateway plays a turn's audio in (seq, chunk) order and moves to the next sentence
 only on an END_OF_SENTENCE frame, so every sentence this worker accepts ends with one,
 even when its text is empty or synthesis fails; otherwise the caller would hear silence
@@ -17,7 +22,7 @@ from prometheus_client import Gauge
 
 from proto import subjects
 from proto.audio_frame import AudioFrame, FrameFlags
-from proto.messages import SentenceSynthesized, Synthesize, TtsError
+from proto.messages import SentenceSynthesized, SynthesisProgress, Synthesize, TtsError
 from services.common import TurnWorker, WorkKind, launch
 from services.tts.providers import TtsProvider, make_provider
 from voxline import tracing
@@ -96,9 +101,10 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
         provider_ttfb_ms = 0.0
         loop = asyncio.get_running_loop()
         started = loop.time()
+        reported = float("-inf")  # when progress was last reported: the first chunk is, at once
 
         async def send(payload: bytes, last: bool) -> None:
-            nonlocal chunk, audio_bytes, first_audio_us
+            nonlocal chunk, audio_bytes, first_audio_us, reported
             at = now_us()
             frame = AudioFrame(
                 payload, request.turn_id, request.seq, chunk, frame_flags(request, last), at, request.attempt
@@ -111,6 +117,21 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
                     FIRST_AUDIO.observe(max(0, at - request.requested_at_us) / 1e6)
             chunk += 1
             audio_bytes += len(payload)
+            # The last chunk is followed by the sentence's result at once: no report needed.
+            if not last and loop.time() - reported >= self.settings.tts_progress_interval_s:
+                reported = loop.time()
+                await self.publish(subjects.tts_events(request.call_id), progress(chunk, at), headers)
+
+        def progress(chunks: int, at: int) -> SynthesisProgress:
+            return SynthesisProgress(
+                call_id=request.call_id,
+                turn_id=request.turn_id,
+                seq=request.seq,
+                attempt=request.attempt,
+                chunks=chunks,
+                at_us=at,
+                worker_id=self.settings.instance_id,
+            )
 
         async def take(piece: bytes) -> None:
             nonlocal provider_ttfb_ms

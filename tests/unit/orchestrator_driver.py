@@ -18,6 +18,7 @@ from proto.messages import (
     SpeechEnded,
     SpeechPaused,
     SpeechStarted,
+    SynthesisProgress,
     Transcript,
     TtsError,
 )
@@ -138,6 +139,13 @@ class Driver:
                 first_audio_us=self.now_us,
                 at_us=self.now_us,
                 attempt=attempt,
+            )
+        )
+
+    def progress(self, turn_id: int, seq: int, chunks: int, attempt: int = 0) -> list[Effect]:
+        return self.send(
+            SynthesisProgress(
+                call_id=CALL_ID, turn_id=turn_id, seq=seq, attempt=attempt, chunks=chunks, at_us=self.now_us
             )
         )
 

@@ -59,6 +59,86 @@ def test_a_result_of_the_newest_attempt_stops_the_watchdog() -> None:
     assert not d.pending(TimerKind.TTS, greeting.turn_id, 1)
 
 
+LONG_SENTENCE = "You said: " + "tell me about every opening hour of every branch you have " * 3 + "."
+
+
+def test_a_tts_worker_dying_mid_sentence_is_noticed_one_progress_timeout_after_its_last_chunk() -> None:
+    """The watchdog follows the sentence's progress: a long sentence that keeps flowing is
+    never taken for dead (before: retried `tts_timeout_s` after its request, flowing or
+    not), and a worker that stops mid-sentence is replaced one progress timeout after its
+    last report, by attempt 1 of the same sentence, and the reply goes on."""
+    d = Driver(limits=CallLimits(tts_timeout_s=5.0, tts_progress_timeout_s=1.0))
+    d.greet()
+    d.says("What are your opening hours?")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.sentence(turn.turn_id, 0, LONG_SENTENCE)
+    d.done(turn.turn_id, 1)
+    watchdog = d.pending(TimerKind.TTS, turn.turn_id, 0)
+    assert watchdog is not None and watchdog.deadline_us == d.now_us + 5_000_000  # first audio: the provider's TTFB
+
+    for chunks in range(1, 20):  # 9.5 s of flowing audio reports, well past the 5 s
+        d.wait(500)
+        d.progress(turn.turn_id, 0, chunks)
+        watchdog = d.pending(TimerKind.TTS, turn.turn_id, 0)
+        assert watchdog is not None and watchdog.deadline_us == d.now_us + 1_000_000, chunks
+    assert [s.attempt for s in d.published(Synthesize) if s.turn_id == turn.turn_id and s.seq == 0] == [0]
+    last_report_us = d.now_us
+
+    d.fire(TimerKind.TTS, turn.turn_id, 0)  # the worker was killed: no report after the last
+    assert d.now_us == last_report_us + 1_000_000
+    retry = d.published(Synthesize)[-1]
+    assert (retry.seq, retry.attempt, retry.text, retry.last) == (0, 1, LONG_SENTENCE, False)
+    retry_watchdog = d.pending(TimerKind.TTS, turn.turn_id, 0)
+    assert retry_watchdog is not None and retry_watchdog.deadline_us == d.now_us + 5_000_000
+    d.wait(100)
+    d.progress(turn.turn_id, 0, 20, attempt=0)  # the dead attempt's last words, late: not the retry's
+    assert d.pending(TimerKind.TTS, turn.turn_id, 0) == retry_watchdog
+    d.progress(turn.turn_id, 0, 1, attempt=1)  # the retry flows
+    retry_watchdog = d.pending(TimerKind.TTS, turn.turn_id, 0)
+    assert retry_watchdog is not None and retry_watchdog.deadline_us == d.now_us + 1_000_000
+    d.synthesized(turn.turn_id, 0, audio_ms=11_000.0, attempt=1)
+    d.progress(turn.turn_id, 0, 2, attempt=1)  # a report overtaken by the result starts nothing again
+    assert not d.pending(TimerKind.TTS, turn.turn_id, 0)
+    assert turn.audio_ms[0] == 11_000.0 and not turn.failed and turn.active
+    d.synthesized(turn.turn_id, 1, audio_ms=0.0)
+    d.audio_sent(turn.turn_id)
+    d.mark(turn.turn_id, 0, 11_000, sentence_end=True)
+    d.mark(turn.turn_id, 1, 0, sentence_end=True, turn_end=True)
+    assert d.call.record.turns[-1].heard_text == LONG_SENTENCE
+    assert d.call.state is CallState.LISTENING
+
+
+def test_a_retry_that_stops_mid_sentence_too_is_skipped_and_the_reply_goes_on() -> None:
+    d = Driver(limits=CallLimits(tts_timeout_s=5.0, tts_progress_timeout_s=1.0))
+    d.send(Greet(call_start_us=d.now_us))
+    greeting = d.turn
+    d.progress(greeting.turn_id, 0, 1)
+    d.fire(TimerKind.TTS, greeting.turn_id, 0)  # attempt 0 stopped mid-sentence
+    d.progress(greeting.turn_id, 0, 1, attempt=1)
+    d.fire(TimerKind.TTS, greeting.turn_id, 0)  # and so did attempt 1
+    skip = d.published(Synthesize)[-1]
+    assert (skip.seq, skip.attempt, skip.text) == (0, 2, "")
+    assert 0 in greeting.failed and not d.pending(TimerKind.TTS, greeting.turn_id, 0)
+    d.progress(greeting.turn_id, 0, 2, attempt=1)  # the skipped retry, late
+    assert not d.pending(TimerKind.TTS, greeting.turn_id, 0)
+    assert d.pending(TimerKind.TTS, greeting.turn_id, 1), "the closing marker is still watched: the reply goes on"
+
+
+def test_progress_of_a_cancelled_turn_starts_no_watchdog() -> None:
+    d = Driver(limits=CallLimits(tts_progress_timeout_s=1.0))
+    d.greet()
+    d.says("What are your opening hours?")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.sentence(turn.turn_id, 0, LONG_SENTENCE)
+    d.audio_sent(turn.turn_id)
+    d.says("Actually, never mind.")  # a barge-in: the turn is cancelled
+    assert turn.cancelled and not d.pending(TimerKind.TTS, turn.turn_id, 0)
+    d.progress(turn.turn_id, 0, 3)
+    assert not d.pending(TimerKind.TTS, turn.turn_id, 0)
+
+
 def test_brain_timeout_apologises() -> None:
     d = Driver(limits=CallLimits(brain_timeout_s=2.0))
     d.greet()

@@ -14,7 +14,7 @@ import pytest
 from proto import subjects
 from proto.audio_frame import AudioFrame, FrameFlags
 from proto.headers import CALL_ID, TURN_ID
-from proto.messages import CallEnded, SentenceSynthesized, Synthesize, TtsError, TurnCancel
+from proto.messages import CallEnded, SentenceSynthesized, SynthesisProgress, Synthesize, TtsError, TurnCancel
 from services.common import TurnsInFlight
 from services.tts.providers import make_provider
 from services.tts.providers.fake import fake_speech
@@ -84,16 +84,25 @@ def frames(probe: Probe, call_id: str = "c1") -> list[AudioFrame]:
     ]
 
 
-def events(probe: Probe, call_id: str = "c1") -> list[SentenceSynthesized | TtsError]:
+def reports(probe: Probe, call_id: str = "c1") -> list[SentenceSynthesized | TtsError | SynthesisProgress]:
     """What the worker reported about the call's sentences; every report is on its call's subject."""
-    reports = []
+    found = []
     for seen in probe.received():
         if not isinstance(seen.item, AudioFrame):
-            assert isinstance(seen.item, SentenceSynthesized | TtsError), seen
+            assert isinstance(seen.item, SentenceSynthesized | TtsError | SynthesisProgress), seen
             assert seen.subject == subjects.tts_events(seen.item.call_id), seen
             if seen.item.call_id == call_id:
-                reports.append(seen.item)
-    return reports
+                found.append(seen.item)
+    return found
+
+
+def events(probe: Probe, call_id: str = "c1") -> list[SentenceSynthesized | TtsError]:
+    """The sentences' outcomes (results and errors), without the progress reports."""
+    return [r for r in reports(probe, call_id) if not isinstance(r, SynthesisProgress)]
+
+
+def progress(probe: Probe, call_id: str = "c1") -> list[SynthesisProgress]:
+    return [r for r in reports(probe, call_id) if isinstance(r, SynthesisProgress)]
 
 
 async def test_sentence_becomes_ordered_chunks_closed_by_end_of_sentence(worker_bus: Bus, probe: Probe) -> None:
@@ -178,6 +187,40 @@ async def test_first_chunk_goes_out_before_synthesis_ends(worker_bus: Bus, probe
     provider.queue.put_nowait(None)
     await probe.until(lambda: bool(events(probe)), "the sentence's report")
     assert [len(f.payload) for f in frames(probe)] == [800, 200]
+    await worker.stop()
+
+
+async def test_progress_is_reported_with_the_first_chunk_then_at_most_once_an_interval(
+    worker_bus: Bus, probe: Probe
+) -> None:
+    """The orchestrator's watchdog follows these reports: the first chunk is reported at
+    once; later chunks only once the interval has passed since the last report, so a
+    sentence's audio costs a few reports a second, not one per chunk."""
+    provider = GatedProvider()
+    worker = await make_worker(worker_bus, provider, tts_progress_interval_s=3600.0, instance_id="tts-a")
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("A long sentence.", turn_id=3, seq=1, attempt=1))
+    provider.queue.put_nowait(b"\x7f" * 1000)
+    await probe.until(lambda: bool(progress(probe)), "the first chunk's report")
+    [first] = progress(probe)
+    assert (first.turn_id, first.seq, first.attempt, first.chunks, first.worker_id) == (3, 1, 1, 1, "tts-a")
+    assert first.at_us == frames(probe)[0].timestamp_us
+    provider.queue.put_nowait(b"\x7f" * 4000)  # five more chunks within the interval: no report
+    await probe.until(lambda: len(frames(probe)) == 6, "five more chunks")
+    worker.settings.tts_progress_interval_s = 0.0  # the interval has passed: the next chunk is reported
+    provider.queue.put_nowait(b"\x7f" * 800)
+    await probe.until(lambda: len(progress(probe)) == 2, "the next report")
+    assert progress(probe)[1].chunks == 7
+    provider.queue.put_nowait(None)  # the last chunk: the result follows, no report before it
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    assert [type(r) for r in reports(probe)] == [SynthesisProgress, SynthesisProgress, SentenceSynthesized]
+    await worker.stop()
+
+
+async def test_an_empty_sentence_reports_no_progress(worker_bus: Bus, probe: Probe) -> None:
+    worker = await make_worker(worker_bus)
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("", seq=3, last=True))
+    await probe.until(lambda: bool(events(probe)), "the sentence's report")
+    assert not progress(probe)
     await worker.stop()
 
 
