@@ -83,6 +83,17 @@ async def unsubscribe_quietly(sub: Subscription) -> None:
         log.debug("unsubscribe of %s failed: %s", sub.subject, exc)
 
 
+async def drain_quietly(sub: Subscription, timeout_s: float = 2.0) -> None:
+    """Leave a queue group without losing what NATS already delivered: the server stops
+    sending, and the messages on their way are handled first. Without the bus (or if that
+    takes too long) the subscription is simply dropped."""
+    try:
+        await asyncio.wait_for(sub.drain(), timeout_s)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        log.debug("drain of %s failed (%s): unsubscribing", sub.subject, exc)
+        await unsubscribe_quietly(sub)
+
+
 class RecentCalls:
     """A bounded map of recently seen call ids to an int (LRU), so memory stays flat."""
 
@@ -113,7 +124,10 @@ class QueueSeat:
     once it is below capacity. Capacity 0 = no limit.
 
     Changes are made in a task of their own: a worker finds itself full inside the queue's
-    own callback, and unsubscribing from there would cancel that callback."""
+    own callback, and unsubscribing from there would cancel that callback. Leaving drains
+    the subscription: work NATS already sent this worker is still handled (a little over
+    capacity), since an unsubscribe would throw it away and a sentence or a call would be
+    lost until a watchdog noticed."""
 
     def __init__(self, bus: Bus, subject: str, queue: str, handler: MessageHandler, capacity: int) -> None:
         self.bus, self.subject, self.queue, self.handler, self.capacity = bus, subject, queue, handler, capacity
@@ -134,8 +148,8 @@ class QueueSeat:
     async def _leave(self) -> None:
         async with self._lock:
             if self._sub is not None:
-                await unsubscribe_quietly(self._sub)
-                self._sub = None
+                sub, self._sub = self._sub, None
+                await drain_quietly(sub)
 
     def holding(self, held: int) -> None:
         """The worker now holds `held` units of work: leave or join accordingly."""
@@ -180,9 +194,11 @@ class TurnsInFlight(msgspec.Struct, frozen=True):
 
 
 class TurnTasks:
-    """Tasks working on a (call, turn), cancellable by turn id or by call."""
+    """Tasks working on a (call, turn), cancellable by turn id or by call. `changed` is
+    called whenever the number of active tasks may have changed (admission control)."""
 
-    def __init__(self) -> None:
+    def __init__(self, changed: Callable[[], None] | None = None) -> None:
+        self._changed = changed or (lambda: None)
         self._tasks: dict[str, dict[asyncio.Task[None], int]] = {}
         self._unwinding: set[asyncio.Task[None]] = set()  # cancelled, not finished yet
         self._cancelled_upto = RecentCalls()
@@ -200,6 +216,7 @@ class TurnTasks:
         tasks = self._tasks.setdefault(call_id, {})
         tasks[task] = turn_id
         task.add_done_callback(lambda done: self._forget(call_id, done))
+        self._changed()
         return task
 
     def _forget(self, call_id: str, task: asyncio.Task[None]) -> None:
@@ -209,6 +226,7 @@ class TurnTasks:
             tasks.pop(task, None)
             if not tasks:
                 del self._tasks[call_id]
+        self._changed()
 
     def _cancel(self, call_id: str, victims: list[asyncio.Task[None]]) -> int:
         """Cancel and stop counting them as work at once; they unwind in the background."""
@@ -220,6 +238,8 @@ class TurnTasks:
                 self._unwinding.add(task)
         if not tasks:
             self._tasks.pop(call_id, None)
+        if victims:
+            self._changed()
         return len(victims)
 
     def cancel_turns(self, call_id: str, upto_turn_id: int) -> int:
@@ -280,6 +300,9 @@ class TurnWorkerStatus(msgspec.Struct, frozen=True):
     provider: str
     active: int  # requests being worked on: turns (brain) or sentences (tts)
     turns: list[TurnsInFlight]
+    worker_id: str = ""  # the instance id it reports progress under (SynthesisProgress)
+    capacity: int = 0  # most requests at once (0 = no limit)
+    in_queue: bool = True  # False while at capacity (or draining): NATS gives work to the others
 
 
 class TurnRequest(Protocol):
@@ -315,17 +338,34 @@ class TurnWorker(Generic[R, P]):
 
     Cancelling a task closes its provider stream, so a reply nobody will hear stops
     costing tokens or synthesis, and nothing more of it is published.
+
+    A worker holds at most `capacity` requests (0 = no limit): at capacity it leaves the
+    work queue group (`QueueSeat`), so NATS hands new turns or sentences to a worker with
+    room. A request NATS had already sent on its way when the worker left is still taken
+    (a little over capacity beats a lost sentence); one that finds no worker with room is
+    lost, and the orchestrator's watchdog answers for it (apology, retry, skip).
     """
 
-    def __init__(self, bus: Bus, provider: P, kind: WorkKind, request: type[R], stall_s: float, gauge: Gauge) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        provider: P,
+        kind: WorkKind,
+        request: type[R],
+        stall_s: float,
+        gauge: Gauge,
+        capacity: int = 0,
+        worker_id: str = "",
+    ) -> None:
         self.bus = bus
         self.provider = provider
         self.kind = kind
         self.request = request
         self.stall_s = stall_s
-        self.tasks = TurnTasks()
+        self.worker_id = worker_id
+        self.tasks = TurnTasks(changed=lambda: self._seat.holding(self.tasks.active()))
         self.fence = Fence()
-        self._work: list[Subscription] = []
+        self._seat = QueueSeat(bus, kind.subject, kind.queue, self.on_request, capacity)
         self._control: list[Subscription] = []
         self._ready = False
         self._stopping = False
@@ -337,14 +377,21 @@ class TurnWorker(Generic[R, P]):
             await self.bus.subscribe(subjects.ALL_TURN_CANCELS, self.on_cancel),
             await self.bus.subscribe(subjects.CALL_ENDED, self.on_call_ended),
         ]
-        self._work = [await self.bus.subscribe(self.kind.subject, self.on_request, queue=self.kind.queue)]
+        await self._seat.join()
         self._ready = True
 
     def ready(self) -> bool:
         return self._ready
 
     def status(self) -> TurnWorkerStatus:
-        return TurnWorkerStatus(provider=self.provider.name, active=self.tasks.active(), turns=self.tasks.turns())
+        return TurnWorkerStatus(
+            provider=self.provider.name,
+            active=self.tasks.active(),
+            turns=self.tasks.turns(),
+            worker_id=self.worker_id,
+            capacity=self._seat.capacity,
+            in_queue=self._seat.joined,
+        )
 
     async def work(self, request: R, headers: dict[str, str]) -> None:
         raise NotImplementedError
@@ -446,9 +493,7 @@ class TurnWorker(Generic[R, P]):
         """Leave the work queue (a replica takes the next requests) and finish what is in
         flight; cancels and call ends are still heard meanwhile."""
         self._ready = False
-        for sub in self._work:
-            await unsubscribe_quietly(sub)
-        self._work = []
+        await self._seat.close()
         await self.tasks.idle()
 
     async def stop(self) -> None:
@@ -456,8 +501,7 @@ class TurnWorker(Generic[R, P]):
         `consume`, so the orchestrator and the caller's playback move on."""
         self._ready = False
         self._stopping = True
-        for sub in self._work:
-            await unsubscribe_quietly(sub)
+        await self._seat.close()
         await self.tasks.drain(STOP_GRACE_S)
         for sub in self._control:
             await unsubscribe_quietly(sub)

@@ -293,6 +293,13 @@ class BrainSettings(WorkerSettings):
     brain_provider: str = Field("", description="fake | local | openai; empty = the profile's choice.")
     fake_ttft_ms: int = Field(150, description="Fake brain: time to first token.")
     fake_tokens_per_s: float = Field(50.0, description="Fake brain: streaming rate after the first token.")
+    brain_max_turns: int = Field(
+        200,
+        description="Replies one brain worker streams at once; at capacity it leaves the brain queue, so NATS "
+        "gives new turns to workers with room (0 = no limit). A turn no worker has room for gets the agent's "
+        "apology after VOXLINE_BRAIN_TIMEOUT_S. The local profile's llama-server answers a few at a time: set it "
+        "low there.",
+    )
     brain_stall_timeout_s: float = Field(
         10.0, description="A provider silent this long (before or between tokens) fails the turn with a ReplyError."
     )
@@ -318,6 +325,13 @@ class TtsSettings(WorkerSettings):
     tts_provider: str = Field(
         "",
         description="fake | local | elevenlabs | openai, or a fallback chain like elevenlabs,openai; empty = profile.",
+    )
+    tts_max_sentences: int = Field(
+        400,
+        description="Sentences one TTS worker synthesizes at once (a reply's sentences go in parallel); at capacity "
+        "it leaves the tts queue, so NATS gives new sentences to workers with room (0 = no limit). A sentence no "
+        "worker has room for is retried by the orchestrator's watchdog, then skipped. Piper (local) is CPU-bound: "
+        "set it low there.",
     )
     tts_chunk_ms: int = Field(100, description="Reply audio chunk length; one Twilio mark follows each chunk.")
     fake_ttfb_ms: int = Field(60, description="Fake TTS: time to first audio byte.")

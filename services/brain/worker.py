@@ -32,7 +32,16 @@ BRAIN = WorkKind("brain", subjects.BRAIN_TURN, subjects.QUEUE_BRAIN, unit="reply
 
 class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
     def __init__(self, bus: Bus, settings: BrainSettings, provider: BrainProvider) -> None:
-        super().__init__(bus, provider, BRAIN, BrainTurn, settings.brain_stall_timeout_s, ACTIVE_TURNS)
+        super().__init__(
+            bus,
+            provider,
+            BRAIN,
+            BrainTurn,
+            settings.brain_stall_timeout_s,
+            ACTIVE_TURNS,
+            capacity=settings.brain_max_turns,
+            worker_id=settings.instance_id,
+        )
         self.settings = settings
 
     async def work(self, turn: BrainTurn, headers: dict[str, str]) -> None:

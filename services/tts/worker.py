@@ -82,7 +82,16 @@ def frame_flags(request: Synthesize, last_chunk: bool) -> FrameFlags:
 
 class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
     def __init__(self, bus: Bus, settings: TtsSettings, provider: TtsProvider) -> None:
-        super().__init__(bus, provider, TTS, Synthesize, settings.tts_stall_timeout_s, ACTIVE_SENTENCES)
+        super().__init__(
+            bus,
+            provider,
+            TTS,
+            Synthesize,
+            settings.tts_stall_timeout_s,
+            ACTIVE_SENTENCES,
+            capacity=settings.tts_max_sentences,
+            worker_id=settings.instance_id,
+        )
         self.settings = settings
         self.chunk_bytes = chunk_bytes_for(settings.tts_chunk_ms)
 
@@ -130,7 +139,7 @@ class TtsWorker(TurnWorker[Synthesize, TtsProvider]):
                 attempt=request.attempt,
                 chunks=chunks,
                 at_us=at,
-                worker_id=self.settings.instance_id,
+                worker_id=self.worker_id,
             )
 
         async def take(piece: bytes) -> None:

@@ -27,7 +27,7 @@ from services.brain.sentences import SentenceSplitter
 from services.brain.worker import BrainWorker
 from services.common import TurnsInFlight
 from services.providers import ProviderError, RetryPolicy
-from tests.unit.bus_probe import Probe, settle
+from tests.unit.bus_probe import NatsServer, Probe, settle
 from voxline.bus import Bus
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us
@@ -298,3 +298,44 @@ async def test_requests_and_cancels_of_a_replaced_owner_are_dropped(worker_bus: 
     assert [d.turn_id for d in probe.of(ReplyDone)] == [101, 102]
     assert 5 not in {s.turn_id for s in probe.of(ReplySentence)}
     await worker.stop()
+
+
+async def test_a_worker_at_capacity_leaves_the_queue_and_the_next_turn_goes_to_one_with_room(
+    worker_bus: Bus, probe: Probe, nats_server: NatsServer
+) -> None:
+    """Admission control: with room for one reply, a worker streaming one is out of the
+    brain queue group, so NATS hands the next turn to a worker with room; once its reply
+    is done it is back (failed before: the full worker stayed in the queue)."""
+    busy_provider, spare_provider = GatedProvider(), GatedProvider()
+    busy = await make_worker(worker_bus, busy_provider, brain_max_turns=1)
+
+    async def in_queue() -> bool:
+        return subjects.BRAIN_TURN in await nats_server.subscriptions(worker_bus)
+
+    async def until(want: bool) -> None:
+        for _ in range(200):  # the seat changes in a task of its own, after the turn was taken
+            if await in_queue() == want:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the brain subscription never became {want}")
+
+    await probe.publish(subjects.BRAIN_TURN, turn(call_id="c1"))
+    await busy_provider.wait_started("c1")
+    await until(False)
+    assert not busy.status().in_queue and busy.status().capacity == 1
+    spare_bus = Bus("spare-brain")
+    await spare_bus.connect(nats_server.url)
+    spare = await make_worker(spare_bus, spare_provider, brain_max_turns=1)
+    try:
+        await probe.publish(subjects.BRAIN_TURN, turn(call_id="c2"))
+        await spare_provider.wait_started("c2")
+        assert ("c2", 1) not in busy_provider.started
+        busy_provider.queue.put_nowait(None)  # the first reply ends: room again
+        await probe.wait_for(ReplyDone)
+        await until(True)
+        assert busy.status().in_queue
+    finally:
+        spare_provider.queue.put_nowait(None)
+        await spare.stop()
+        await spare_bus.close()
+        await busy.stop()

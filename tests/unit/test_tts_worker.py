@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -19,7 +19,7 @@ from services.common import TurnsInFlight
 from services.tts.providers import make_provider
 from services.tts.providers.fake import fake_speech
 from services.tts.worker import TtsWorker
-from tests.unit.bus_probe import Probe, settle
+from tests.unit.bus_probe import NatsServer, Probe, settle
 from voxline.bus import Bus
 from voxline.config import TtsSettings
 
@@ -301,3 +301,44 @@ async def test_stop_closes_unfinished_sentences_with_an_error(worker_bus: Bus, p
     [error] = events(probe)
     assert isinstance(error, TtsError) and "stopped" in error.message
     assert not worker.ready()
+
+
+async def test_a_worker_at_capacity_leaves_the_queue_and_the_next_sentence_goes_to_one_with_room(
+    worker_bus: Bus, probe: Probe, nats_server: NatsServer
+) -> None:
+    """Admission control: with room for one sentence, a worker busy with one is out of the
+    tts queue group, so NATS hands the next sentence to a worker with room; once its
+    sentence is done it is back (failed before: the full worker stayed in the queue)."""
+    busy_provider, spare_provider = GatedProvider(), GatedProvider()
+    busy = await make_worker(worker_bus, busy_provider, tts_max_sentences=1)
+
+    async def in_queue() -> bool:
+        return subjects.TTS_SYNTHESIZE in await nats_server.subscriptions(worker_bus)
+
+    await probe.publish(subjects.TTS_SYNTHESIZE, say("First sentence.", seq=0))
+    await busy_provider.wait_started("First sentence.")
+    await until(in_queue, False)
+    assert not busy.status().in_queue and busy.status().capacity == 1
+    spare_bus = Bus("spare-tts")
+    await spare_bus.connect(nats_server.url)
+    spare = await make_worker(spare_bus, spare_provider, tts_max_sentences=1)
+    try:
+        await probe.publish(subjects.TTS_SYNTHESIZE, say("Second sentence.", seq=1))
+        await spare_provider.wait_started("Second sentence.")
+        assert "Second sentence." not in busy_provider.started
+        busy_provider.queue.put_nowait(None)  # the first sentence ends: room again
+        await until(in_queue, True)
+        assert busy.status().in_queue
+    finally:
+        spare_provider.queue.put_nowait(None)
+        await spare.stop()
+        await spare_bus.close()
+        await busy.stop()
+
+
+async def until(check: Callable[[], Awaitable[bool]], want: bool) -> None:
+    for _ in range(200):  # the seat changes in a task of its own, after the request was taken
+        if await check() == want:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the work subscription never became {want}")
