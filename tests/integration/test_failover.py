@@ -76,12 +76,7 @@ async def _kv_keys(nats_url: str, bucket: str) -> list[str]:
 
 async def _call_answered_once(stack: DevStack, script: CallScript) -> tuple[asyncio.Task[CallResult], str, str]:
     """Start the call and wait for its first reply; the call's task, its owner, the other."""
-    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
-
-    async def first_reply() -> bool:
-        return len(await _replies(stack, script.call_sid)) >= 1
-
-    await wait_until(first_reply, timeout=30, what="the first reply")
+    call = await _answered_once(stack, script)
     owner = await _owner(stack, script.call_sid)
     assert owner in ORCHESTRATORS, "no orchestrator lists the call in /status"
     return call, owner, next(k for k in ORCHESTRATORS if k != owner)
@@ -166,10 +161,10 @@ async def test_an_owner_paused_and_resumed_lets_the_call_go_without_acting_on_it
     assert [str(r["reply_text"]).split(".")[0] for r in replies] == [f"You said: {q}" for q in QUESTIONS[:2]]
 
 
-async def _gateway_of(stack: DevStack, call_id: str) -> str | None:
-    """Which gateway's /status lists the call's media stream."""
+async def _holder(stack: DevStack, keys: tuple[str, ...], call_id: str) -> str | None:
+    """Which of these instances' /status lists the call (a gateway's stream, an STT worker's audio)."""
     async with httpx.AsyncClient() as client:
-        for key in GATEWAYS:
+        for key in keys:
             proc = stack.processes[key]
             if proc.alive:
                 status = (await client.get(proc.health_url.replace("/readyz", "/status"), timeout=2)).json()
@@ -199,18 +194,24 @@ async def _record_in_kv(stack: DevStack, call_id: str) -> dict[str, object] | No
         await nc.close()
 
 
-async def test_a_dead_gateway_s_call_goes_on_through_another_gateway(pair: DevStack) -> None:
-    """Twilio requests the `<Connect action>` when the stream drops; through the front door
-    another gateway answers with a new stream of the same call, and the call goes on."""
-    stack = pair
-    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=4000))
+async def _answered_once(stack: DevStack, script: CallScript) -> asyncio.Task[CallResult]:
+    """The call, running, once its first reply is in the record."""
     call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
 
     async def first_reply() -> bool:
         return len(await _replies(stack, script.call_sid)) >= 1
 
     await wait_until(first_reply, timeout=30, what="the first reply")
-    holder = await _gateway_of(stack, script.call_sid)
+    return call
+
+
+async def test_a_dead_gateway_s_call_goes_on_through_another_gateway(pair: DevStack) -> None:
+    """Twilio requests the `<Connect action>` when the stream drops; through the front door
+    another gateway answers with a new stream of the same call, and the call goes on."""
+    stack = pair
+    script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=4000))
+    call = await _answered_once(stack, script)
+    holder = await _holder(stack, GATEWAYS, str(script.call_sid))
     assert holder in GATEWAYS, "no gateway lists the call in /status"
     stack.processes[holder].kill()  # SIGKILL: Twilio's media stream to it is gone
     result = await call
@@ -229,12 +230,7 @@ async def test_a_dead_gateway_s_call_goes_on_through_another_gateway(pair: DevSt
 async def test_with_no_gateway_left_the_call_ends_and_is_released_everywhere(pair: DevStack) -> None:
     stack = pair
     script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=QUESTIONS[1], pause_ms=20_000))
-    call = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
-
-    async def first_reply() -> bool:
-        return len(await _replies(stack, script.call_sid)) >= 1
-
-    await wait_until(first_reply, timeout=30, what="the first reply")
+    call = await _answered_once(stack, script)
     for key in GATEWAYS:
         stack.processes[key].kill()
     result = await call
@@ -276,7 +272,7 @@ async def test_the_stt_worker_killed_mid_sentence_the_sentence_is_still_heard(pa
             return len(onsets) >= 2
 
         await wait_until(second_sentence_begun, timeout=30, what="the caller to start the second sentence")
-        holder = await _stt_worker_of(stack, str(script.call_sid))
+        holder = await _holder(stack, ("stt", "stt-2"), str(script.call_sid))
         assert holder is not None, "no STT worker lists the call"
         stack.processes[holder].kill()
         result = await call
@@ -288,14 +284,3 @@ async def test_the_stt_worker_killed_mid_sentence_the_sentence_is_still_heard(pa
     replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
     assert [r["caller_text"] for r in replies] == [QUESTIONS[0], long_question]
     await asyncio.get_running_loop().run_in_executor(None, stack.restart, holder)
-
-
-async def _stt_worker_of(stack: DevStack, call_id: str) -> str | None:
-    async with httpx.AsyncClient() as client:
-        for key in ("stt", "stt-2"):
-            proc = stack.processes[key]
-            if proc.alive:
-                status = (await client.get(proc.health_url.replace("/readyz", "/status"), timeout=2)).json()
-                if call_id in status.get("calls", []):
-                    return key
-    return None

@@ -12,9 +12,8 @@ stream-specific ones, so none are sent.
 from __future__ import annotations
 
 import httpx
-from twilio.request_validator import RequestValidator
 
-from voxline.simulator.placement import webhook_params
+from voxline.simulator.placement import post_as_twilio
 from voxline.simulator.script import CallScript
 from voxline.simulator.twilio_stream import ProtocolError, StreamTarget, parse_twiml, twiml_verbs
 
@@ -24,12 +23,8 @@ async def follow_connect_action(
 ) -> StreamTarget | list[tuple[str, str]]:
     """Request the action; a new stream to connect to, or the verbs Twilio runs instead
     (an unreachable or failing action ends the call: Twilio's "application error")."""
-    params = webhook_params(script)
-    headers: dict[str, str] = {}
-    if auth_token:
-        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(action_url, params)
     try:
-        response = await http.post(action_url, data=params, headers=headers)
+        response = await post_as_twilio(http, action_url, script, auth_token)
     except httpx.HTTPError as exc:
         return [("Error", f"POST {action_url} failed: {exc!r}")]
     if response.status_code != 200:

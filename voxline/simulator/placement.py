@@ -39,13 +39,8 @@ async def place_call(
     http: httpx.AsyncClient, base_url: str, script: CallScript, auth_token: str | None
 ) -> StreamTarget:
     url = f"{base_url.rstrip('/')}/twilio/voice?{urlencode({'agent': script.agent_id})}"
-    params = webhook_params(script)
-    headers: dict[str, str] = {}
-    if auth_token:
-        # Twilio signs the full URL (query included) plus the sorted POST fields.
-        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, params)
     try:
-        response = await http.post(url, data=params, headers=headers)
+        response = await post_as_twilio(http, url, script, auth_token)
     except httpx.HTTPError as exc:
         raise PlacementError(f"POST {url} failed: {exc!r}") from exc
     if response.status_code != 200:
@@ -54,6 +49,18 @@ async def place_call(
         return parse_twiml(response.text, base_url)
     except ProtocolError as exc:
         raise PlacementError(f"bad TwiML from /twilio/voice: {exc}") from exc
+
+
+async def post_as_twilio(
+    http: httpx.AsyncClient, url: str, script: CallScript, auth_token: str | None
+) -> httpx.Response:
+    """A voice webhook request as Twilio makes it: the call's fields, signed (when a token is
+    given) over the full URL, query included, plus the sorted POST fields."""
+    params = webhook_params(script)
+    headers: dict[str, str] = {}
+    if auth_token:
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, params)
+    return await http.post(url, data=params, headers=headers)
 
 
 def stream_parameters(twiml_parameters: dict[str, str], script: CallScript) -> dict[str, str]:

@@ -42,15 +42,20 @@ class StreamTarget:
     action: str = ""
 
 
-def twiml_verbs(xml_text: str) -> list[tuple[str, str]]:
-    """The verbs of a TwiML reply that has no stream, with their text (`<Say>`'s words,
-    `<Dial>`'s number): what Twilio would do next on the call."""
+def _response(xml_text: str) -> ET.Element:
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
         raise ProtocolError(f"TwiML is not XML: {exc}") from exc
     if root.tag != "Response":
         raise ProtocolError(f"TwiML root is <{root.tag}>, not <Response>")
+    return root
+
+
+def twiml_verbs(xml_text: str) -> list[tuple[str, str]]:
+    """The verbs of a TwiML reply that has no stream, with their text (`<Say>`'s words,
+    `<Dial>`'s number): what Twilio would do next on the call."""
+    root = _response(xml_text)
     return [(child.tag, "".join(child.itertext()).strip()) for child in root]
 
 
@@ -60,12 +65,7 @@ def parse_twiml(xml_text: str, base_url: str | None = None) -> StreamTarget:
     Only <Connect><Stream> counts: <Start><Stream> is one-way, so a gateway answering with
     it could never talk back, and the simulator should say so rather than connect.
     """
-    try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"TwiML is not XML: {exc}") from exc
-    if root.tag != "Response":
-        raise ProtocolError(f"TwiML root is <{root.tag}>, not <Response>")
+    root = _response(xml_text)
     stream = root.find("./Connect/Stream")
     if stream is None:
         verbs = ", ".join(f"<{child.tag}>" for child in root) or "nothing"
