@@ -107,3 +107,54 @@ def turn_cancel(call_id: str) -> str:
 def call_id_of(subject: str) -> str:
     """The call id inside a per-call subject (`vx1.call.<id>.<kind>`)."""
     return subject.split(".", 3)[2]
+
+
+def per_call(subject: str) -> bool:
+    """A subject of one call (`vx1.call.<id>.…`), not a wildcard over every call."""
+    parts = subject.split(".", 3)
+    return len(parts) == 4 and parts[:2] == [PREFIX, "call"] and parts[2] not in ("*", ">")
+
+
+_PER_INSTANCE = ("ping", "release", "replay")  # vx1.<service>.<what>.<instance id>
+
+
+def kind_of(subject: str) -> str:
+    """What a subject is, with its call id or instance id replaced by `*`
+    (`vx1.call.*.audio.out`): a metric label of bounded cardinality. `_INBOX` for the
+    replies of requests, `other` for anything outside the contract."""
+    if subject.startswith("_INBOX."):
+        return "_INBOX"
+    parts = subject.split(".")
+    if len(parts) >= 4 and parts[:2] == [PREFIX, "call"]:
+        parts[2] = "*"
+    elif len(parts) == 4 and parts[0] == PREFIX and parts[2] in _PER_INSTANCE:
+        parts[3] = "*"
+    kind = ".".join(parts)
+    return kind if kind in _KINDS else "other"
+
+
+_KINDS = frozenset(
+    {
+        CALL_START,
+        STT_ASSIGN,
+        BRAIN_TURN,
+        TTS_SYNTHESIZE,
+        CALL_ENDED,
+        *(per_instance("*") for per_instance in (stt_ping, gateway_ping, stt_release, stt_replay)),
+        *(
+            of_call("*")
+            for of_call in (
+                audio_in,
+                audio_out,
+                gateway_events,
+                stt_events,
+                reply_text,
+                tts_events,
+                caller_audio,
+                stream_resume,
+                control,
+                turn_cancel,
+            )
+        ),
+    }
+)

@@ -3,11 +3,18 @@ subscribe over the `proto` contract, drain on shutdown.
 
 Handlers never take a service down: a message outside the contract is logged with its
 subject and dropped, and a handler's exception is logged with the call id.
+
+Every subscription's client-side queue is bounded: a handler that falls behind makes
+nats-py drop messages (a slow consumer) instead of the process growing without limit.
+A call's own subjects get a small bound (hundreds of calls each hold several); the drops
+are counted per kind of subject (`voxline_bus_slow_consumers_total{subject}`, never a
+call id) and logged at most once per kind every `SLOW_CONSUMER_LOG_INTERVAL_S`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -18,8 +25,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
-from proto import AudioFrame, decode, encode
+from proto import AudioFrame, decode, encode, subjects
 from proto.headers import CALL_ID
 from proto.messages import Message
 
@@ -31,6 +39,30 @@ StructT = TypeVar("StructT", bound=msgspec.Struct)
 PING_INTERVAL_S = 2
 MAX_OUTSTANDING_PINGS = 2
 
+# Pending limits of a subscription's client-side queue. A call's subject carries at most
+# a few hundred messages in a burst (a reply's audio comes faster than real time: 100 ms
+# chunks of several sentences at once); 2000 is seconds of backlog for one call, and a
+# few MB at most, times every call a process holds. Shared subjects (work queues, every
+# call's cancels) carry the whole process's traffic.
+PER_CALL_PENDING_MSGS = 2_000
+PER_CALL_PENDING_BYTES = 4 * 1024 * 1024
+SHARED_PENDING_MSGS = 100_000
+SHARED_PENDING_BYTES = 64 * 1024 * 1024
+SLOW_CONSUMER_LOG_INTERVAL_S = 10.0
+
+SLOW_CONSUMERS = Counter(
+    "voxline_bus_slow_consumers",
+    "Messages dropped because a subscription's handler fell behind (NATS slow consumer), by kind of subject.",
+    ["subject"],
+)
+
+
+def pending_limits(subject: str) -> tuple[int, int]:
+    """(messages, bytes) a subscription to `subject` may hold unhandled."""
+    if subjects.per_call(subject):
+        return PER_CALL_PENDING_MSGS, PER_CALL_PENDING_BYTES
+    return SHARED_PENDING_MSGS, SHARED_PENDING_BYTES
+
 
 class Bus:
     def __init__(self, name: str) -> None:
@@ -41,6 +73,7 @@ class Bus:
         # Subscriptions (by sid) that dropped messages: nats-py reports a slow consumer
         # through the error callback each time its pending queue is full.
         self.slow_consumer_sids: set[int] = set()
+        self._slow_logged: dict[str, tuple[float, int]] = {}  # kind -> (last log line, drops since)
         # Counts disconnects: what was seen over the bus before one proves nothing after it
         # (a lease that did not move while we were cut off may have been renewed meanwhile).
         self.connection_epoch = 0
@@ -59,7 +92,8 @@ class Bus:
     async def connect(self, url: str) -> None:
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, nats.errors.SlowConsumerError):
-                self.slow_consumer_sids.add(exc.sid)
+                self.slow_consumer(exc.subject, exc.sid)
+                return
             log.warning("nats error: %s", exc)
 
         async def on_disconnect() -> None:
@@ -86,6 +120,21 @@ class Bus:
             pending_size=64 * 1024 * 1024,
         )
         log.info("connected to nats at %s", url)
+
+    def slow_consumer(self, subject: str, sid: int) -> None:
+        """nats-py dropped a message on `subject`: its subscription's queue was full (it
+        reports every drop through the error callback, so a burst is hundreds of calls)."""
+        kind = subjects.kind_of(subject)
+        self.slow_consumer_sids.add(sid)
+        SLOW_CONSUMERS.labels(subject=kind).inc()
+        now = time.monotonic()
+        last, unlogged = self._slow_logged.get(kind, (float("-inf"), 0))
+        if now - last < SLOW_CONSUMER_LOG_INTERVAL_S:
+            self._slow_logged[kind] = (last, unlogged + 1)
+            return
+        self._slow_logged[kind] = (now, 0)
+        since = f" ({unlogged} more since the last report)" if unlogged else ""
+        log.warning("slow consumer on %s: a handler fell behind and a message was dropped%s", kind, since)
 
     async def close(self) -> None:
         """Drain: finish handling what was received, flush what was published, then close."""
@@ -140,7 +189,10 @@ class Bus:
                     "handler failed on %s", msg.subject, extra={"call_id": (msg.headers or {}).get(CALL_ID, "")}
                 )
 
-        return await self.nc.subscribe(subject, queue=queue, cb=on_message, pending_msgs_limit=100_000)
+        msgs, size = pending_limits(subject)
+        return await self.nc.subscribe(
+            subject, queue=queue, cb=on_message, pending_msgs_limit=msgs, pending_bytes_limit=size
+        )
 
     async def subscribe_frames(self, subject: str, handler: FrameHandler) -> Subscription:
         async def on_frame(msg: Msg) -> None:
@@ -155,7 +207,8 @@ class Bus:
             except Exception:
                 log.exception("frame handler failed on %s", msg.subject)
 
-        return await self.nc.subscribe(subject, cb=on_frame, pending_msgs_limit=100_000)
+        msgs, size = pending_limits(subject)
+        return await self.nc.subscribe(subject, cb=on_frame, pending_msgs_limit=msgs, pending_bytes_limit=size)
 
     # --- JetStream key-value: durable per-call state (call records) ---------------------
 
