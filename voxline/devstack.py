@@ -27,11 +27,41 @@ from voxline.config import DEFAULT_PROFILE
 SERVICES = ("orchestrator", "stt", "brain", "tts", "gateway")
 
 
-def free_port() -> int:
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port nothing listens on, for a child process to bind later.
+
+    Taken below the kernel's ephemeral range on purpose: a port the kernel handed us from
+    that range (bind to 0) can be handed again, as the local end of some outgoing connection
+    (a service's NATS client), in the time between our check and the child's bind; the
+    child then fails to start (seen in CI: uvicorn's exit code 3, address in use). A port
+    once returned is not returned again by this process."""
+    low, _ = _ephemeral_range()
+    first, last = (10000, low - 1) if low > 11000 else (low, 65535)
+    while True:
+        port = secrets.randbelow(last - first + 1) + first
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
 
 
 def ports_for(replicas: int) -> int:
@@ -44,13 +74,10 @@ def free_ports_in_a_row(n: int) -> int:
     """The first of `n` consecutive free ports (for `replicas` gateways: `ports_for`)."""
     while True:
         first = free_port()
-        try:
-            for port in range(first + 1, first + n):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
+        rest = range(first + 1, first + n)
+        if all(port not in _handed_out and _bindable(port) for port in rest):
+            _handed_out.update(rest)
+            return first
 
 
 def nats_server_binary() -> str:
@@ -252,7 +279,8 @@ class DevStack:
         t0 = time.monotonic()
         while time.monotonic() < deadline:
             if not proc.alive:
-                raise StackError(f"{name} exited with code {proc.popen.returncode if proc.popen else '?'}")
+                code = proc.popen.returncode if proc.popen else "?"
+                raise StackError(f"{name} exited with code {code}{self._log_tail(name)}")
             try:
                 if httpx.get(proc.health_url, timeout=1.0).status_code == 200:
                     self._say(f"voxline: {name:<12} ready ({time.monotonic() - t0:.1f}s)")
@@ -261,6 +289,13 @@ class DevStack:
                 pass
             time.sleep(0.1)
         raise StackError(f"{name} not ready within {timeout:.0f}s ({proc.health_url})")
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        """The end of a process's log, for an error that would otherwise only say it died."""
+        if self.log_dir is None or not (self.log_dir / f"{name}.log").exists():
+            return ""
+        tail = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+        return "; its log ends:\n" + "\n".join(tail)
 
     def health_port(self, name: str) -> int:
         return int(httpx.URL(self.processes[name].health_url).port or 0)
