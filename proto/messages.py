@@ -313,6 +313,15 @@ class StreamResume(_Msg, kw_only=True, frozen=True):
     at_us: int
 
 
+class StreamSuperseded(_Msg, kw_only=True, frozen=True):
+    """gateway -> gateways (on `stream_superseded(call_id)`): a newer media stream took the
+    call (a `<Connect action>` hand-over, or a second stream with a newer token); whichever
+    gateway holds an older stream of the call closes it, so a call never has two."""
+
+    stream_sid: str  # the stream that took the call
+    issued_us: int  # when its stream token was issued
+
+
 class Transfer(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: hand the caller to a human at `to` (Twilio `<Dial>` through
     the REST API), after the agent's last words were heard."""
@@ -375,6 +384,7 @@ Message = (
     | Dtmf
     | CallStopped
     | StreamResume
+    | StreamSuperseded
     | TurnCancel
     | PlaybackPause
     | PlaybackResume

@@ -60,3 +60,28 @@ class StreamEndRecord(msgspec.Struct, kw_only=True):
     reason: str = ""
     transfer_to: str = ""  # a transfer the agent ordered, to dial from the action
     resumes: int = 0  # new streams handed out for this call by `<Connect action>`s
+
+
+STREAM_TOKENS_BUCKET = "voxline_stream_tokens"
+
+
+class SpentStreamToken(msgspec.Struct, kw_only=True):
+    """A stream token that opened a media stream (key = the token's `jti`), kept until the
+    token would have expired anyway: a token replayed by whoever copied it is refused on
+    every gateway. Gateways only."""
+
+    call_id: str
+    at_us: int
+
+
+CALL_STREAMS_BUCKET = "voxline_call_streams"
+
+
+class StreamClaim(msgspec.Struct, kw_only=True):
+    """Which media stream a call has now (key = call id): the one whose stream token was
+    issued last. A stream with an older token than the claim's is refused; a newer one takes
+    the claim and the stream it replaced is closed (`StreamSuperseded`). Gateways only."""
+
+    stream_sid: str
+    issued_us: int  # when its stream token was issued (the token's `iat_us`)
+    gateway_id: str

@@ -94,6 +94,12 @@ def stream_resume(call_id: str) -> str:
     return f"{PREFIX}.call.{call_id}.resume"
 
 
+def stream_superseded(call_id: str) -> str:
+    """A newer media stream took the call (gateway -> gateways): the holder of the older one
+    closes it."""
+    return f"{PREFIX}.call.{call_id}.stream"
+
+
 def control(call_id: str) -> str:
     """Orders to the gateway (hang up), orchestrator -> gateway."""
     return f"{PREFIX}.call.{call_id}.control"
@@ -152,6 +158,7 @@ _KINDS = frozenset(
                 tts_events,
                 caller_audio,
                 stream_resume,
+                stream_superseded,
                 control,
                 turn_cancel,
             )
