@@ -240,6 +240,17 @@ class Bus:
             return None
         return msgspec.json.decode(entry.value, type=kind)
 
+    async def kv_entry(self, bucket: str, key: str, kind: type[StructT]) -> tuple[StructT, int] | None:
+        """The value under `key` and its revision (for a compare-and-set), or None when the
+        bucket or the key does not exist."""
+        try:
+            entry = await (await self._bucket(bucket)).get(key)
+        except (KeyNotFoundError, KeyDeletedError, BucketNotFoundError):
+            return None
+        if entry.value is None:
+            return None
+        return msgspec.json.decode(entry.value, type=kind), entry.revision or 0
+
     # --- compare-and-set, for ownership (proto/ownership.py) ----------------------------
 
     async def kv_create(self, bucket: str, key: str, value: msgspec.Struct) -> int:
