@@ -85,3 +85,21 @@ class StreamClaim(msgspec.Struct, kw_only=True):
     stream_sid: str
     issued_us: int  # when its stream token was issued (the token's `iat_us`)
     gateway_id: str
+
+
+API_KEYS_BUCKET = "voxline_api_keys"
+
+ApiScope = Literal["read", "calls", "admin"]
+
+
+class ApiKeyRecord(msgspec.Struct, kw_only=True):
+    """A REST API key, kept under its id in `API_KEYS_BUCKET`: never the key itself, only
+    the SHA-256 of it (services/gateway/api_keys.py says why that is enough). Written by
+    `voxline keys`, read by every gateway."""
+
+    id: str
+    name: str
+    scopes: list[ApiScope]
+    key_hash: str  # hex SHA-256 of the whole key
+    created_at_us: int
+    revoked: bool = False
