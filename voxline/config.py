@@ -102,7 +102,15 @@ class GatewaySettings(CommonSettings):
         25, ge=5, le=600, description="How long a transfer's <Dial> rings the human before the caller is told so."
     )
     api_key: str = Field(
-        "", description="When set, every /v1/* request needs 'Authorization: Bearer <key>' (401 otherwise)."
+        "",
+        description="Bootstrap admin key: 'Authorization: Bearer <key>' is accepted on every /v1/* route, beside "
+        "the keys of 'voxline keys create'. With neither, /v1 is open only on a loopback http_host.",
+    )
+    api_rate_limit_per_min: int = Field(
+        600,
+        ge=0,
+        description="Requests per minute one API key may make to /v1/* on one gateway (a token bucket holding a "
+        "minute's worth); beyond it 429 with Retry-After. 0 = no limit.",
     )
 
 
