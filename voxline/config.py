@@ -112,6 +112,58 @@ class GatewaySettings(CommonSettings):
         description="Requests per minute one API key may make to /v1/* on one gateway (a token bucket holding a "
         "minute's worth); beyond it 429 with Retry-After. 0 = no limit.",
     )
+    insecure_dev: bool = Field(
+        False,
+        description="Let a gateway bound beyond loopback start without a Twilio auth token, an API key or a "
+        "stream-token secret (it refuses to otherwise). For a trusted development network only.",
+    )
+    stream_start_timeout_s: float = Field(
+        5.0, description="A media WebSocket that has not sent an authenticated `start` within this is closed."
+    )
+    ws_max_message_bytes: int = Field(
+        8192,
+        ge=1024,
+        description="Largest WebSocket message the public port reads (a Twilio media message is under 1 KiB; "
+        "a `start` with its parameters a few); bigger ones close the connection before they are buffered.",
+    )
+    ws_pending_per_source: int = Field(
+        64, ge=1, description="Media WebSockets one address may hold open before an authenticated `start`."
+    )
+    ws_pending_max: int = Field(
+        512, ge=1, description="Media WebSockets the gateway holds open before an authenticated `start`, in all."
+    )
+    ws_messages_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="Average message rate allowed on one media stream (Twilio sends about 100 a second: media "
+        "and mark echoes); a stream beyond it and its burst is closed.",
+    )
+    ws_messages_burst: float = Field(
+        1000.0, ge=1, description="Messages one media stream may send at once (Twilio's backlog after a hiccup)."
+    )
+
+    def exposure_problems(self, stored_api_keys: int = 0) -> list[str]:
+        """What a gateway reachable beyond this machine lacks to be safe, one line per
+        setting; empty on loopback or with VOXLINE_INSECURE_DEV=1."""
+        if self.insecure_dev or is_loopback(self.http_host):
+            return []
+        problems = []
+        if not self.twilio_auth_token:
+            problems.append("TWILIO_AUTH_TOKEN is not set: anyone could post as Twilio and get a media stream")
+        if not self.api_key and stored_api_keys == 0:
+            problems.append(
+                "no API key: set VOXLINE_API_KEY or create one with `voxline keys create`, or /v1 is open to all"
+            )
+        if not self.stream_token_secret:
+            problems.append(
+                "VOXLINE_STREAM_TOKEN_SECRET is not set: every replica would sign stream tokens with its own key"
+            )
+        return problems
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a server bound to `host`."""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class WorkerSettings(CommonSettings):
