@@ -145,16 +145,22 @@ class TwilioSerializer:
     def deserialize(text: str | bytes) -> InboundEvent | None:
         """One WebSocket message from Twilio; None for an event Voxline does not use (Twilio
         may add some); `ProtocolError` for anything malformed."""
+        # msgspec raises RecursionError on deeply nested JSON (`[[[[...`, even in a field
+        # it skips): a peer's bad message like any other, not a crash of the stream.
         try:
             return _decoder.decode(text)
         except msgspec.ValidationError as exc:
             problem = str(exc)
         except msgspec.DecodeError as exc:
             raise ProtocolError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("JSON nested too deeply") from None
         try:
             event = _envelope.decode(text).event
         except msgspec.DecodeError:
             raise ProtocolError(f"not a Twilio event: {problem}") from None
+        except RecursionError:
+            raise ProtocolError("JSON nested too deeply") from None
         if event not in KNOWN_EVENTS:
             return None
         raise ProtocolError(f"malformed {event!r} event: {problem}")

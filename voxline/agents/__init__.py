@@ -71,11 +71,21 @@ class AgentStore:
         cached = self._cache.get(agent_id)
         if cached and cached[0] == mtime:
             return cached[1]
-        with path.open("rb") as f:
-            try:
-                agent = msgspec.convert({"id": agent_id, **tomllib.load(f)}, Agent)
-            except (msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
-                raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # removed since the stat
+            raise UnknownAgent(f"unknown agent {agent_id!r} (no {path})") from None
+        except OSError as exc:  # a directory, no permission: still a bad agent, not a crash
+            raise InvalidAgent(f"agent file {path} cannot be read: {exc.strerror}") from None
+        try:
+            doc = tomllib.loads(data.decode())
+            if doc.get("id", agent_id) != agent_id:  # the file name is the id the store answers to
+                raise InvalidAgent(f"agent file {path} says id = {str(doc['id'])[:64]!r}; its id is its name")
+            agent = msgspec.convert({**doc, "id": agent_id}, Agent)
+        except (msgspec.ValidationError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
+        except RecursionError:  # tomllib recurses per nested array or table
+            raise InvalidAgent(f"agent file {path} is invalid: nested too deeply") from None
         self._cache[agent_id] = (mtime, agent)
         return agent
 
