@@ -1,5 +1,7 @@
 """The REST API's outbound side: `POST /v1/calls` dials a number for an agent, and the
-bearer API key (`VOXLINE_API_KEY`) that guards every `/v1/*` route.
+API keys (api_keys.py, and `VOXLINE_API_KEY`) that guard every `/v1/*` route: 401 with
+`WWW-Authenticate: Bearer` for a missing, unknown or revoked key, 403 for a key without
+the route's scope, 429 with `Retry-After` for a key over its rate limit.
 
 An outbound call is Twilio dialling out, then fetching our own voice webhook once the
 callee answers, so from there on it is the same media stream and conversation as an
@@ -10,8 +12,8 @@ inbound call. Errors are JSON `{"error": {"message", ...}}`: the client's mistak
 from __future__ import annotations
 
 import logging
+import math
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -20,15 +22,28 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from proto.records import ApiScope
+from services.gateway.api_keys import (
+    BOOTSTRAP_ID,
+    ApiKeyStore,
+    KeyStoreUnavailable,
+    KeyView,
+    RateLimiter,
+    allows,
+    required_scope,
+    same_secret,
+)
 from services.gateway.call_outcomes import NEVER_ANSWERED, CallOutcomes
 from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest, TwilioRestError
 from services.gateway.webhook import public_base, twilio_form
 from voxline.agents import AgentStore, InvalidAgent, UnknownAgent
-from voxline.config import GatewaySettings
+from voxline.bus import Bus
+from voxline.config import GatewaySettings, is_loopback
 
 log = logging.getLogger("voxline.gateway.rest")
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+MAX_TOKEN = 1024  # a bearer token longer than this is refused unread (keys are 60 characters)
 
 
 class OutboundCall(BaseModel):
@@ -41,23 +56,96 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"message": message, **extra}}, status_code=status)
 
 
-def require_api_key(app: FastAPI, api_key: str) -> None:
-    """Every /v1/* request must carry `Authorization: Bearer <VOXLINE_API_KEY>` when it is set."""
-    if not api_key:
-        log.warning("VOXLINE_API_KEY is not set: the REST API (/v1/*) is open to anyone who can reach it")
-        return
-    expected = f"Bearer {api_key}".encode()
+def bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and 0 < len(token) <= MAX_TOKEN else ""
+
+
+def refused(status: int, message: str, challenge: str) -> JSONResponse:
+    response = error(status, message)
+    response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
+class ApiAuth:
+    """Who may call /v1/*: the keys of `voxline keys` (api_keys.py), and VOXLINE_API_KEY as
+    the bootstrap admin key. With neither (no env key, an empty store) the API is open
+    only when the gateway listens on loopback, so `make run` needs no setup; bound beyond
+    it, every request needs a key, and the first one comes from `voxline keys create`.
+    VOXLINE_INSECURE_DEV lets such a gateway start without a key but never opens /v1:
+    an open API places calls on the owner's account, and a key is one command away."""
+
+    def __init__(self, settings: GatewaySettings, bus: Bus) -> None:
+        self.bootstrap = settings.api_key
+        self.loopback = is_loopback(settings.http_host)
+        self.keys = KeyView(ApiKeyStore(bus))
+        self.limiter = RateLimiter(settings.api_rate_limit_per_min)
+
+    async def open(self) -> bool:
+        return self.loopback and not self.bootstrap and await self.keys.empty()
+
+    async def principal(self, token: str) -> tuple[str, list[ApiScope]] | None:
+        if not token:
+            return None
+        if self.bootstrap and same_secret(token, self.bootstrap):
+            return BOOTSTRAP_ID, ["admin"]
+        record = await self.keys.authenticate(token)
+        return (record.id, record.scopes) if record is not None else None
+
+    async def check(self, request: Request) -> Response | None:
+        """None when the request may go on; else the refusal."""
+        method, path = request.method, request.scope["path"]
+        token = bearer(request.headers.get("authorization", ""))
+        try:
+            if not token and await self.open():
+                return None
+            who = await self.principal(token)
+        except KeyStoreUnavailable as exc:
+            log.error("refused %s %s: %s", method, path, exc)
+            return JSONResponse(
+                {"error": {"message": "API keys cannot be checked right now"}},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        if who is None:
+            log.warning("refused %s %s: %s API key", method, path, "invalid" if token else "no")
+            challenge = 'Bearer realm="voxline", error="invalid_token"' if token else 'Bearer realm="voxline"'
+            return refused(401, "missing, unknown or revoked API key (Authorization: Bearer <key>)", challenge)
+        principal, scopes = who
+        wait_s = self.limiter.wait_s(principal)
+        if wait_s > 0:
+            log.warning("refused %s %s: API key %s over its rate limit", method, path, principal)
+            response = error(429, "API key rate limit exceeded", retry_after_s=math.ceil(wait_s))
+            response.headers["Retry-After"] = str(math.ceil(wait_s))
+            return response
+        needed = required_scope(method, path)
+        if not allows(scopes, needed):
+            log.warning("refused %s %s: API key %s lacks scope %s", method, path, principal, needed)
+            challenge = f'Bearer realm="voxline", error="insufficient_scope", scope="{needed}"'
+            return refused(403, f"this API key lacks the '{needed}' scope", challenge)
+        return None
+
+
+def require_api_key(app: FastAPI, settings: GatewaySettings, bus: Bus) -> ApiAuth:
+    """Every /v1 request passes ApiAuth first; nothing else (the Twilio routes check
+    Twilio's signature, the probes are for load balancers)."""
+    auth = ApiAuth(settings, bus)
+    if auth.loopback and not auth.bootstrap:
+        log.info("no VOXLINE_API_KEY: /v1 is open on loopback until a key is made with 'voxline keys create'")
+    elif not auth.bootstrap:
+        log.info("/v1 needs an API key ('voxline keys create'): the gateway listens beyond loopback")
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "").encode()
-            if not secrets.compare_digest(given, expected):
-                log.warning("refused %s %s: missing or wrong API key", request.method, request.url.path)
-                response = error(401, "missing or invalid API key (Authorization: Bearer <VOXLINE_API_KEY>)")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+        path = request.scope["path"]
+        if path == "/v1" or path.startswith("/v1/"):
+            refusal = await auth.check(request)
+            if refusal is not None:
+                return refusal
         return await call_next(request)
+
+    return auth
 
 
 async def place_call(
@@ -69,9 +157,13 @@ async def place_call(
     if not E164.match(from_):
         return error(400, "'from' (or TWILIO_FROM_NUMBER) must be an E.164 Twilio number")
     try:
-        agents.get(body.agent_id)
+        agent = agents.get(body.agent_id)
     except (UnknownAgent, InvalidAgent) as exc:
         return error(404, str(exc))
+    if not agent.may_call(body.to):  # toll fraud: a leaked key must not dial premium numbers
+        log.warning("outbound call for agent %s refused: the number is not in its outbound_allowlist", agent.id)
+        hint = "add the number (or a prefix like +1415555*) to the agent's outbound_allowlist"
+        return error(403, f"agent {agent.id!r} may not call {body.to}: {hint}")
     base = public_base(request, settings)
     if not settings.public_url:
         log.warning("VOXLINE_PUBLIC_URL is not set: Twilio will be sent to %s, which it may not reach", base)
@@ -116,7 +208,7 @@ async def call_status(request: Request, settings: GatewaySettings, outcomes: Cal
 def install(
     app: FastAPI, settings: GatewaySettings, agents: AgentStore, twilio: TwilioRest, outcomes: CallOutcomes
 ) -> None:
-    require_api_key(app, settings.api_key)
+    require_api_key(app, settings, outcomes.bus)  # the store is on the bus the gateway already holds
 
     @app.post("/v1/calls", status_code=201)
     async def create_call(body: OutboundCall, request: Request) -> JSONResponse:
