@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -43,6 +44,7 @@ from voxline.config import GatewaySettings, is_loopback
 log = logging.getLogger("voxline.gateway.rest")
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+REFUSAL_LOG_INTERVAL_S = 10.0
 MAX_TOKEN = 1024  # a bearer token longer than this is refused unread (keys are 60 characters)
 
 
@@ -81,6 +83,17 @@ class ApiAuth:
         self.loopback = is_loopback(settings.http_host)
         self.keys = KeyView(ApiKeyStore(bus))
         self.limiter = RateLimiter(settings.api_rate_limit_per_min)
+        self._logged: dict[str, float] = {}  # what was refused -> when last logged
+
+    def _log_refusal(self, what: str, message: str, *args: object) -> None:
+        """At most one line per kind of refusal every REFUSAL_LOG_INTERVAL_S: a scanner or
+        a client over its limit must not flood the logs."""
+        now = time.monotonic()
+        if now - self._logged.get(what, float("-inf")) >= REFUSAL_LOG_INTERVAL_S:
+            if len(self._logged) > 10_000:
+                self._logged.clear()
+            self._logged[what] = now
+            log.warning(message, *args)
 
     async def open(self) -> bool:
         return self.loopback and not self.bootstrap and await self.keys.empty()
@@ -109,19 +122,23 @@ class ApiAuth:
                 headers={"Retry-After": "1"},
             )
         if who is None:
-            log.warning("refused %s %s: %s API key", method, path, "invalid" if token else "no")
+            self._log_refusal("401", "refused %s %s: %s API key", method, path, "invalid" if token else "no")
             challenge = 'Bearer realm="voxline", error="invalid_token"' if token else 'Bearer realm="voxline"'
             return refused(401, "missing, unknown or revoked API key (Authorization: Bearer <key>)", challenge)
         principal, scopes = who
         wait_s = self.limiter.wait_s(principal)
         if wait_s > 0:
-            log.warning("refused %s %s: API key %s over its rate limit", method, path, principal)
+            self._log_refusal(
+                f"429 {principal}", "refused %s %s: API key %s over its rate limit", method, path, principal
+            )
             response = error(429, "API key rate limit exceeded", retry_after_s=math.ceil(wait_s))
             response.headers["Retry-After"] = str(math.ceil(wait_s))
             return response
         needed = required_scope(method, path)
         if not allows(scopes, needed):
-            log.warning("refused %s %s: API key %s lacks scope %s", method, path, principal, needed)
+            self._log_refusal(
+                f"403 {principal}", "refused %s %s: API key %s lacks scope %s", method, path, principal, needed
+            )
             challenge = f'Bearer realm="voxline", error="insufficient_scope", scope="{needed}"'
             return refused(403, f"this API key lacks the '{needed}' scope", challenge)
         return None
