@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench chaos soak system-deps clean dashboards
+.PHONY: run test lint bench chaos soak fuzz system-deps clean dashboards
 
 # Debian packages: espeak-ng voices the simulated caller, sox measures audio; prometheus
 # (with promtool) checks the alert rules and scrapes a stack in tests/deploy.
@@ -61,6 +61,14 @@ chaos: system-deps $(STAMP)
 # soak: 100 calls for 10 minutes; every service's memory and per-call state, start to end.
 soak: system-deps $(STAMP)
 	$(BIN)/voxline soak $(SOAK_ARGS)
+
+# fuzz: the parsers, the webhooks, every HTTP endpoint (schemathesis, from /openapi.json) and
+# a live call beside garbage connections (tests/fuzz), for FUZZ_MINUTES shared over the
+# targets; progress as it goes, then inputs tried, failures and minutes per target. `make
+# test` runs only a small batch of each (no live call).
+FUZZ_MINUTES ?= 5
+fuzz: system-deps $(STAMP)
+	VOXLINE_FUZZ_MINUTES=$(FUZZ_MINUTES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
