@@ -9,11 +9,22 @@ nats-py drop messages (a slow consumer) instead of the process growing without l
 A call's own subjects get a small bound (hundreds of calls each hold several); the drops
 are counted per kind of subject (`voxline_bus_slow_consumers_total{subject}`, never a
 call id) and logged at most once per kind every `SLOW_CONSUMER_LOG_INTERVAL_S`.
+
+On a server with authorization (`proto/permissions.py`), the service connects as its own
+user. NATS answers a publish or subscribe outside that user's permissions with an error the
+client only hears through its error callback while the message is silently not delivered:
+the bus logs each such refusal as an error naming the subject's kind and counts it
+(`voxline_bus_permission_violations_total{operation,subject}`), so a contract the table
+forgot shows up at once instead of as a call that stalls.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -26,10 +37,13 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
+from pydantic import SecretStr
 
 from proto import AudioFrame, decode, encode, subjects
 from proto.headers import CALL_ID
 from proto.messages import Message
+from proto.permissions import inbox_prefix
+from voxline.nats_auth import redact_url
 
 log = logging.getLogger("voxline.bus")
 
@@ -55,6 +69,13 @@ SLOW_CONSUMERS = Counter(
     "Messages dropped because a subscription's handler fell behind (NATS slow consumer), by kind of subject.",
     ["subject"],
 )
+PERMISSION_VIOLATIONS = Counter(
+    "voxline_bus_permission_violations",
+    "Publishes and subscribes the NATS server refused: outside this service's permissions (proto/permissions.py).",
+    ["operation", "subject"],
+)
+# nats-py passes the server's -ERR on (lower-cased): permissions violation for publish to "x"
+_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s]+)", re.IGNORECASE)
 
 
 def pending_limits(subject: str) -> tuple[int, int]:
@@ -73,7 +94,8 @@ class Bus:
         # Subscriptions (by sid) that dropped messages: nats-py reports a slow consumer
         # through the error callback each time its pending queue is full.
         self.slow_consumer_sids: set[int] = set()
-        self._slow_logged: dict[str, tuple[float, int]] = {}  # kind -> (last log line, drops since)
+        self._logged: dict[str, tuple[float, int]] = {}  # what -> (last log line, repeats since)
+        self.permission_violations = 0
         # Counts disconnects: what was seen over the bus before one proves nothing after it
         # (a lease that did not move while we were cut off may have been renewed meanwhile).
         self.connection_epoch = 0
@@ -89,10 +111,25 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
-    async def connect(self, url: str) -> None:
+    async def connect(
+        self, url: str, *, user: str = "", password: SecretStr | None = None, tls_ca_file: str = ""
+    ) -> None:
+        """Connect to `url` (several: a cluster's nodes), as `user` when given (the server's
+        per-service user: replies then come under that user's own inbox prefix, the only
+        one it may subscribe to); with `tls_ca_file`, TLS checked against that CA."""
+
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, nats.errors.SlowConsumerError):
                 self.slow_consumer(exc.subject, exc.sid)
+                return
+            violation = _VIOLATION.search(str(exc))
+            if violation:
+                self.permission_violation(violation[1].lower(), violation[2])
+                return
+            if _refused(exc):
+                if not refused.is_set():  # once: nats-py retries (and reports) several times a second
+                    log.error("%s", CredentialsRefused(user))
+                refused.set()  # at connect: give up (the caller retries); later: nats-py retries
                 return
             log.warning("nats error: %s", exc)
 
@@ -103,23 +140,45 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats reconnected")
 
-        self._nc = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],  # a cluster: any node will do
-            name=self.name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            connect_timeout=2,
-            allow_reconnect=True,
-            # A silent partition is noticed in PING_INTERVAL_S * (MAX_OUTSTANDING_PINGS + 1)
-            # seconds, not nats-py's default of minutes (120 s x 2).
-            ping_interval=PING_INTERVAL_S,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            pending_size=64 * 1024 * 1024,
+        refused = asyncio.Event()
+        connecting = asyncio.create_task(
+            nats.connect(
+                servers=[u.strip() for u in url.split(",") if u.strip()],  # a cluster: any node will do
+                name=self.name,
+                user=user or None,
+                password=password.get_secret_value() if user and password else None,
+                inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+                tls=ssl.create_default_context(cafile=tls_ca_file) if tls_ca_file else None,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                allow_reconnect=True,
+                # A silent partition is noticed in PING_INTERVAL_S * (MAX_OUTSTANDING_PINGS + 1)
+                # seconds, not nats-py's default of minutes (120 s x 2).
+                ping_interval=PING_INTERVAL_S,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                pending_size=64 * 1024 * 1024,
+            )
         )
-        log.info("connected to nats at %s", url)
+        # nats-py would retry refused credentials for ever (max_reconnect_attempts=-1 covers
+        # the first connection too): a refusal ends the attempt, with an error that says so.
+        waiting = asyncio.create_task(refused.wait())
+        try:
+            await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
+        if connecting.cancelled():
+            raise CredentialsRefused(user)
+        self._nc = connecting.result()
+        refused.clear()
+        log.info("connected to nats at %s%s", redact_url(url), f" as {user}" if user else "")
 
     def slow_consumer(self, subject: str, sid: int) -> None:
         """nats-py dropped a message on `subject`: its subscription's queue was full (it
@@ -127,14 +186,43 @@ class Bus:
         kind = subjects.kind_of(subject)
         self.slow_consumer_sids.add(sid)
         SLOW_CONSUMERS.labels(subject=kind).inc()
+        since = self._throttled(f"slow {kind}")
+        if since is not None:
+            log.warning("slow consumer on %s: a handler fell behind and a message was dropped%s", kind, since)
+
+    def permission_violation(self, operation: str, subject: str) -> None:
+        """The server refused to let this service publish to or subscribe to `subject`: the
+        message went nowhere (or the subscription gets nothing). Logged as an error once per
+        kind of subject every `SLOW_CONSUMER_LOG_INTERVAL_S` (a refused audio subject is 50
+        refusals a second), and counted."""
+        operation = "subscribe" if operation.startswith("sub") else "publish"
+        kind = "_INBOX" if subject[:7].lower() == "_inbox." else subjects.kind_of(subject)
+        if kind == "other" and subject.startswith("$"):  # JetStream: the API and stream, or the bucket
+            parts = subject.split(".")
+            kind = ".".join(parts[: 2 if parts[0] == "$kv" else 5 if parts[1:2] == ["api"] else 3])
+        self.permission_violations += 1
+        PERMISSION_VIOLATIONS.labels(operation=operation, subject=kind).inc()
+        since = self._throttled(f"{operation} {kind}")
+        if since is not None:
+            log.error(
+                "nats permissions violation: %s to %s refused for %s; nothing was delivered "
+                "(proto/permissions.py does not allow it)%s",
+                operation,
+                kind,
+                self.name,
+                since,
+            )
+
+    def _throttled(self, what: str) -> str | None:
+        """None when `what` was logged within the interval (counted); else what to append to
+        the log line about the repeats not logged since the last one."""
         now = time.monotonic()
-        last, unlogged = self._slow_logged.get(kind, (float("-inf"), 0))
+        last, unlogged = self._logged.get(what, (float("-inf"), 0))
         if now - last < SLOW_CONSUMER_LOG_INTERVAL_S:
-            self._slow_logged[kind] = (last, unlogged + 1)
-            return
-        self._slow_logged[kind] = (now, 0)
-        since = f" ({unlogged} more since the last report)" if unlogged else ""
-        log.warning("slow consumer on %s: a handler fell behind and a message was dropped%s", kind, since)
+            self._logged[what] = (last, unlogged + 1)
+            return None
+        self._logged[what] = (now, 0)
+        return f" ({unlogged} more since the last report)" if unlogged else ""
 
     async def close(self) -> None:
         """Drain: finish handling what was received, flush what was published, then close."""
@@ -294,6 +382,22 @@ class Bus:
                 yield KvChange(entry.key, None if deleted else entry.value, entry.revision or 0)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+
+
+class CredentialsRefused(nats.errors.AuthorizationError):
+    """The NATS server refused this connection's user and password (or the lack of them)."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__()
+        self.user = user
+
+    def __str__(self) -> str:
+        who = f"the credentials of user {self.user!r}" if self.user else "a connection without credentials"
+        return f"nats refused {who}: check VOXLINE_NATS_USER and VOXLINE_NATS_PASSWORD"
+
+
+def _refused(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 class RevisionMismatch(Exception):

@@ -33,6 +33,20 @@ class CommonSettings(BaseSettings):
         "nats://127.0.0.1:4222",
         description="NATS server URL, or several comma-separated (a cluster's nodes); the dev stack sets it.",
     )
+    nats_user: str = Field(
+        "",
+        description="This service's NATS user (gateway, orchestrator, stt, brain or tts: proto/permissions.py "
+        "says what each may publish and subscribe); empty = no credentials. The dev stack sets it.",
+    )
+    nats_password: SecretStr = Field(
+        SecretStr(""), description="The NATS user's password (from a Secret; never logged). The dev stack sets it."
+    )
+    nats_tls_ca_file: str = Field(
+        "",
+        description="CA certificate (PEM) the NATS server's certificate is checked against; set: the bus "
+        "connects over TLS (a NATS beyond this host). Empty: plain TCP, or TLS checked against the system CAs "
+        "for tls:// URLs.",
+    )
     profile: Profile = Field(DEFAULT_PROFILE, description="Provider set: fake, local (offline models) or cloud.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")

@@ -23,6 +23,7 @@ from typing import IO
 import httpx
 
 from voxline.config import DEFAULT_PROFILE
+from voxline.nats_auth import NatsUsers
 
 SERVICES = ("orchestrator", "stt", "brain", "tts", "gateway")
 
@@ -139,6 +140,11 @@ class DevStack:
     profile: str = DEFAULT_PROFILE  # callers resolve the profile rule (cli.resolve_profile)
     http_port: int = 8080
     nats_url: str = ""  # use this server instead of starting one
+    # The users of the stack's nats-server (one per service, proto/permissions.py), random
+    # passwords per stack; generated when the stack starts its own server. With `nats_url`,
+    # the users that server was configured with (NatsUsers.write_config); None: services
+    # connect with whatever VOXLINE_NATS_USER/PASSWORD the environment holds.
+    nats_users: NatsUsers | None = None
     data_dir: Path | None = None
     log_dir: Path | None = None  # per-process log files; None = inherit the terminal
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -149,10 +155,17 @@ class DevStack:
     # `<service>-2`...; with several, the gateways listen on the ports after `http_port` and
     # `voxline.front_door` on `http_port` spreads connections over them (a load balancer).
     replicas: int = 1
+    _auth_dir: Path | None = field(default=None, init=False, repr=False)  # the config with passwords
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def probe_url(self) -> str:
+        """The stack's NATS URL with the test/probe user's credentials in it (that user may
+        publish and subscribe anything): what tests connect their own clients with."""
+        return self.nats_users.probe_url(self.nats_url) if self.nats_users else self.nats_url
 
     def _say(self, text: str) -> None:
         if self.verbose:
@@ -214,6 +227,8 @@ class DevStack:
 
     def _start_service(self, service: str, key: str, env: dict[str, str], nth: int = 0) -> Process:
         penv = dict(env)
+        if self.nats_users is not None:  # the service's own user: what proto/ lets it do, nothing more
+            penv.update(self.nats_users.env_for(service))
         if service == "gateway":
             penv["VOXLINE_HTTP_PORT"] = str(self._gateway_port(nth))
         # Every service's /healthz, /readyz, /metrics, /status: the gateway's on a port of
@@ -254,7 +269,12 @@ class DevStack:
         port, monitor = free_port(), free_port()
         data = self.data_dir or Path(tempfile.mkdtemp(prefix="voxline-nats-"))
         data.mkdir(parents=True, exist_ok=True)
-        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js", "-sd", str(data)]
+        if self.nats_users is None:
+            self.nats_users = NatsUsers.generate()
+        self._auth_dir = Path(tempfile.mkdtemp(prefix="voxline-nats-auth-"))  # 0700: the passwords
+        conf = self.nats_users.write_config(self._auth_dir / "nats.conf")
+        args = [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)]
+        args += ["-js", "-sd", str(data)]
         proc = Process("nats", args, dict(os.environ), self._log_file("nats"))
         self.processes["nats"] = proc
         proc.start()
@@ -271,7 +291,7 @@ class DevStack:
             raise StackError("nats-server did not open its port within 10 s")
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.nats_monitor_url = f"http://127.0.0.1:{monitor}"
-        self._say(f"voxline: nats-server with JetStream on {self.nats_url} (data in {data})")
+        self._say(f"voxline: nats-server with JetStream on {self.nats_url}, a user per service (data in {data})")
 
     def wait_ready(self, name: str, timeout: float) -> None:
         proc = self.processes[name]
@@ -329,6 +349,8 @@ class DevStack:
             self.processes["llm"].stop()
         if "nats" in self.processes:
             self.processes["nats"].stop()
+        if self._auth_dir is not None:
+            shutil.rmtree(self._auth_dir, ignore_errors=True)
         for proc in self.processes.values():
             if proc.log:
                 proc.log.close()

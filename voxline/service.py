@@ -25,6 +25,7 @@ from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import CommonSettings, WorkerSettings
 from voxline.metrics import NATS_SLOW_CONSUMERS, exposition
+from voxline.nats_auth import redact_url
 from voxline.telemetry import setup_logging
 
 log = logging.getLogger("voxline.service")
@@ -186,10 +187,15 @@ async def connect_with_retry(bus: Bus, settings: CommonSettings, stop: asyncio.E
     delay = 0.1
     while not stop.is_set():
         try:
-            await bus.connect(settings.nats_url)
+            await bus.connect(
+                settings.nats_url,
+                user=settings.nats_user,
+                password=settings.nats_password,
+                tls_ca_file=settings.nats_tls_ca_file,
+            )
             return
         except Exception as exc:
-            log.warning("nats at %s not reachable (%s); retrying in %.1fs", settings.nats_url, exc, delay)
+            log.warning("nats at %s not reachable (%s); retrying in %.1fs", redact_url(settings.nats_url), exc, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

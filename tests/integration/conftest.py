@@ -20,6 +20,7 @@ from proto import decode, subjects
 from proto.messages import Message
 from voxline.agents import BUNDLED_DIR
 from voxline.devstack import DevStack, free_ports_in_a_row, ports_for
+from voxline.nats_auth import NatsUsers
 from voxline.simulator import CallScript, Utterance
 
 AUTH_TOKEN = "test-twilio-auth-token-0001"
@@ -60,11 +61,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 @contextlib.contextmanager
 def own_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str], replicas: int = 1, nats_url: str = ""
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    env: dict[str, str],
+    replicas: int = 1,
+    nats_url: str = "",
+    nats_users: NatsUsers | None = None,
 ) -> Iterator[DevStack]:
     """A stack of its own, for a module that kills or replaces its processes; `env` adds
     to (or overrides) the suite's settings; `nats_url`: NATS the test started (else one
-    of the stack's own)."""
+    of the stack's own) with `nats_users` (the config it was started with: a user per
+    service, as the stack's own server has)."""
     logs = tmp_path_factory.mktemp(f"{name}-logs")
     agents = tmp_path_factory.mktemp(f"{name}-agents")
     shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
@@ -88,6 +95,7 @@ def own_stack(
         verbose=False,
         replicas=replicas,
         nats_url=nats_url,
+        nats_users=nats_users,
     )
     try:
         s.start(timeout=90)
@@ -133,13 +141,14 @@ class BusSpy:
 
 @pytest.fixture
 async def bus_spy(stack: DevStack) -> AsyncIterator[BusSpy]:
-    async with watching(stack.nats_url) as spy:
+    async with watching(stack.probe_url) as spy:
         yield spy
 
 
 @contextlib.asynccontextmanager
 async def watching(nats_url: str) -> AsyncIterator[BusSpy]:
-    """Brain requests, cancels and call controls on the bus at `nats_url`, as they pass."""
+    """Brain requests, cancels and call controls on the bus at `nats_url`, as they pass
+    (a stack's `probe_url`: the test user may subscribe to anything)."""
     spy = BusSpy()
     nc = await nats.connect(nats_url)
 

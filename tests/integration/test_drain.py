@@ -113,7 +113,7 @@ async def test_a_call_survives_sigterm_of_every_service_in_turn(drain_stack: Dev
     record: dict[str, Any] = {}
 
     async def recorded() -> bool:
-        record.update(await _record(stack.nats_url, script.call_sid))
+        record.update(await _record(stack.probe_url, script.call_sid))
         return record.get("status") == "ended"
 
     await wait_until(recorded, timeout=15, what="the call's final record")

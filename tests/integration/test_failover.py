@@ -89,7 +89,7 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
         Utterance(text=QUESTIONS[1], pause_ms=6000),  # the takeover happens in this silence
         Utterance(text=QUESTIONS[2]),
     )
-    async with watching(stack.nats_url) as spy:
+    async with watching(stack.probe_url) as spy:
         call, owner, other = await _call_answered_once(stack, script)
         proc = stack.processes[owner]
         assert proc.popen is not None
@@ -120,8 +120,8 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
         return await _owner(stack, script.call_sid) is None
 
     await wait_until(released, timeout=10, what="the call to be released")
-    assert script.call_sid not in await _kv_keys(stack.nats_url, CALL_LEASES_BUCKET)
-    assert script.call_sid not in await _kv_keys(stack.nats_url, CALL_STATE_BUCKET)
+    assert script.call_sid not in await _kv_keys(stack.probe_url, CALL_LEASES_BUCKET)
+    assert script.call_sid not in await _kv_keys(stack.probe_url, CALL_STATE_BUCKET)
     await loop.run_in_executor(None, stack.restart, owner)  # two orchestrators for the next test
 
 
@@ -184,7 +184,7 @@ async def _released_everywhere(stack: DevStack, call_id: str) -> bool:
 
 
 async def _record_in_kv(stack: DevStack, call_id: str) -> dict[str, object] | None:
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.probe_url)
     try:
         entry = await (await nc.jetstream().key_value(CALL_RECORDS_BUCKET)).get(call_id)
         return msgspec.json.decode(entry.value) if entry.value else None
@@ -256,7 +256,7 @@ async def test_the_stt_worker_killed_mid_sentence_the_sentence_is_still_heard(pa
     stack = pair
     long_question = "could you tell me whether you are open on saturday mornings and where I can park"
     script = script_for(Utterance(text=QUESTIONS[0]), Utterance(text=long_question, pause_ms=1500))
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.probe_url)
     onsets: list[SpeechStarted] = []
 
     async def on_stt(msg: nats.aio.msg.Msg) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until
 from voxline.devstack import DevStack, free_port, nats_server_binary
+from voxline.nats_auth import NatsUsers
 from voxline.simulator import Utterance, run_call
 
 pytestmark = pytest.mark.integration
@@ -43,9 +44,11 @@ class Node:
         return result
 
 
-def start_cluster(root: Path, size: int = 3) -> list[Node]:
-    """`size` nats-servers with JetStream, routed to each other; returns once JetStream has
-    a meta leader (the cluster can create replicated buckets)."""
+def start_cluster(root: Path, users: NatsUsers, size: int = 3) -> list[Node]:
+    """`size` nats-servers with JetStream, routed to each other, each with `users` (a user
+    per service, as a dev stack's own server); returns once JetStream has a meta leader
+    (the cluster can create replicated buckets)."""
+    conf = users.write_config(root / "users.conf")
     cluster_ports = [free_port() for _ in range(size)]
     routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
     nodes = []
@@ -55,7 +58,7 @@ def start_cluster(root: Path, size: int = 3) -> list[Node]:
         store = root / name
         store.mkdir(parents=True, exist_ok=True)
         args = [
-            nats_server_binary(),
+            *(nats_server_binary(), "-c", str(conf)),
             *("-a", "127.0.0.1", "-p", str(client), "-m", str(monitor), "-js", "-sd", str(store)),
             *("--server_name", name, "--cluster_name", "voxline", "--cluster", f"nats://127.0.0.1:{cport}"),
             *("--routes", routes),
@@ -83,16 +86,22 @@ def stop_cluster(nodes: list[Node]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
-    nodes = start_cluster(tmp_path_factory.mktemp("nats-cluster"))
+def users() -> NatsUsers:
+    return NatsUsers.generate()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, users: NatsUsers) -> Iterator[list[Node]]:
+    nodes = start_cluster(tmp_path_factory.mktemp("nats-cluster"), users)
     yield nodes
     stop_cluster(nodes)
 
 
 @pytest.fixture(scope="module")
-def clustered(tmp_path_factory: pytest.TempPathFactory, cluster: list[Node]) -> Iterator[DevStack]:
+def clustered(tmp_path_factory: pytest.TempPathFactory, cluster: list[Node], users: NatsUsers) -> Iterator[DevStack]:
     env = {"VOXLINE_NATS_URL": ",".join(n.url for n in cluster), "VOXLINE_KV_REPLICAS": "3"}
-    with own_stack(tmp_path_factory, "cluster", env, replicas=2, nats_url=env["VOXLINE_NATS_URL"]) as stack:
+    url = env["VOXLINE_NATS_URL"]
+    with own_stack(tmp_path_factory, "cluster", env, replicas=2, nats_url=url, nats_users=users) as stack:
         yield stack
 
 

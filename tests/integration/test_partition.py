@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, service_log, wait_until
 from voxline.devstack import DevStack, Process, free_port, nats_server_binary
+from voxline.nats_auth import NatsUsers
 from voxline.simulator import Utterance, run_call
 
 pytestmark = pytest.mark.integration
@@ -81,14 +82,17 @@ def partitioned(tmp_path_factory: pytest.TempPathFactory, netns: Namespace) -> I
     port = free_port()
     store = tmp_path_factory.mktemp("partition-nats")
     log = open(Path(store) / "nats.log", "ab")
+    users = NatsUsers.generate()  # a user per service, as a dev stack's own server has
+    conf = users.write_config(Path(store) / "users.conf")
     nats = subprocess.Popen(
-        [nats_server_binary(), "-a", HOST_IP, "-p", str(port), "-js", "-sd", str(store)],
+        [nats_server_binary(), "-c", str(conf), "-a", HOST_IP, "-p", str(port), "-js", "-sd", str(store)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         url = f"nats://{HOST_IP}:{port}"
-        with own_stack(tmp_path_factory, "partition", {"VOXLINE_DRAIN_TIMEOUT_S": "1"}, 2, nats_url=url) as stack:
+        env = {"VOXLINE_DRAIN_TIMEOUT_S": "1"}
+        with own_stack(tmp_path_factory, "partition", env, 2, nats_url=url, nats_users=users) as stack:
             _move_into(stack, "orchestrator-2", netns)
             yield stack
     finally:

@@ -95,7 +95,7 @@ async def call_with_a_kill(stack: DevStack, question: str, after_chunks: int) ->
     script = script_for(Utterance(text=question), reply_timeout_s=30.0)
     assert script.call_sid is not None  # the gateway names the call by its CallSid
     kill = Kill(stack, await tts_workers(stack), after_chunks)
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.probe_url)
 
     async def on_audio(msg: Msg) -> None:
         kill.on_audio(msg)

@@ -49,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, twilio: TwilioRestEmulator) 
 async def bus(stack: DevStack, twilio: TwilioRestEmulator) -> AsyncIterator[Bus]:
     twilio.reset()
     b = Bus("test-orders")
-    await b.connect(stack.nats_url)
+    await b.connect(stack.probe_url)
     yield b
     await b.close()
 

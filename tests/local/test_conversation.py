@@ -47,7 +47,7 @@ async def test_two_questions_answered_from_the_prompt(
     # The reply audio as the gateway received it, per turn, straight off the bus.
     reply_audio: dict[int, list[AudioFrame]] = defaultdict(list)
     bus = Bus("local-test-listener")
-    await bus.connect(local_stack.nats_url)
+    await bus.connect(local_stack.probe_url)
 
     async def on_frame(frame: AudioFrame, _: Msg) -> None:
         reply_audio[frame.turn_id].append(frame)
