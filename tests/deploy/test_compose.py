@@ -22,7 +22,15 @@ from tests.deploy.k8s import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
-SECRETS = ("VOXLINE_STREAM_TOKEN_SECRET", "TWILIO_AUTH_TOKEN", "VOXLINE_API_KEY", "GRAFANA_ADMIN_PASSWORD")
+SERVICES = ("gateway", "orchestrator", "stt", "brain", "tts")
+NATS_PASSWORDS = tuple(f"VOXLINE_NATS_PASSWORD_{name.upper()}" for name in SERVICES)
+SECRETS = (
+    "VOXLINE_STREAM_TOKEN_SECRET",
+    "TWILIO_AUTH_TOKEN",
+    "VOXLINE_API_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
+    *NATS_PASSWORDS,
+)
 # Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}.
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
@@ -107,6 +115,28 @@ def test_services_probe_their_internal_port_and_scale() -> None:
         assert services[name]["deploy"]["replicas"] >= 2, name
     nats = services["nats"]
     assert "-js" in nats["command"] and "nats-data:/data" in nats["volumes"]
+
+
+def test_nats_has_a_user_per_service_each_with_its_own_password() -> None:
+    """nats-server reads the generated users (proto/permissions.py) and each password from
+    its environment; each service connects as its own user with that password, nothing else."""
+    services = interpolate(load(), {name: f"value-of-{name}" for name in SECRETS})
+    nats = services["services"]["nats"]
+    assert nats["command"][:2] == ["-c", "/etc/nats/nats.conf"]
+    mounts = dict(m.rsplit(":", 1)[0].split(":", 1) for m in nats["volumes"] if m.startswith("./"))
+    assert mounts == {
+        "./deploy/compose/nats.conf": "/etc/nats/nats.conf",
+        "./deploy/k8s/base/nats-users.conf": "/etc/nats/nats-users.conf",
+    }
+    assert "include ./nats-users.conf" in (ROOT / "deploy/compose/nats.conf").read_text()
+    users = (ROOT / "deploy/k8s/base/nats-users.conf").read_text()
+    for name, variable in zip(SERVICES, NATS_PASSWORDS, strict=True):
+        env = services["services"][name]["environment"]
+        assert env["VOXLINE_NATS_USER"] == name
+        assert env["VOXLINE_NATS_PASSWORD"] == f"value-of-{variable}", name
+        assert nats["environment"][variable] == f"value-of-{variable}"
+        assert f'user: "{name}"\n      password: ${variable}\n' in users
+    assert '"probe"' not in users  # the dev stack's test user is not deployed
 
 
 def test_prometheus_and_grafana_read_the_repository_config() -> None:

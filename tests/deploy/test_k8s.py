@@ -116,3 +116,46 @@ def test_the_agents_configmap_is_the_bundled_agents() -> None:
     assert shipped == bundled, "copy voxline/agents/*.toml to deploy/k8s/base/agents/"
     configmap = next(o for o in render("dev") if re.match(r"voxline-agents-", o["metadata"]["name"]))
     assert configmap["data"] == bundled
+
+
+def test_each_service_is_its_own_nats_user_and_nats_has_every_password(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    overlay, objects = rendered
+    for name, deployment in by_kind(objects, "Deployment").items():
+        env = {e["name"]: e for e in container(deployment).get("env", [])}
+        assert env["VOXLINE_NATS_USER"]["value"] == name
+        ref = env["VOXLINE_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"].startswith("voxline-secrets"), name  # the dev overlay's has a hash suffix
+        assert ref["key"] == f"VOXLINE_NATS_PASSWORD_{name.upper()}", name
+    nats = container(by_kind(objects, "StatefulSet")["nats"])
+    passwords = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in nats["env"] if "NATS" in e["name"]}
+    assert passwords == {f"VOXLINE_NATS_PASSWORD_{n.upper()}": f"VOXLINE_NATS_PASSWORD_{n.upper()}" for n in SERVICES}
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("nats-config"))
+    assert config["data"]["nats-users.conf"] == (K8S / "base" / "nats-users.conf").read_text(), overlay
+    assert config["data"]["nats.conf"].rstrip().endswith("include ./nats-users.conf"), overlay
+
+
+def test_production_nats_speaks_tls_to_clients_and_routes() -> None:
+    objects = render("production")
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("nats-config"))
+    conf = config["data"]["nats.conf"]
+    top, cluster = conf.split("cluster {", 1)
+    assert "tls {\n  cert_file: /etc/nats/tls/tls.crt" in top
+    assert "tls {" in cluster and "verify: true" in cluster and "ca_file: /etc/nats/tls/ca.crt" in cluster
+    nats = by_kind(objects, "StatefulSet")["nats"]
+    volumes = {v["name"]: v for v in nats["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container(nats)["volumeMounts"]}
+    assert volumes["tls"]["secret"] == {"secretName": "nats-tls"} and mounts["tls"] == "/etc/nats/tls"
+    settings = by_kind(objects, "ConfigMap")
+    voxline_config = next(v for k, v in settings.items() if k.startswith("voxline-config"))["data"]
+    assert voxline_config["VOXLINE_NATS_URL"] == "tls://nats:4222"
+    for name, deployment in by_kind(objects, "Deployment").items():
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        # The CA only: a service never holds the server's key.
+        assert volumes["nats-ca"]["secret"] == {
+            "secretName": "nats-tls",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        mount = {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}["nats-ca"]
+        assert voxline_config["VOXLINE_NATS_TLS_CA_FILE"] == f"{mount}/ca.crt", name
