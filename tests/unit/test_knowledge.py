@@ -11,7 +11,7 @@ from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
 from services.brain.providers.base import ReplyAction
 from services.brain.providers.tool_calls import ToolCall, ToolCallAccumulator, call_action
-from voxline.agents import AgentStore, InvalidAgent
+from voxline.agents import Agent, AgentStore, InvalidAgent
 from voxline.agents.knowledge import Bm25, Chunk, KnowledgeEntry, load_chunks, split_paragraphs, tokenize
 from voxline.agents.tools import Tool
 
@@ -127,7 +127,8 @@ def test_transfer_uses_the_configured_number_over_the_models() -> None:
     fixed = Tool(name="t", description="d", kind="transfer_call", to="+15550100")
     free = Tool(name="t", description="d", kind="transfer_call")
     asked = ToolCall("c", "t", ['{"phone_number": "+15559999"}'])
-    assert call_action(fixed, asked) == ReplyAction("transfer", "+15550100")
-    assert call_action(free, asked) == ReplyAction("transfer", "+15559999")
-    assert call_action(free, ToolCall("c", "t", ["not json"])) is None
-    assert call_action(Tool(name="e", description="d", kind="end_call"), asked) == ReplyAction("hangup")
+    agent = Agent(id="a", name="A", greeting="", system_prompt="", tools=[fixed], transfer_allowlist=["+1555*"])
+    assert call_action(agent, fixed, asked) == ReplyAction("transfer", "+15550100")
+    assert call_action(agent, free, asked) == ReplyAction("transfer", "+15559999")  # on its allowlist
+    assert isinstance(call_action(agent, free, ToolCall("c", "t", ["not json"])), str)  # the model is told why
+    assert call_action(agent, Tool(name="e", description="d", kind="end_call"), asked) == ReplyAction("hangup")

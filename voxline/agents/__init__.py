@@ -1,16 +1,38 @@
 """Agent definitions: who the AI is on a given number. Files for now (one TOML per agent),
-until agent storage arrives with the REST API."""
+until agent storage arrives with the REST API.
+
+Where an agent may dial (every call is paid by its owner; see voxline/agents/dialling.py):
+
+| field | meaning |
+|---|---|
+| `transfer_allowlist` | numbers a `transfer_call` tool without `to` may go to; the model chooses among them |
+| `outbound_allowlist` | numbers `POST /v1/calls` may dial for this agent (else 403) |
+
+Entries are exact E.164 numbers (`"+14155550123"`) or prefixes ending in `*` (`"+1415555*"`:
+every number starting with +1415555); anything else makes the agent invalid, naming the
+field. Both are empty by default, and empty allows nothing: the model can choose no number
+(a transfer tool without `to` is then not offered to it), and the agent makes no outbound
+calls, so neither a prompt-injected caller nor a leaked API key can run up premium-rate
+calls. A tool's fixed `to` is the owner's own choice and always allowed; when
+`transfer_allowlist` is not empty the fixed `to` must be on it too (one list to review).
+Only strict E.164 numbers (`+`, 7 to 15 ASCII digits) are ever dialled.
+
+Knowledge files and the agent's own file must be inside the agents directory (symlinks
+resolved): an absolute path or one leading out (`../secret`, a link to /proc/self/environ)
+makes the agent invalid.
+"""
 
 from __future__ import annotations
 
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
-from voxline.agents.knowledge import KnowledgeEntry
+from voxline.agents.dialling import ENTRY_HELP, Allowlist, DestinationNotAllowed, invalid_entries, is_e164, masked
+from voxline.agents.knowledge import KnowledgeEntry, KnowledgePathError, confined
 from voxline.agents.tools import Tool
 from voxline.agents.turn_options import TurnOptions
 
@@ -42,6 +64,39 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     # brain puts the paragraphs that match the caller's words into the system prompt.
     knowledge: list[str | KnowledgeEntry] = []
     tools: list[Tool] = []  # `[[tools]]`, see voxline/agents/tools.py
+    transfer_allowlist: list[str] = []  # see the table above
+    outbound_allowlist: list[str] = []
+
+    def __post_init__(self) -> None:
+        for field in ("transfer_allowlist", "outbound_allowlist"):
+            for i in invalid_entries(getattr(self, field)):
+                raise ValueError(f"{field}[{i}] {getattr(self, field)[i][:32]!r} is not {ENTRY_HELP}")
+        allowlist = Allowlist(self.transfer_allowlist)
+        for i, tool in enumerate(self.tools):
+            if tool.kind != "transfer_call" or not tool.to:
+                continue
+            if not is_e164(tool.to):
+                raise ValueError(f"tools[{i}].to {tool.to[:32]!r} is not an E.164 number like +14155550123")
+            if allowlist and not allowlist.allows(tool.to):
+                raise ValueError(f"tools[{i}].to {tool.to} is not allowed by transfer_allowlist")
+
+    def may_transfer_to(self, number: str) -> bool:
+        """A fixed `to` of one of its transfer tools, or a number its allowlist allows."""
+        fixed = {tool.to for tool in self.tools if tool.kind == "transfer_call" and tool.to}
+        return is_e164(number) and (number in fixed or Allowlist(self.transfer_allowlist).allows(number))
+
+    def check_transfer(self, number: str) -> None:
+        if not self.may_transfer_to(number):
+            raise DestinationNotAllowed(f"agent {self.id} does not allow a transfer to {masked(number)}")
+
+    def may_call(self, number: str) -> bool:
+        """May `POST /v1/calls` dial this number for the agent."""
+        return Allowlist(self.outbound_allowlist).allows(number)
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """The tools offered to the model; a transfer that could go nowhere is left out."""
+        allowlist = Allowlist(self.transfer_allowlist)
+        return [schema for tool in self.tools if (schema := tool.openai_schema(allowlist)) is not None]
 
 
 class UnknownAgent(LookupError):
@@ -54,16 +109,24 @@ class InvalidAgent(ValueError):
 
 class AgentStore:
     """Reads agents from a directory (the bundled ones when none is given), re-reading a
-    file when it changes so an edit needs no restart."""
+    file when it changes so an edit needs no restart.
+
+    Agent ids come from requests (`?agent=`, `POST /v1/calls`), so they are held to a
+    strict pattern before they name a file, and the file (symlinks resolved) must be in
+    the directory: an id can never make the store read anything else."""
 
     def __init__(self, directory: str | Path = "") -> None:
         self.directory = Path(directory) if directory else BUNDLED_DIR
         self._cache: dict[str, tuple[float, Agent]] = {}
 
     def get(self, agent_id: str) -> Agent:
-        if not _AGENT_ID.match(agent_id):
-            raise UnknownAgent(f"invalid agent id {agent_id!r}")
+        if not _AGENT_ID.fullmatch(agent_id):  # fullmatch: `$` would let "demo\n" through
+            raise UnknownAgent(f"invalid agent id {agent_id[:64]!r}")
         path = self.directory / f"{agent_id}.toml"
+        try:
+            confined(self.directory, path.name)
+        except KnowledgePathError:
+            raise InvalidAgent(f"agent file {path.name} leads outside the agents directory") from None
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -86,8 +149,19 @@ class AgentStore:
             raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
         except RecursionError:  # tomllib recurses per nested array or table
             raise InvalidAgent(f"agent file {path} is invalid: nested too deeply") from None
+        self._check_knowledge(agent)
         self._cache[agent_id] = (mtime, agent)
         return agent
 
+    def _check_knowledge(self, agent: Agent) -> None:
+        for entry in agent.knowledge:
+            name = entry if isinstance(entry, str) else entry.file
+            if not name:
+                continue
+            try:
+                confined(self.directory, name)
+            except KnowledgePathError as exc:
+                raise InvalidAgent(f"agent {agent.id}: knowledge {exc}") from None
+
     def ids(self) -> list[str]:
-        return sorted(p.stem for p in self.directory.glob("*.toml"))
+        return sorted(p.stem for p in self.directory.glob("*.toml") if _AGENT_ID.fullmatch(p.stem))

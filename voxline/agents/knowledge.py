@@ -40,6 +40,27 @@ class KnowledgeEntry(msgspec.Struct, frozen=True, kw_only=True):
     file: str = ""
 
 
+class KnowledgePathError(PermissionError):
+    """A file path of an agent that would read outside the agent's directory."""
+
+
+def confined(base_dir: Path, name: str) -> Path:
+    """`name` inside `base_dir`, symlinks resolved. An agent's TOML may come from someone
+    who should not read this machine's files (`/proc/self/environ` holds the API keys),
+    so an absolute path, `..` out of the directory, or a link that leads out is refused;
+    a link that stays inside (a Kubernetes ConfigMap's `..data/`) is fine."""
+    if not name or Path(name).is_absolute():
+        raise KnowledgePathError(f"path {name[:200]!r} must be relative to the agent's directory")
+    root = base_dir.resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte
+        raise KnowledgePathError(f"path {name[:200]!r} cannot be resolved") from None
+    if path == root or not path.is_relative_to(root):
+        raise KnowledgePathError(f"path {name[:200]!r} leads outside the agent's directory")
+    return path
+
+
 @dataclass(frozen=True)
 class Chunk:
     source: str
@@ -85,7 +106,7 @@ def split_paragraphs(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
 
 
 def load_chunks(entries: Iterable[str | KnowledgeEntry], base_dir: Path) -> list[Chunk]:
-    """Chunks of every knowledge file (relative to the agent's directory) and inline entry."""
+    """Chunks of every knowledge file (inside the agent's directory) and inline entry."""
     chunks: list[Chunk] = []
     for entry in entries:
         if isinstance(entry, KnowledgeEntry) and entry.file:
@@ -94,7 +115,7 @@ def load_chunks(entries: Iterable[str | KnowledgeEntry], base_dir: Path) -> list
             text = f"{entry.title}\n{entry.text}" if entry.title else entry.text
             chunks += [Chunk(entry.title or "inline", p) for p in split_paragraphs(text)]
         else:
-            path = Path(entry) if Path(entry).is_absolute() else base_dir / entry
+            path = confined(base_dir, entry)  # checked when the agent loaded; a link may change since
             chunks += [Chunk(path.name, p) for p in split_paragraphs(path.read_text(encoding="utf-8"))]
     return chunks
 

@@ -8,9 +8,10 @@ is closed, as it is when the turn is cancelled, so the model stops generating fo
 
 Tool calls: a webhook's result goes back to the model, which then streams the spoken
 answer (a new round); transfer_call and end_call end the reply with a ReplyAction after
-whatever was said. Endpoint failures become ProviderError (the fallback chain retries or
-moves on); the message carries the provider and HTTP status, never the body, because
-OpenAI echoes a masked key in its 401 body.
+whatever was said, except a transfer to a number the agent does not allow, which goes
+back to the model as an error like a failed webhook (tool_calls.py). Endpoint failures
+become ProviderError (the fallback chain retries or moves on); the message carries the
+provider and HTTP status, never the body, because OpenAI echoes a masked key in its 401 body.
 
 The request follows the current API reference
 (https://platform.openai.com/docs/api-reference/chat/create): the token cap goes as
@@ -46,7 +47,7 @@ from prometheus_client import Counter
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
-from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, Sentence
+from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, ReplyAction, Sentence
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
@@ -140,8 +141,8 @@ class OpenAIChatProvider:
 
     async def _create(self, messages: list[dict[str, Any]], agent: Agent) -> AsyncStream[ChatCompletionChunk]:
         extra: dict[str, Any] = {}
-        if agent.tools:
-            extra["tools"] = [tool.openai_schema() for tool in agent.tools]
+        if tools := agent.openai_tools():
+            extra["tools"] = tools
         if not self.reasoning:  # reasoning models refuse any temperature but their default
             extra["temperature"] = self.settings.llm_temperature
         create = self.client.chat.completions.create
@@ -218,18 +219,18 @@ class OpenAIChatProvider:
             for call in calls.calls():
                 tool = tools.get(call.name)
                 TOOL_CALLS.labels(kind=tool.kind if tool is not None else "unknown").inc()
-                if tool is not None and (action := call_action(tool, call)) is not None:
+                if tool is None:
+                    log.warning("model called unknown tool %r", call.name[:64])
+                    result = f'{{"error": "no tool named {call.name[:64]}"}}'
+                elif tool.kind == "webhook":
+                    result = await run_webhook(self.webhooks, tool, call, turn.call_id)
+                elif isinstance(action := call_action(agent, tool, call), ReplyAction):
                     if not said and (say := tool.spoken_when_silent(agent.goodbye)):
                         yield Sentence(say)
                     yield action
                     return
-                if tool is not None and tool.kind == "transfer_call":
-                    result = '{"error": "no number to transfer to"}'
-                elif tool is None:
-                    log.warning("model called unknown tool %r", call.name[:64])
-                    result = f'{{"error": "no tool named {call.name[:64]}"}}'
-                else:
-                    result = await run_webhook(self.webhooks, tool, call, turn.call_id)
+                else:  # a transfer refused: the model hears why and answers the caller
+                    result = action
                 messages[-1]["tool_calls"].append(call.message())
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         log.info("reply of %d sentences in %.0f ms", len(said), (time.monotonic() - started) * 1000)

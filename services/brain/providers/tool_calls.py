@@ -7,6 +7,12 @@ function name first, then the JSON arguments in fragments, and `finish_reason`
 Webhook failures (timeout, refused, non-2xx) are not errors of the turn: the failure is
 handed to the model as the tool's result, so it can tell the caller in its own words
 instead of the line going silent or an apology that explains nothing.
+
+So is a transfer to a number the agent does not allow (voxline/agents/dialling.py): a
+caller can talk the model into "transferring" them to a premium-rate number, and the
+owner pays. The number the model returned is checked (E.164, the agent's allowlist)
+before any transfer is ordered; a refused one never leaves the brain, and the model is
+told so and answers the caller.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import Any
 import httpx
 
 from services.brain.providers.base import ReplyAction
-from voxline.agents.tools import Tool
+from voxline.agents import Agent
+from voxline.agents.dialling import Allowlist, masked, normalise
+from voxline.agents.tools import NUMBER_ARGUMENTS, Tool
 
 log = logging.getLogger("voxline.brain.tools")
 
@@ -72,22 +80,27 @@ class ToolCallAccumulator:
         return bool(self.calls())
 
 
-def call_action(tool: Tool, call: ToolCall) -> ReplyAction | None:
-    """What ending or transferring the call means for the reply; None for a webhook (or a
-    transfer with no number to dial, which goes back to the model as an error)."""
+def call_action(agent: Agent, tool: Tool, call: ToolCall) -> ReplyAction | str:
+    """What ending or transferring the call means for the reply; for a transfer that may
+    not happen, the tool result that tells the model why. (Webhooks are run elsewhere.)"""
     if tool.kind == "end_call":
         return ReplyAction("hangup")
-    if tool.kind == "transfer_call" and (target := transfer_target(tool, call)):
-        return ReplyAction("transfer", target)
-    return None
+    asked = tool.to or transfer_target(call)
+    if not asked:
+        return json.dumps({"error": "no number to transfer to"})
+    number = normalise(asked)
+    if number and agent.may_transfer_to(number):
+        return ReplyAction("transfer", number)
+    # The model's argument may hold the caller's words: only its shape is logged.
+    log.warning("agent %s, tool %s: transfer to %s refused (not allowed)", agent.id, tool.name[:64], masked(asked))
+    allowed = Allowlist(agent.transfer_allowlist).describe()
+    return json.dumps({"error": f"transfer refused: that number is not allowed. Numbers allowed: {allowed}."})
 
 
-def transfer_target(tool: Tool, call: ToolCall) -> str:
-    """The configured number, else the model's (first string argument, e.g. phone_number)."""
-    if tool.to:
-        return tool.to
+def transfer_target(call: ToolCall) -> str:
+    """The model's number: a usual argument name (phone_number), else the first string."""
     args = call.parsed()
-    for key in ("phone_number", "number", "to"):
+    for key in NUMBER_ARGUMENTS:
         if isinstance(args.get(key), str) and args[key].strip():
             return str(args[key]).strip()
     return next((str(v).strip() for v in args.values() if isinstance(v, str) and v.strip()), "")
