@@ -75,7 +75,11 @@ class Gateway:
 
     async def transfer(self, call_sid: str, number: str) -> None:
         """A transfer the agent ordered: remembered first, so the `<Connect action>` can
-        still dial it if the REST redirect fails or the REST API is not configured."""
+        still dial it if the REST redirect fails or the REST API is not configured. The
+        number is checked against the call's agent first (the brain did; a forged order
+        on the bus must not dial either): no record or agent, no transfer."""
+        record = await self.outcomes.record(call_sid)
+        self.agents.get(record.agent_id if record is not None else "").check_transfer(number)
         await self.outcomes.transfer_ordered(call_sid, number)
         if not self.twilio.configured:
             raise TwilioNotConfigured("no Twilio REST API: the transfer is dialled from the <Connect> action")
