@@ -40,7 +40,7 @@ from voxline.agents.turn_options import TurnOptions
 from voxline.audio import TELEPHONY_RATE, mulaw_to_pcm16, pcm16_to_float, resample, tone_pcm16
 from voxline.config import SttSettings
 from voxline.models import silero_vad_path, whisper_model_dir
-from voxline.telemetry import now_us
+from voxline.telemetry import now_us, words
 
 log = logging.getLogger("voxline.stt.local")
 
@@ -266,7 +266,7 @@ class LocalSttSession:
             await asyncio.wait([previous])
         if self.closed:
             return
-        log.info("final transcript in %.0f ms: %r", took_ms, text)
+        log.info("final transcript in %.0f ms: %s", took_ms, words(text))
         await self.emit(
             Transcript(call_id=self.call_id, text=text, is_final=True, at_us=now_us(), provider_ms=round(took_ms, 1))
         )
