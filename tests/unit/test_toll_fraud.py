@@ -206,6 +206,27 @@ async def test_the_model_hears_the_refusal_and_answers_the_caller(chat: OpenAiCh
     assert second.messages[-1]["role"] == "tool" and "not allowed" in second.messages[-1]["content"]
 
 
+async def test_a_model_that_insists_on_a_refused_number_leaves_no_silence(
+    chat: OpenAiChatEmulator, tmp_path: Path
+) -> None:
+    (tmp_path / "desk.toml").write_text(
+        f'name = "D"\ngreeting = "Hi."\nsystem_prompt = "S"\napology = "Sorry, say again?"\n'
+        f'transfer_allowlist = ["{DESK}"]\n'
+        '[[tools]]\nname = "transfer"\ndescription = "Transfer the caller."\nkind = "transfer_call"\n'
+    )
+    chat.replies = [Reply(tool_calls=[("transfer", {"phone_number": PREMIUM})])] * 2
+    endpoint = OpenAiLlmSettings(base_url=chat.base_url, api_key=SecretStr(DEFAULT_KEY), model="gpt-4o")
+    settings = BrainSettings(openai=endpoint, agents_dir=str(tmp_path), tool_rounds=1)
+    brain = OpenAIChatProvider(settings, name="openai")
+    turn = BrainTurn(call_id="c1", turn_id=1, agent_id="desk", history=[], user_text="Transfer me.", requested_at_us=0)
+    try:
+        events = [event async for event in brain.stream(turn)]
+    finally:
+        await brain.close()
+    assert len(chat.requests) == 2
+    assert [e for e in events if isinstance(e, Sentence | ReplyAction)] == [Sentence("Sorry, say again?")]
+
+
 # --- the gateway's own checks -----------------------------------------------------------
 
 

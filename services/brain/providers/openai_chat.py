@@ -233,6 +233,11 @@ class OpenAIChatProvider:
                     result = action
                 messages[-1]["tool_calls"].append(call.message())
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        else:
+            if not said:  # every round ended in tool calls (a model insisting on a refused number)
+                log.warning("no words after %d rounds of tool calls: the apology is said", round_no + 1)
+                said.append(agent.apology)
+                yield Sentence(agent.apology)
         log.info("reply of %d sentences in %.0f ms", len(said), (time.monotonic() - started) * 1000)
         if self.local and said:
             self._prefill_history([*messages, {"role": "assistant", "content": " ".join(said)}])
