@@ -50,6 +50,11 @@ class CommonSettings(BaseSettings):
     profile: Profile = Field(DEFAULT_PROFILE, description="Provider set: fake, local (offline models) or cloud.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people.")
+    log_transcripts: bool = Field(
+        False,
+        description="Caller and agent words and whole phone numbers in logs, for debugging one's own calls. Off: "
+        "logs show word counts and masked numbers (+1415***4567); the call record keeps both either way.",
+    )
     health_host: str = Field("127.0.0.1", description="Bind address of /healthz, /readyz, /metrics.")
     instance_id: str = Field(default_factory=_default_instance_id, description="Names this worker on the bus.")
     kv_replicas: int = Field(

@@ -150,7 +150,7 @@ def run_worker(
     start: Callable[[Bus, Any], Awaitable[Worker]],
 ) -> None:
     """Entry point of the stt, brain, tts and orchestrator processes."""
-    setup_logging(service, settings.log_level, settings.log_format)
+    setup_logging(service, settings.log_level, settings.log_format, transcripts=settings.log_transcripts)
     tracing.setup(service, settings.instance_id)
     try:
         asyncio.run(_run_worker(service, settings, start))

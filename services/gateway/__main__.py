@@ -60,7 +60,9 @@ async def main(settings: GatewaySettings) -> None:
 
 if __name__ == "__main__":
     gateway_settings = GatewaySettings()
-    setup_logging("gateway", gateway_settings.log_level, gateway_settings.log_format)
+    setup_logging(
+        "gateway", gateway_settings.log_level, gateway_settings.log_format, transcripts=gateway_settings.log_transcripts
+    )
     tracing.setup("gateway", gateway_settings.instance_id)
     try:
         asyncio.run(main(gateway_settings))
