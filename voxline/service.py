@@ -126,10 +126,19 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set; print the bound port so a supervisor can find it."""
+async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event, ws_max_size: int = 16 * 1024 * 1024) -> None:
+    """Serve until `stop` is set; print the bound port so a supervisor can find it.
+    `ws_max_size`: a bigger WebSocket message closes the connection (1009) before it is
+    buffered whole."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio"
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ws="websockets-sansio",
+        ws_max_size=ws_max_size,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve())

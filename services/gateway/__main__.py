@@ -25,6 +25,7 @@ from voxline.service import (
 from voxline.telemetry import setup_logging
 
 log = logging.getLogger("voxline.gateway")
+EXIT_UNSAFE = 78  # EX_CONFIG: a configuration that would leave the gateway open
 
 
 async def _serve_all(*servers: Coroutine[Any, Any, None]) -> None:
@@ -33,6 +34,12 @@ async def _serve_all(*servers: Coroutine[Any, Any, None]) -> None:
 
 
 async def main(settings: GatewaySettings) -> None:
+    problems = settings.exposure_problems()
+    if problems:
+        for problem in problems:
+            log.critical("refusing to start on %s: %s", settings.http_host, problem)
+        log.critical("bind to 127.0.0.1 for local use, or set VOXLINE_INSECURE_DEV=1 on a trusted network only")
+        raise SystemExit(EXIT_UNSAFE)
     stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     install_stop_signals(stop, now)
     bus = Bus(f"gateway-{settings.instance_id}")
@@ -42,10 +49,14 @@ async def main(settings: GatewaySettings) -> None:
         await bus.serve_ping(subjects.gateway_ping(settings.instance_id))
     if settings.twilio_auth_token:
         log.info("Twilio signature validation is on")
+    elif settings.insecure_dev:
+        log.warning("VOXLINE_INSECURE_DEV: TWILIO_AUTH_TOKEN is not set, webhook signatures are not checked")
     else:
-        log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked")
+        log.warning("TWILIO_AUTH_TOKEN is not set: webhook signatures are not checked (loopback only)")
     # The server outlives the drain: open media streams and the probes keep being served.
-    public = serve_http(create_app(gateway), settings.http_host, settings.http_port, finished)
+    public = serve_http(
+        create_app(gateway), settings.http_host, settings.http_port, finished, settings.ws_max_message_bytes
+    )
     internal = Starlette(routes=probe_routes(bus, lambda: gateway))  # /metrics, /status: not on the public port
     http = asyncio.create_task(
         _serve_all(public, serve_http(internal, settings.health_host, settings.health_port, finished))

@@ -13,7 +13,9 @@ from fastapi.responses import Response
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.gateway import rest_api, webhook
 from services.gateway.call_outcomes import CallOutcomes, StreamEnd
-from services.gateway.media_stream import MediaStream
+from services.gateway.edge_limits import PendingStreams
+from services.gateway.media_stream import REFUSED_STREAMS, MediaStream
+from services.gateway.stream_claims import StreamClaims
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest
 from voxline.agents import AgentStore
@@ -38,7 +40,9 @@ class Gateway:
         self.bus = bus
         self.settings = settings
         self.agents = AgentStore(settings.agents_dir)
-        self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s)
+        self.tokens = StreamTokens(settings.stream_token_secret, settings.stream_token_ttl_s, bus)
+        self.claims = StreamClaims(bus, settings.instance_id)
+        self.pending = PendingStreams(settings.ws_pending_per_source, settings.ws_pending_max)
         self.streams: set[MediaStream] = set()
         self.twilio = TwilioRest(settings)
         self.outcomes = CallOutcomes(bus)
@@ -135,13 +139,35 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
+        # Refused before the upgrade (a close before accept is an HTTP 403): nothing of an
+        # unsigned or surplus connection is read.
+        source = ws.client.host if ws.client else "?"
+        slot = gateway.pending.admit(source)
+        if slot is None:
+            REFUSED_STREAMS.labels(reason="too many pending").inc()
+            log.warning("refused a media WebSocket: too many unauthenticated ones open (%s)", source)
+            await ws.close(code=1008)
+            return
+        if not webhook.upgrade_signed(ws, gateway.settings):
+            slot.release()
+            REFUSED_STREAMS.labels(reason="bad signature").inc()
+            await ws.close(code=1008)
+            return
         stream = MediaStream(
-            ws, gateway.bus, gateway.settings, gateway.tokens, gateway.transfer, gateway.outcomes.stream_ended
+            ws,
+            gateway.bus,
+            gateway.settings,
+            gateway.tokens,
+            gateway.transfer,
+            gateway.outcomes.stream_ended,
+            claims=gateway.claims,
+            pending=slot,
         )
         gateway.opened(stream)
         try:
             await stream.run()
         finally:
+            slot.release()
             gateway.closed(stream)
 
     @app.get("/v1/calls/{call_id}")

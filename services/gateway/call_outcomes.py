@@ -34,7 +34,8 @@ STREAM_ENDS_TTL_S = 3600.0  # in KV: a transfer's <Dial action> comes when the h
 # call (no `stop`), or a write to it stalled. Twilio may come back with a new stream.
 STREAM_CLOSED = "stream closed"
 SEND_STALLED = "send stalled"
-LOST_REASONS = frozenset({STREAM_CLOSED, SEND_STALLED})
+SUPERSEDED = "superseded by a newer stream"  # closed by us: the call goes on on the newer stream
+LOST_REASONS = frozenset({STREAM_CLOSED, SEND_STALLED, SUPERSEDED})
 CALL_BUSY = "busy"  # refused: no orchestrator or STT worker had room for the call
 # WebSocket close reasons of a stream Twilio ended: not the agent's doing.
 STREAM_LOST = frozenset({"caller hung up", *LOST_REASONS})

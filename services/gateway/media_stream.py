@@ -39,14 +39,24 @@ from proto.messages import (
     PlaybackResume,
     ReplyAudioSent,
     StreamResume,
+    StreamSuperseded,
     Transfer,
     TurnCancel,
 )
 from services.common import Fence
 from services.gateway import twilio_protocol as tp
-from services.gateway.call_outcomes import CALL_BUSY, LOST_REASONS, SEND_STALLED, STREAM_CLOSED, StreamEnd
+from services.gateway.call_outcomes import (
+    CALL_BUSY,
+    LOST_REASONS,
+    SEND_STALLED,
+    STREAM_CLOSED,
+    SUPERSEDED,
+    StreamEnd,
+)
 from services.gateway.caller_audio import CallerAudioHistory
+from services.gateway.edge_limits import MessageBudget, PendingSlot
 from services.gateway.playback import Chunk, Cleared, Playback
+from services.gateway.stream_claims import StreamClaims, StreamOutdated
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline import tracing
 from voxline.bus import Bus
@@ -61,12 +71,17 @@ CLEARS = Counter("voxline_gateway_clears_total", "clear messages sent to Twilio"
 REFUSED = Counter("voxline_gateway_refused_calls_total", "Media streams whose call was refused", ["reason"])
 SEND_TIMEOUTS = Counter("voxline_gateway_send_timeouts_total", "Media streams closed because a write to Twilio stalled")
 RESUMES = Counter("voxline_gateway_stream_resumes_total", "New media streams of calls whose stream broke", ["outcome"])
+REFUSED_STREAMS = Counter(
+    "voxline_gateway_refused_streams_total",
+    "Media WebSockets refused or closed at the edge, by why (bad token, replay, superseded, limits)",
+    ["reason"],
+)
 FORWARD_LATENCY = stage_histogram("voxline_gateway_reply_forward_seconds", "TTS chunk made to the chunk sent to Twilio")
 
 # WebSocket close codes: 1008 policy violation (bad token), 1011 cannot serve the call.
 CLOSE_POLICY = 1008
 CLOSE_UNAVAILABLE = 1011
-START_TIMEOUT_S = 10.0
+MESSAGES_BEFORE_START = 4  # Twilio sends `connected`, then `start`: anything more is not Twilio
 
 TransferCall = Callable[[str, str], Awaitable[None]]  # (call sid, number): Twilio REST <Dial>
 RecordEnd = Callable[[str, StreamEnd], Awaitable[None]]  # how a call's stream ended, for any gateway to read
@@ -89,8 +104,16 @@ class MediaStream:
         transfer: TransferCall | None = None,
         record_end: RecordEnd | None = None,
         clock: Callable[[], int] = now_us,
+        claims: StreamClaims | None = None,
+        pending: PendingSlot | None = None,
     ) -> None:
         self.ws = ws
+        self.claims = claims  # None: one gateway's unit tests, where no other stream can exist
+        self.pending = pending  # our place among unauthenticated sockets, given up at `start`
+        self.budget = MessageBudget(settings.ws_messages_per_s, settings.ws_messages_burst)
+        self._issued_us = 0  # our stream token's issue time: a newer token's stream replaces us
+        self._replaced = ""  # the stream of the call we replaced, if any
+        self._superseded = False
         self.record_end = record_end
         self.clock = clock  # µs: when chunks went out, echoes came back and clears were sent
         self.transfer = transfer
@@ -117,11 +140,15 @@ class MediaStream:
     async def run(self) -> None:
         await self.ws.accept()
         try:
-            start = await asyncio.wait_for(self._await_start(), START_TIMEOUT_S)
-        except (TimeoutError, WebSocketDisconnect):
+            start = await asyncio.wait_for(self._await_start(), self.settings.stream_start_timeout_s)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError):
+            REFUSED_STREAMS.labels(reason="no start").inc()
             log.warning("media stream closed before a valid start event")
             await self._close(CLOSE_POLICY, "no start event")
             return
+        finally:
+            if self.pending is not None:
+                self.pending.release()
         if start is None:
             return
         ACTIVE_STREAMS.inc()
@@ -134,20 +161,39 @@ class MediaStream:
             await self._finish(reason)
 
     async def _await_start(self) -> tp.Start | None:
-        while True:
+        for _ in range(MESSAGES_BEFORE_START):
             event = self._parse(await self.ws.receive_text())
             if isinstance(event, tp.Start):
                 return await self._authorize(event)
+        REFUSED_STREAMS.labels(reason="no start").inc()
+        log.warning("media stream sent %d messages without a start: closed", MESSAGES_BEFORE_START)
+        await self._close(CLOSE_POLICY, "no start event")
+        return None
 
     async def _authorize(self, start: tp.Start) -> tp.Start | None:
         meta = start.start
         agent_id = meta.custom_parameters.get("agent_id", "")
+        token = meta.custom_parameters.get("stream_token", "")
         try:
-            self.tokens.verify(meta.custom_parameters.get("stream_token", ""), meta.call_sid, agent_id)
+            grant = await self.tokens.verify(token, meta.call_sid, agent_id, meta.account_sid)
         except InvalidStreamToken as exc:
+            REFUSED_STREAMS.labels(reason="invalid token").inc()
             log.warning("refused media stream: %s", exc, extra={"call_id": meta.call_sid})
             await self._close(CLOSE_POLICY, "invalid stream token")
             return None
+        if self.claims is not None:
+            try:
+                self._replaced = await self.claims.claim(meta.call_sid, meta.stream_sid, grant.issued_us)
+            except StreamOutdated as exc:
+                REFUSED_STREAMS.labels(reason="outdated").inc()
+                log.warning("refused media stream: %s", exc, extra={"call_id": meta.call_sid})
+                await self._close(CLOSE_POLICY, "the call has a newer stream")
+                return None
+            except Exception as exc:
+                log.error("could not claim the call for this stream: %r", exc, extra={"call_id": meta.call_sid})
+                await self._close(CLOSE_UNAVAILABLE, "call refused")
+                return None
+        self._issued_us = grant.issued_us
         fmt = meta.media_format
         if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000:
             log.error("unsupported media format %s/%d", fmt.encoding, fmt.sample_rate)
@@ -167,6 +213,7 @@ class MediaStream:
             await self.bus.subscribe(subjects.turn_cancel(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.caller_audio(self.call_id), self._on_caller_audio_request),
+            await self.bus.subscribe(subjects.stream_superseded(self.call_id), self._on_superseded),
         ]
         params = {k: v for k, v in meta.custom_parameters.items() if k != "stream_token"}
         request = CallStart(
@@ -180,7 +227,9 @@ class MediaStream:
             started_at_us=now_us(),
             gateway_id=self.settings.instance_id,
         )
-        resumed = params.get(RESUME_PARAMETER) == "1"
+        # A stream that replaced another of the call goes on with the call, like a resume:
+        # the owner is told which stream it now has, so the old one's end is old news.
+        resumed = params.get(RESUME_PARAMETER) == "1" or bool(self._replaced)
         if resumed:
             reply = await self._resume_call(meta.stream_sid)
         else:
@@ -198,6 +247,9 @@ class MediaStream:
             await self._close(CLOSE_UNAVAILABLE, CALL_BUSY if reply.busy else "call refused")
             return False
         log.info("media stream %s (stream %s)", "resumed" if resumed else "started", meta.stream_sid)
+        if self._replaced:
+            superseded = StreamSuperseded(call_id=self.call_id, stream_sid=meta.stream_sid, issued_us=self._issued_us)
+            await self.bus.publish(subjects.stream_superseded(self.call_id), superseded, self._headers)
         return True
 
     async def _resume_call(self, stream_sid: str) -> Message:
@@ -234,6 +286,11 @@ class MediaStream:
                 return (self._end_reason or "agent hung up") if self._closing else STREAM_CLOSED
             except RuntimeError:  # the socket was closed by us (Hangup, Transfer)
                 return self._end_reason or "agent hung up"
+            if not self.budget.take():
+                REFUSED_STREAMS.labels(reason="message rate").inc()
+                log.warning("media stream sent more than its message budget: closed")
+                await self._close(CLOSE_POLICY, "message rate exceeded")
+                return "message rate exceeded"
             event = self._parse(text)
             if isinstance(event, tp.Media):
                 frame = AudioFrame(event.media.payload, seq=event.media.chunk, timestamp_us=now_us())
@@ -288,7 +345,8 @@ class MediaStream:
             return
         self._closing = True
         self.close_code, self.close_reason = code, reason
-        if self.call_id and self.record_end is not None:
+        # A superseded stream's end is not the call's: the newer stream's will be recorded.
+        if self.call_id and self.record_end is not None and not self._superseded:
             try:
                 await asyncio.wait_for(self.record_end(self.call_id, StreamEnd(code, reason)), 1.0)
             except Exception as exc:
@@ -398,6 +456,19 @@ class MediaStream:
         frames = self._caller_audio.since(message.since_us)
         log.info("handing %d frame(s) of caller audio to the call's new stt worker", len(frames))
         await self.bus.respond(msg, CallerAudio(call_id=self.call_id, frames=frames))
+
+    async def _on_superseded(self, message: Message, _msg: Msg) -> None:
+        """A newer stream of the call took it (on this gateway or another): this one is
+        stale (a socket whose link broke) or was never Twilio's, and must not serve the call."""
+        if not isinstance(message, StreamSuperseded) or message.stream_sid == self.serializer.stream_sid:
+            return
+        if message.issued_us <= self._issued_us:
+            return
+        REFUSED_STREAMS.labels(reason="superseded").inc()
+        log.warning("media stream superseded by stream %s: closed", message.stream_sid)
+        self._superseded = True
+        self._end_reason = SUPERSEDED
+        await self._close(CLOSE_POLICY, SUPERSEDED)
 
     # --- orders from the orchestrator ------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -32,7 +32,7 @@ DIAL_ENDED_PATH = "/twilio/dial-ended"  # <Dial action> of a transfer
 DEFAULT_AGENT = Agent(id="", name="", greeting="", system_prompt="")  # its messages, when the agent is unknown
 
 
-def public_base(request: Request, settings: GatewaySettings) -> str:
+def public_base(request: Request | WebSocket, settings: GatewaySettings) -> str:
     """The base URL Twilio used: VOXLINE_PUBLIC_URL, else the request's own host and
     (forwarded) scheme, so a plain-HTTP local gateway hands out ws:// URLs."""
     if settings.public_url:
@@ -80,6 +80,23 @@ async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, 
     return params
 
 
+def upgrade_signed(ws: WebSocket, settings: GatewaySettings) -> bool:
+    """Whether Twilio signed the media WebSocket's upgrade request (when TWILIO_AUTH_TOKEN is
+    set). Twilio says to validate X-Twilio-Signature on Media Streams connections
+    (https://www.twilio.com/docs/global-infrastructure/firewall-configurations/media-streams-configuration,
+    https://www.twilio.com/docs/usage/security#validating-requests). ASSUMPTION, not spelled
+    out there: the signed string is the `<Stream url>` we handed out, exactly, with no
+    parameters (a GET has none), as for any GET webhook."""
+    if not settings.twilio_auth_token:
+        return True
+    url = stream_url(public_base(ws, settings))
+    signature = ws.headers.get("x-twilio-signature", "")
+    if RequestValidator(settings.twilio_auth_token).validate(url, {}, signature):
+        return True
+    log.warning("refused a media WebSocket with a bad or missing X-Twilio-Signature (url %s)", url)
+    return False
+
+
 def _agent(agents: AgentStore, agent_id: str) -> Agent:
     try:
         return agents.get(agent_id) if agent_id else DEFAULT_AGENT
@@ -124,7 +141,7 @@ def connect_stream(
     # stream-stopped and stream-error (with StreamError) come to this URL.
     stream = connect.stream(url=stream_url(base), status_callback=f"{base}{STREAM_STATUS_PATH}?{query}")
     stream.parameter(name="agent_id", value=agent_id)
-    stream.parameter(name="stream_token", value=tokens.issue(call_sid, agent_id))
+    stream.parameter(name="stream_token", value=tokens.issue(call_sid, agent_id, params.get("AccountSid", "")))
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
     if resume:

@@ -23,7 +23,7 @@ from voxline.bus import Bus
 from voxline.devstack import DevStack
 from voxline.simulator import CallScript
 from voxline.simulator.line import PhoneLine
-from voxline.simulator.placement import place_call, stream_parameters
+from voxline.simulator.placement import place_call, stream_parameters, upgrade_headers
 from voxline.simulator.twilio_stream import TwilioStream
 
 pytestmark = pytest.mark.integration
@@ -64,8 +64,10 @@ class Call:
 
     async def start(self) -> None:
         target = await place_call(self.http, self.stack.gateway_url, self.script, AUTH_TOKEN)
-        ws = await websockets.connect(target.url, compression=None)
-        self.line = PhoneLine(ws, TwilioStream(self.sid, ACCOUNT_SID))
+        ws = await websockets.connect(
+            target.url, compression=None, additional_headers=upgrade_headers(target.url, AUTH_TOKEN)
+        )
+        self.line = PhoneLine(ws, TwilioStream(self.sid, self.script.account_sid or ""))
         await self.line.start(stream_parameters(target.parameters, self.script))
         await wait_until(self.has_record, 10, "the orchestrator to take the call")
 
@@ -164,8 +166,8 @@ async def test_connect_action_after_a_refused_stream_apologises(stack: DevStack)
         script = CallScript(stream_token_override="forged.token.value")
         call = Call(stack, http, script)
         target = await place_call(http, stack.gateway_url, script, AUTH_TOKEN)
-        async with websockets.connect(target.url) as ws:
-            line = PhoneLine(ws, TwilioStream(call.sid, ACCOUNT_SID))
+        async with websockets.connect(target.url, additional_headers=upgrade_headers(target.url, AUTH_TOKEN)) as ws:
+            line = PhoneLine(ws, TwilioStream(call.sid, script.account_sid or ""))
             await line.start(stream_parameters(target.parameters, script))
             await line.wait_for(lambda: line.closed, 10)
             assert line.closed_by_gateway

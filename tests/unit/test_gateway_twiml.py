@@ -204,7 +204,7 @@ async def test_a_stream_whose_gateway_died_gets_a_new_stream_on_another(
     assert connect is not None and connect.get("action") == f"{BASE}/twilio/stream-ended?agent=demo"
     parameters = stream_parameters(response.text)
     assert parameters["resume"] == "1" and parameters["agent_id"] == "demo"
-    gateway.tokens.verify(parameters["stream_token"], CALL_SID, "demo")  # a token the media stream accepts
+    gateway.tokens.check(parameters["stream_token"], CALL_SID, "demo", ACCOUNT_SID)  # the stream accepts it
 
 
 async def test_a_broken_stream_is_resumed_only_while_the_call_is_in_progress(

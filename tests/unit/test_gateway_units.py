@@ -85,16 +85,32 @@ def test_serializer_builds_twilio_messages() -> None:
     assert json.loads(odd.media(b"\x01"))["streamSid"] == 'MZ"\\'
 
 
-def test_stream_tokens_bind_call_and_agent() -> None:
+def test_stream_tokens_bind_call_agent_and_account() -> None:
     tokens = StreamTokens("s" * 32, ttl_s=60)
-    token = tokens.issue("CA1", "demo")
-    tokens.verify(token, "CA1", "demo")
-    for call, agent in (("CA2", "demo"), ("CA1", "other")):
+    token = tokens.issue("CA1", "demo", "AC1")
+    tokens.check(token, "CA1", "demo", "AC1")
+    for call, agent, account in (("CA2", "demo", "AC1"), ("CA1", "other", "AC1"), ("CA1", "demo", "AC2")):
         with pytest.raises(InvalidStreamToken):
-            tokens.verify(token, call, agent)
+            tokens.check(token, call, agent, account)
     with pytest.raises(InvalidStreamToken):
-        StreamTokens("a" * 32, 60).verify(token, "CA1", "demo")
+        StreamTokens("a" * 32, 60).check(token, "CA1", "demo", "AC1")
     with pytest.raises(InvalidStreamToken):
-        StreamTokens("s" * 32, ttl_s=-10).verify(StreamTokens("s" * 32, ttl_s=-10).issue("CA1", "demo"), "CA1", "demo")
+        StreamTokens("s" * 32, ttl_s=-10).check(StreamTokens("s" * 32, ttl_s=-10).issue("CA1", "demo"), "CA1", "demo")
     with pytest.raises(InvalidStreamToken):
-        tokens.verify("", "CA1", "demo")
+        tokens.check("", "CA1", "demo")
+
+
+def test_a_token_without_jti_or_issue_time_is_refused() -> None:
+    """A token signed before tokens were single-use (or forged without them) cannot be spent."""
+    import jwt
+
+    old = jwt.encode({"sub": "CA1", "agent": "demo", "exp": 2**33}, "s" * 32, algorithm="HS256")
+    with pytest.raises(InvalidStreamToken, match="jti"):
+        StreamTokens("s" * 32, 60).check(old, "CA1", "demo")
+
+
+def test_the_tokens_of_a_call_are_ordered_and_unique() -> None:
+    tokens = StreamTokens("s" * 32, ttl_s=60)
+    first, second = (tokens.check(tokens.issue("CA1", "demo"), "CA1", "demo") for _ in range(2))
+    assert first.jti != second.jti
+    assert second.issued_us > first.issued_us

@@ -20,7 +20,13 @@ from voxline.audio import TELEPHONY_RATE
 from voxline.simulator.connect_action import describe, follow_connect_action
 from voxline.simulator.coverage import turn_coverage
 from voxline.simulator.line import FollowAction, NewStream, PhoneLine, SpeechLog
-from voxline.simulator.placement import PlacementError, fetch_record, place_call, stream_parameters
+from voxline.simulator.placement import (
+    PlacementError,
+    fetch_record,
+    place_call,
+    stream_parameters,
+    upgrade_headers,
+)
 from voxline.simulator.playback import Chunk, measure_barge_in
 from voxline.simulator.results import BargeInResult, CallResult, PlayedEntry, StreamBreak, TurnResult
 from voxline.simulator.script import CallScript, Utterance
@@ -89,7 +95,12 @@ async def run_call(
             return result
         result.stream_url = target.url
         try:
-            ws = await websockets.connect(target.url, open_timeout=10.0, compression=None)
+            ws = await websockets.connect(
+                target.url,
+                open_timeout=10.0,
+                compression=None,
+                additional_headers=upgrade_headers(target.url, auth_token),
+            )
         except InvalidStatus as exc:
             result.errors.append(f"stream handshake refused: HTTP {exc.response.status_code}")
             return result
@@ -181,7 +192,9 @@ def _twilio_follows(
             return None
         brk.then = "<Connect><Stream>"
         try:
-            ws = await websockets.connect(step.url, open_timeout=10.0, compression=None)
+            ws = await websockets.connect(
+                step.url, open_timeout=10.0, compression=None, additional_headers=upgrade_headers(step.url, auth_token)
+            )
         except (InvalidStatus, OSError, WebSocketException, TimeoutError) as exc:
             brk.then += f" (connect failed: {exc!r})"
             return None

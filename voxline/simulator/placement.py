@@ -63,6 +63,14 @@ async def post_as_twilio(
     return await http.post(url, data=params, headers=headers)
 
 
+def upgrade_headers(url: str, auth_token: str | None) -> dict[str, str]:
+    """The media WebSocket's upgrade request as Twilio signs it (ASSUMPTION, as in the
+    gateway's `upgrade_signed`): the `<Stream url>` with no parameters."""
+    if not auth_token:
+        return {}
+    return {"X-Twilio-Signature": RequestValidator(auth_token).compute_signature(url, {})}
+
+
 def stream_parameters(twiml_parameters: dict[str, str], script: CallScript) -> dict[str, str]:
     """What Twilio would put in start.customParameters, plus the script's tampering."""
     params = dict(twiml_parameters)
