@@ -10,6 +10,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from proto import subjects
+from services.gateway.api_keys import ApiKeyStore
 from services.gateway.app import Gateway, create_app
 from voxline import tracing
 from voxline.bus import Bus
@@ -33,17 +34,32 @@ async def _serve_all(*servers: Coroutine[Any, Any, None]) -> None:
     await asyncio.gather(*servers)
 
 
+async def _stored_api_keys(bus: Bus, settings: GatewaySettings) -> int:
+    """How many API keys the store holds; 0 when it cannot be read (or need not be)."""
+    if settings.exposure_problems(stored_api_keys=1) == settings.exposure_problems() or not bus.connected:
+        return 0
+    try:
+        return await ApiKeyStore(bus).count()
+    except Exception as exc:
+        log.warning("could not count the stored API keys: %r", exc)
+        return 0
+
+
 async def main(settings: GatewaySettings) -> None:
-    problems = settings.exposure_problems()
+    stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    install_stop_signals(stop, now)
+    bus = Bus(f"gateway-{settings.instance_id}")
+    bus.kv_replicas = settings.kv_replicas  # its buckets (tokens, claims, stream ends) outlive a node too
+    await connect_with_retry(bus, settings, stop)
+    # After connecting: the first API key may be one `voxline keys create` stored.
+    stored_keys = await _stored_api_keys(bus, settings)
+    problems = settings.exposure_problems(stored_keys)
     if problems:
         for problem in problems:
             log.critical("refusing to start on %s: %s", settings.http_host, problem)
         log.critical("bind to 127.0.0.1 for local use, or set VOXLINE_INSECURE_DEV=1 on a trusted network only")
+        await bus.close()
         raise SystemExit(EXIT_UNSAFE)
-    stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    install_stop_signals(stop, now)
-    bus = Bus(f"gateway-{settings.instance_id}")
-    await connect_with_retry(bus, settings, stop)
     gateway = Gateway(bus, settings)
     if bus.connected:  # the owners of its calls ping it: a dead gateway's calls are ended
         await bus.serve_ping(subjects.gateway_ping(settings.instance_id))

@@ -103,7 +103,7 @@ class Gateway:
         await self.twilio.close()
 
     async def call_record(self, call_id: str) -> CallRecord:
-        if not call_id.isalnum():
+        if not (call_id.isascii() and call_id.isalnum()):
             raise HTTPException(400, "invalid call id")
         try:
             record = await self.bus.kv_get(CALL_RECORDS_BUCKET, call_id, CallRecord)

@@ -162,7 +162,7 @@ class MediaStream:
 
     async def _await_start(self) -> tp.Start | None:
         for _ in range(MESSAGES_BEFORE_START):
-            event = self._parse(await self.ws.receive_text())
+            event = self._parse(await self._receive_text())
             if isinstance(event, tp.Start):
                 return await self._authorize(event)
         REFUSED_STREAMS.labels(reason="no start").inc()
@@ -281,7 +281,7 @@ class MediaStream:
         audio_subject = subjects.audio_in(self.call_id)
         while True:
             try:
-                text = await self.ws.receive_text()
+                text = await self._receive_text()
             except WebSocketDisconnect:  # Twilio's answer to our own close is one too
                 return (self._end_reason or "agent hung up") if self._closing else STREAM_CLOSED
             except RuntimeError:  # the socket was closed by us (Hangup, Transfer)
@@ -304,6 +304,15 @@ class MediaStream:
                 if self._transfer_outcome is not None:  # Twilio stops the stream our redirect took over
                     return await self._transfer_outcome
                 return "caller hung up"
+
+    async def _receive_text(self) -> str:
+        """The next message's text; a binary frame (Twilio sends none) reads as '' and is
+        counted as malformed instead of raising from starlette's receive_text()."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        return text if isinstance(text, str) else ""
 
     def _parse(self, text: str) -> tp.InboundEvent | None:
         try:

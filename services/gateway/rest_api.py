@@ -210,7 +210,7 @@ async def call_status(request: Request, settings: GatewaySettings, outcomes: Cal
         return form
     call_sid, status = form.get("CallSid", ""), form.get("CallStatus", "?")
     extra = {"call_id": call_sid}
-    if status in NEVER_ANSWERED and call_sid.isalnum():
+    if status in NEVER_ANSWERED and (call_sid.isascii() and call_sid.isalnum()):
         agent_id = request.query_params.get("agent", "")
         try:
             if await outcomes.never_answered(call_sid, status, agent_id, form.get("From", ""), form.get("To", "")):

@@ -74,7 +74,11 @@ async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, 
     if settings.twilio_auth_token:
         url = public_base(request, settings) + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get("x-twilio-signature", "")
-        if not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
+        try:
+            valid = RequestValidator(settings.twilio_auth_token).validate(url, params, signature)
+        except ValueError:  # a forwarded host the URL parser refuses ('[', 'h:x'): not Twilio's
+            valid = False
+        if not valid:
             log.warning("rejected a webhook with a bad X-Twilio-Signature (url %s)", url)
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
     return params
@@ -91,8 +95,11 @@ def upgrade_signed(ws: WebSocket, settings: GatewaySettings) -> bool:
         return True
     url = stream_url(public_base(ws, settings))
     signature = ws.headers.get("x-twilio-signature", "")
-    if RequestValidator(settings.twilio_auth_token).validate(url, {}, signature):
-        return True
+    try:
+        if RequestValidator(settings.twilio_auth_token).validate(url, {}, signature):
+            return True
+    except ValueError:  # a forwarded host the URL parser refuses
+        pass
     log.warning("refused a media WebSocket with a bad or missing X-Twilio-Signature (url %s)", url)
     return False
 
@@ -113,7 +120,7 @@ async def voice_webhook(
     base = public_base(request, settings)
     outcomes.public_base = base
     call_sid = params.get("CallSid", "")
-    if not call_sid.isalnum():
+    if not (call_sid.isascii() and call_sid.isalnum()):
         log.warning("webhook without a usable CallSid: %r", call_sid[:64])
         return Response("CallSid missing or invalid", status_code=400, media_type="text/plain")
     agent_id = request.query_params.get("agent") or params.get("agent") or "demo"
@@ -163,7 +170,7 @@ async def stream_ended(
     if isinstance(params, Response):
         return params
     call_sid = params.get("CallSid", "")
-    if not call_sid.isalnum():
+    if not (call_sid.isascii() and call_sid.isalnum()):
         return Response("CallSid missing or invalid", status_code=400, media_type="text/plain")
     agent_id = request.query_params.get("agent", "")
     agent = _agent(agents, agent_id)
