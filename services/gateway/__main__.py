@@ -63,6 +63,11 @@ async def main(settings: GatewaySettings) -> None:
     gateway = Gateway(bus, settings)
     if bus.connected:  # the owners of its calls ping it: a dead gateway's calls are ended
         await bus.serve_ping(subjects.gateway_ping(settings.instance_id))
+        try:
+            await gateway.tokens.prepare()
+            await gateway.claims.prepare()
+        except Exception as exc:  # made on the first call instead
+            log.warning("could not create the stream token and claim buckets yet: %r", exc)
     if settings.twilio_auth_token:
         log.info("Twilio signature validation is on")
     elif settings.insecure_dev:

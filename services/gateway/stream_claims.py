@@ -9,11 +9,14 @@ compare-and-set, so two streams racing for one call cannot both win.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from nats.js.errors import BucketNotFoundError
+import nats.errors
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError
 
 from proto.records import CALL_STREAMS_BUCKET, StreamClaim
+from services.gateway.stream_token import STORE_RETRY_S
 from voxline.bus import Bus, RevisionMismatch
 
 log = logging.getLogger("voxline.gateway.claims")
@@ -52,11 +55,17 @@ class StreamClaims:
                 return held.stream_sid
             except RevisionMismatch:
                 continue  # another stream of the call moved the claim meanwhile: look again
+            except (NoStreamResponseError, nats.errors.TimeoutError):
+                await asyncio.sleep(STORE_RETRY_S)  # the bucket's stream is electing a leader
         raise StreamOutdated("the call's stream kept changing while this one tried to take it")
 
     async def _create(self, call_sid: str, claim: StreamClaim) -> None:
         try:
             await self.bus.kv_create(CALL_STREAMS_BUCKET, call_sid, claim)
         except BucketNotFoundError:
-            await self.bus.create_bucket(CALL_STREAMS_BUCKET, ttl_s=CLAIMS_TTL_S)
+            await self.prepare()
             await self.bus.kv_create(CALL_STREAMS_BUCKET, call_sid, claim)
+
+    async def prepare(self) -> None:
+        """Create the bucket (idempotent), at the gateway's start."""
+        await self.bus.create_bucket(CALL_STREAMS_BUCKET, ttl_s=CLAIMS_TTL_S)

@@ -12,16 +12,21 @@ orders the tokens of a call: the stream with the newest token is the call's stre
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import NamedTuple
 
 import jwt
-from nats.js.errors import BucketNotFoundError
+import nats.errors
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError
 
 from proto.records import STREAM_TOKENS_BUCKET, SpentStreamToken
 from voxline.bus import Bus, RevisionMismatch
 from voxline.telemetry import now_us
+
+STORE_ATTEMPTS = 12  # times STORE_RETRY_S: within the stream's start timeout
+STORE_RETRY_S = 0.25
 
 
 class InvalidStreamToken(Exception):
@@ -79,17 +84,31 @@ class StreamTokens:
         if self._bus is None:
             return
         spent = SpentStreamToken(call_id=call_sid, at_us=now_us())
-        try:
+        for attempt in range(STORE_ATTEMPTS):
             try:
-                await self._bus.kv_create(STREAM_TOKENS_BUCKET, grant.jti, spent)
-            except BucketNotFoundError:
-                # Kept past the token's own expiry: an expired token is refused by its `exp`.
-                await self._bus.create_bucket(STREAM_TOKENS_BUCKET, ttl_s=self._ttl_s + 60)
-                await self._bus.kv_create(STREAM_TOKENS_BUCKET, grant.jti, spent)
-        except RevisionMismatch:
-            raise InvalidStreamToken("stream token was already used (a replay)") from None
-        except Exception as exc:
-            raise InvalidStreamToken(f"cannot check that the stream token is unused: {exc!r}") from None
+                try:
+                    await self._bus.kv_create(STREAM_TOKENS_BUCKET, grant.jti, spent)
+                except BucketNotFoundError:
+                    await self.prepare()
+                    await self._bus.kv_create(STREAM_TOKENS_BUCKET, grant.jti, spent)
+                return
+            except RevisionMismatch:
+                raise InvalidStreamToken("stream token was already used (a replay)") from None
+            except (NoStreamResponseError, nats.errors.TimeoutError) as exc:
+                # The bucket's stream has no leader for a moment (just created on a cluster,
+                # or a node died): a new leader is elected within seconds.
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise InvalidStreamToken(f"cannot check that the stream token is unused: {exc!r}") from None
+                await asyncio.sleep(STORE_RETRY_S)
+            except Exception as exc:
+                raise InvalidStreamToken(f"cannot check that the stream token is unused: {exc!r}") from None
+
+    async def prepare(self) -> None:
+        """Create the spent-token bucket (idempotent): at the gateway's start, so the first
+        call does not wait for a new replicated stream to elect its leader."""
+        if self._bus is not None:
+            # Kept past the token's own expiry: an expired token is refused by its `exp`.
+            await self._bus.create_bucket(STREAM_TOKENS_BUCKET, ttl_s=self._ttl_s + 60)
 
     async def verify(self, token: str, call_sid: str, agent_id: str, account_sid: str = "") -> StreamGrant:
         """Check the token and spend it: raise InvalidStreamToken unless it is valid and unused."""

@@ -259,4 +259,10 @@ class Ownership:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    # The lease store did not answer (a NATS node holding its stream died and
+                    # a new leader is being elected): the owner could not renew meanwhile
+                    # either, so, as after a bus outage, every lease gets a whole lease time
+                    # from now instead of being taken from a live owner the moment it answers.
                     log.exception("taking over an orphaned call failed", extra={"call_id": call_id})
+                    self.book.restart_clock(time.monotonic())
+                    break
