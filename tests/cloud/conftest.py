@@ -18,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import pytest
 
+from tests.emulators.openai_chat import OpenAiChatEmulator
+from tests.emulators.twilio_rest import TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN
 from voxline.devstack import DevStack, free_port
 
@@ -159,3 +161,13 @@ def counter_value(metrics_text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{value}"' in line for key, value in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@pytest.fixture(scope="module")
+def chat() -> Iterator[OpenAiChatEmulator]:
+    yield from running(OpenAiChatEmulator())
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[TwilioRestEmulator]:
+    yield from running(TwilioRestEmulator(auth_token=AUTH_TOKEN))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.cloud.conftest import LogsSince, all_logs, counter_value, metrics, running, start_stack
+from tests.cloud.conftest import LogsSince, all_logs, counter_value, metrics, start_stack
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN, wait_until
@@ -96,16 +96,6 @@ class WebhookRecorder:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def chat() -> Iterator[OpenAiChatEmulator]:
-    yield from running(OpenAiChatEmulator())
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioRestEmulator]:
-    yield from running(TwilioRestEmulator(auth_token=AUTH_TOKEN))
 
 
 @pytest.fixture(scope="module")

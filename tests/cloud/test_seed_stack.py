@@ -62,11 +62,6 @@ def deepgram(emulator_loop: BackgroundLoop) -> Iterator[DeepgramEmulator]:
 
 
 @pytest.fixture(scope="module")
-def chat() -> Iterator[OpenAiChatEmulator]:
-    yield from running(OpenAiChatEmulator())
-
-
-@pytest.fixture(scope="module")
 def el() -> Iterator[ElevenLabsEmulator]:
     yield from running(ElevenLabsEmulator())
 

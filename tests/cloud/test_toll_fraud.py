@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cloud.conftest import LogsSince, running, start_stack
+from tests.cloud.conftest import LogsSince, start_stack
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN, wait_until
@@ -38,16 +38,6 @@ name = "transfer_call"
 description = "Transfer the caller to the number they need."
 kind = "transfer_call"
 """
-
-
-@pytest.fixture(scope="module")
-def chat() -> Iterator[OpenAiChatEmulator]:
-    yield from running(OpenAiChatEmulator())
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioRestEmulator]:
-    yield from running(TwilioRestEmulator(auth_token=AUTH_TOKEN))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from proto.messages import Dtmf
 from proto.permissions import SERVICES
 from tests.deploy.k8s import render
 from voxline.bus import Bus
-from voxline.devstack import Process, free_port, nats_server_binary
+from voxline.devstack import Process, free_port, nats_server_binary, wait_for_port
 from voxline.nats_auth import password_env
 
 pytestmark = pytest.mark.integration
@@ -85,15 +83,7 @@ def production_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure
         server = Process("nats", args, env, log)
         server.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if not server.alive or time.monotonic() > deadline:
-                        raise RuntimeError((root / "nats.log").read_text()) from None
-                    time.sleep(0.05)
+            wait_for_port(server, port, log_path=root / "nats.log")
             yield SecuredNats(f"tls://127.0.0.1:{port}", str(tls / "ca.crt"), str(other / "ca.crt"), passwords)
         finally:
             server.kill()

@@ -5,15 +5,13 @@ The monitoring port lets a test ask the server which subjects a connection subsc
 from __future__ import annotations
 
 import os
-import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.unit.bus_probe import NatsServer, Probe
 from voxline.bus import Bus
-from voxline.devstack import Process, free_port, nats_server_binary
+from voxline.devstack import Process, free_port, nats_server_binary, wait_for_port
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +24,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         server = Process("nats", args, dict(os.environ), log)
         server.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:  # poll the port the server is opening, up to a deadline
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if not server.alive or time.monotonic() > deadline:
-                        raise RuntimeError(f"nats-server did not open port {port}: {log_path.read_text()}") from None
-                    time.sleep(0.02)
+            wait_for_port(server, port, log_path=log_path)
             yield NatsServer(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor}")
         finally:
             server.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from proto.permissions import PERMISSIONS, PROBE_USER, SERVICES, Permissions
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from tests.unit.bus_probe import Probe
 from voxline.bus import Bus, CredentialsRefused
-from voxline.devstack import Process, free_port, nats_server_binary
+from voxline.devstack import Process, free_port, nats_server_binary, wait_for_port
 from voxline.nats_auth import DEPLOY_HEADER, NatsUsers, authorization, redact_url
 
 CALL = "CAattack0001"
@@ -48,15 +47,7 @@ def secured_url(tmp_path_factory: pytest.TempPathFactory, users: NatsUsers) -> I
         server = Process("nats", args, {}, log)
         server.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:  # poll the port the server is opening, up to a deadline
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if not server.alive or time.monotonic() > deadline:
-                        raise RuntimeError(f"nats-server did not start: {(store / 'nats.log').read_text()}") from None
-                    time.sleep(0.02)
+            wait_for_port(server, port, log_path=store / "nats.log")
             yield f"nats://127.0.0.1:{port}"
         finally:
             server.kill()
