@@ -100,7 +100,7 @@ def test_every_published_port_is_bound_to_localhost() -> None:
     services = load()["services"]
     published = [p for s in services.values() for p in s.get("ports", [])]
     assert published and all(str(p).startswith("127.0.0.1:") for p in published), published
-    assert "9100" not in " ".join(map(str, services["gateway"]["ports"])), "the internal port stays inside"
+    assert "9100" not in " ".join(map(str, published)), "the internal port stays inside"
 
 
 def test_services_probe_their_internal_port_and_scale() -> None:
@@ -111,8 +111,9 @@ def test_services_probe_their_internal_port_and_scale() -> None:
         assert service["environment"]["VOXLINE_HEALTH_PORT"] == "9100"
         assert "127.0.0.1:9100/readyz" in " ".join(service["healthcheck"]["test"])
         assert service["read_only"] is True and service["user"] == "10001:10001"
-    for name in ("orchestrator", "stt", "brain", "tts"):
+    for name in SERVICES:
         assert services[name]["deploy"]["replicas"] >= 2, name
+    assert "ports" not in services["gateway"], "Twilio reaches the gateway replicas through edge"
     nats = services["nats"]
     assert "-js" in nats["command"] and "nats-data:/data" in nats["volumes"]
 
@@ -137,6 +138,29 @@ def test_nats_has_a_user_per_service_each_with_its_own_password() -> None:
         assert nats["environment"][variable] == f"value-of-{variable}"
         assert f'user: "{name}"\n      password: ${variable}\n' in users
     assert '"probe"' not in users  # the dev stack's test user is not deployed
+
+
+def haproxy_check(config: str) -> subprocess.CompletedProcess[str]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("haproxy (Debian package haproxy, installed by make system-deps) is not installed")
+    return subprocess.run([haproxy, "-c", "-f", "/dev/stdin"], input=config, capture_output=True, text=True, timeout=60)
+
+
+def test_edge_spreads_twilio_over_every_gateway_replica() -> None:
+    """One address for Twilio in front of the gateway replicas, so a call whose gateway died
+    can resume on another through its <Connect action> request; checked by HAProxy itself."""
+    services = load()["services"]
+    edge = services["edge"]
+    assert edge["ports"] == ["127.0.0.1:8080:8080"]
+    assert "./deploy/compose/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in edge["volumes"]
+    config = (ROOT / "deploy/compose/haproxy.cfg").read_text()
+    assert re.search(r"^\s+server-template gateway \d+ gateway:8080 check .*resolvers docker", config, re.M)
+    assert "option httpchk GET /readyz" in config  # a draining gateway gets no new call
+    checked = haproxy_check(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    broken = haproxy_check(config.replace("balance roundrobin", "balance round-robin"))
+    assert broken.returncode != 0, "haproxy -c must refuse a wrong config, or this test proves nothing"
 
 
 def test_prometheus_and_grafana_read_the_repository_config() -> None:
