@@ -206,7 +206,8 @@ async def connect_with_retry(bus: Bus, settings: CommonSettings, stop: asyncio.E
         except Exception as exc:
             log.warning("nats at %s not reachable (%s); retrying in %.1fs", redact_url(settings.nats_url), exc, delay)
             try:
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             except TimeoutError:
                 pass
             delay = min(delay * 2, 2.0)

@@ -78,6 +78,7 @@ class PhoneLine:
         self._speech: deque[SpeechLog] = deque()
         self._controls: deque[tuple[str, str]] = deque()
         self._send_lock = asyncio.Lock()
+        self._stopped = False  # `stop` is sent: Twilio sends nothing after it, not even a mark echo
         self._changed = asyncio.Event()
         self._wake_player = asyncio.Event()
         self._sending = True
@@ -114,7 +115,7 @@ class PhoneLine:
             by_name["sim-player"].cancel()
             await asyncio.gather(by_name["sim-player"], return_exceptions=True)
         if not self.closed:
-            await self._emit(self.stream.stop)
+            await self._emit(self.stream.stop, last=True)
             self.closed = True
             await self.ws.close()
         if "sim-receiver" in by_name:
@@ -148,7 +149,8 @@ class PhoneLine:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 return predicate()
 
@@ -170,11 +172,17 @@ class PhoneLine:
 
     # -- tasks --------------------------------------------------------------------------
 
-    async def _emit(self, build: Callable[[], dict[str, Any] | str]) -> None:
-        """Build and send under one lock, so sequence numbers go out in order."""
+    async def _emit(self, build: Callable[[], dict[str, Any] | str], last: bool = False) -> None:
+        """Build and send under one lock, so sequence numbers go out in order. Nothing goes
+        after the `last` message (`stop`): a mark echoed by the receiver after it would be
+        read by nobody, and would hold the gateway's socket paused so the closing handshake
+        never completes (seen: a hang-up took the websockets close timeout, 10 s)."""
         if self._following is not None:
             return  # the stream is gone; its echoes and keys go nowhere
         async with self._send_lock:
+            if self._stopped:
+                return
+            self._stopped = last
             message = build()
             try:
                 await self.ws.send(message if isinstance(message, str) else encode(message))
@@ -318,8 +326,11 @@ class PhoneLine:
             await self._echo(self.playback.due_marks())
             due = self.playback.next_due()
             timeout = None if due is None else max(0.0, due - self.clock())
+            # Not asyncio.wait_for: on Python 3.11 a cancel that lands as the event is set is
+            # lost (CPython gh-86296), and hang_up's cancel of this loop then waits for good.
             try:
-                await asyncio.wait_for(self._wake_player.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake_player.wait()
             except TimeoutError:
                 pass
 

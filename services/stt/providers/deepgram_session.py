@@ -248,8 +248,10 @@ class DeepgramSession:
 
     async def _read(self, socket: AsyncV1SocketClient) -> ProviderError | None:
         while True:
-            try:
-                message = await asyncio.wait_for(socket.recv(), TICK_S)
+            try:  # not asyncio.wait_for: on 3.11 a cancel landing as recv() completes is lost,
+                # and this loop (and the _wind_down waiting for it) would go on for good
+                async with asyncio.timeout(TICK_S):
+                    message = await socket.recv()
             except TimeoutError:
                 message = None
             except websockets.exceptions.ConnectionClosed as exc:
