@@ -195,13 +195,26 @@ async def connect_with_retry(bus: Bus, settings: CommonSettings, stop: asyncio.E
     """The bus may start after us (Kubernetes gives no order): retry until it is there."""
     delay = 0.1
     while not stop.is_set():
-        try:
-            await bus.connect(
+        # nats-py retries an unreachable server inside connect() for ever: a stop meanwhile
+        # (SIGTERM) must end the attempt, or the process outlives its grace period.
+        connecting = asyncio.create_task(
+            bus.connect(
                 settings.nats_url,
                 user=settings.nats_user,
                 password=settings.nats_password,
                 tls_ca_file=settings.nats_tls_ca_file,
             )
+        )
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            return
+        try:
+            connecting.result()
             return
         except Exception as exc:
             log.warning("nats at %s not reachable (%s); retrying in %.1fs", redact_url(settings.nats_url), exc, delay)
