@@ -119,6 +119,16 @@ async def closed_by_gateway(ws: ClientConnection, timeout: float = 10.0) -> tupl
     return ws.close_code, events
 
 
+async def present(caller: Caller, target: StreamTarget) -> tuple[int | None, list[str]]:
+    """A second, signed socket for the caller's call that starts with `target`'s token: how the
+    gateway ends it."""
+    ws = await open_socket(target.url, upgrade_headers(target.url, AUTH_TOKEN))
+    stream = TwilioStream(caller.sid, caller.script.account_sid or "")
+    await ws.send(encode(stream.connected()))
+    await ws.send(encode(stream.start(stream_parameters(target.parameters, caller.script))))
+    return await closed_by_gateway(ws)
+
+
 def refused(stack: DevStack, reason: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{stack.health_port('gateway')}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
@@ -138,11 +148,7 @@ async def test_a_replayed_stream_token_is_refused_and_the_call_goes_on(
     before = refused(stack, "invalid token")
 
     # The attacker saw the TwiML (or the start message) and replays the token on its own socket.
-    ws = await open_socket(target.url, upgrade_headers(target.url, AUTH_TOKEN))
-    replay = TwilioStream(caller.sid, caller.script.account_sid or "")
-    await ws.send(encode(replay.connected()))
-    await ws.send(encode(replay.start(stream_parameters(target.parameters, caller.script))))
-    code, events = await closed_by_gateway(ws)
+    code, events = await present(caller, target)
 
     assert code == 1008 and "media" not in events, (code, events)  # nothing of the call reaches it
     assert refused(stack, "invalid token") == before + 1
@@ -161,11 +167,7 @@ async def test_an_older_token_is_refused_and_a_newer_one_takes_the_call_over(
     assert await line.wait_reply_started(0.0, 15)
 
     before = refused(stack, "outdated")
-    ws = await open_socket(older.url, upgrade_headers(older.url, AUTH_TOKEN))
-    stale = TwilioStream(caller.sid, caller.script.account_sid or "")
-    await ws.send(encode(stale.connected()))
-    await ws.send(encode(stale.start(stream_parameters(older.parameters, caller.script))))
-    code, events = await closed_by_gateway(ws)
+    code, events = await present(caller, older)
     assert code == 1008 and "media" not in events, (code, events)
     assert refused(stack, "outdated") == before + 1
     assert not line.closed
