@@ -26,6 +26,7 @@ from voxline.agents.retrieval import (
     rrf,
     turn_query,
 )
+from voxline.bench.retrieval.facts import FACTS
 
 DOCS = [
     "You can leave a message for the doctor after hours; we call back the next morning.",
@@ -263,3 +264,27 @@ def test_a_retrieval_that_raises_leaves_the_plain_prompt(
     _, messages = builder.messages(turn("do you take Aetna"))
     assert messages[0]["content"] == "You are the receptionist."
     assert any("answering without it" in r.getMessage() for r in caplog.records)
+
+
+def test_stored_vectors_spare_the_embedding_and_a_wrong_count_is_recomputed() -> None:
+    embedder = ConceptEmbedder()
+    built = HybridIndex(CHUNKS, embedder, background=False)
+    assert built.vectors is not None and embedder.passage_calls == 1
+    reused = HybridIndex(CHUNKS, embedder, background=False, vectors=built.vectors)
+    assert embedder.passage_calls == 1 and reused.search(q(PARAPHRASE), k=1) == [CHUNKS[1]]
+    HybridIndex(CHUNKS, embedder, background=False, vectors=built.vectors[:2])  # stale: another document set
+    assert embedder.passage_calls == 2
+
+
+def test_the_benchmark_corpus_is_the_same_every_run_and_holds_each_fact_once() -> None:
+    from voxline.bench.retrieval.__main__ import corpus
+    from voxline.bench.retrieval.corpus import WORDS_PER_PAGE, page, pages
+
+    assert page(7).markdown == page(7).markdown
+    assert all(p.words >= WORDS_PER_PAGE for p in pages(200))
+    chunks, gold, words = corpus(200)
+    assert len(set(gold)) == 50 and min(gold) >= 0 and words >= 200 * WORDS_PER_PAGE
+    texts = [c.text for c in chunks]
+    for fact, at in enumerate(gold):
+        holding = [t for t in texts if FACTS[fact][1] in t]
+        assert holding == [texts[at]]  # one chunk holds it, whole

@@ -142,8 +142,16 @@ class HybridIndex:
     _query_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="knowledge-query")
 
     def __init__(
-        self, chunks: Sequence[Chunk], embedder: Embedder | None, *, background: bool = True, label: str = ""
+        self,
+        chunks: Sequence[Chunk],
+        embedder: Embedder | None,
+        *,
+        background: bool = True,
+        label: str = "",
+        vectors: Vectors | None = None,
     ) -> None:
+        """`vectors`: the chunks' embeddings computed earlier (stored beside the chunks by
+        whoever stores documents), which spares the minutes 500 pages take to embed."""
         self.chunks = list(chunks)
         self.bm25 = Bm25(self.chunks)
         self.embedder = embedder
@@ -152,7 +160,10 @@ class HybridIndex:
         self.build_s = 0.0
         self._closed = threading.Event()
         self._built = threading.Event()
-        if embedder is None or not self.chunks:
+        if vectors is not None and embedder is not None and vectors.shape[0] == len(self.chunks):
+            self.vectors = np.asarray(vectors, dtype=np.float32)
+            self._built.set()
+        elif embedder is None or not self.chunks:
             self._built.set()
         elif background:  # a daemon thread: a brain shutting down does not wait for an index
             threading.Thread(target=self._build, name=f"knowledge-index-{label}", daemon=True).start()
@@ -187,10 +198,10 @@ class HybridIndex:
         """Stop a background build whose document set was replaced."""
         self._closed.set()
 
-    def _dense(self, query: str, budget_s: float, future: Future[Vectors]) -> list[tuple[int, float]]:
+    def _dense(self, future: Future[Vectors], wait_s: float, budget_s: float) -> list[tuple[int, float]]:
         assert self.vectors is not None
         try:
-            q = future.result(timeout=max(budget_s, 0.0))
+            q = future.result(timeout=max(wait_s, 0.0))
         except FutureTimeout:
             log.warning("knowledge %s: query embedding over the %.0f ms budget, BM25 only", self.label, budget_s * 1e3)
             return []
@@ -212,7 +223,7 @@ class HybridIndex:
         lexical = [i for i, _ in self.bm25.ranked(query.lexical, DEPTH)]
         dense: list[int] = []
         if future is not None:
-            dense = [i for i, _ in self._dense(query.semantic, budget_s - (time.perf_counter() - started), future)]
+            dense = [i for i, _ in self._dense(future, budget_s - (time.perf_counter() - started), budget_s)]
         return lexical, dense, rrf([lexical, dense]) if dense else lexical
 
     def search(self, query: Query, k: int = 3, budget_s: float = 0.025) -> list[Chunk]:
