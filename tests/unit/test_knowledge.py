@@ -49,9 +49,9 @@ def turn(text: str, history: list[ChatTurn] | None = None) -> BrainTurn:
 
 def test_paragraphs_split_on_blank_lines_and_long_ones_at_line_ends() -> None:
     assert split_paragraphs("a\nb\n\n\n c \n") == ["a\nb", "c"]
-    long = "\n".join(["x" * 50] * 10)
-    chunks = split_paragraphs(long, max_chars=120)
-    assert all(len(c) <= 120 for c in chunks) and "".join(chunks).replace("\n", "") == "x" * 500
+    lines = [f"{i}" * 50 for i in range(10)]
+    chunks = split_paragraphs("\n".join(lines), max_chars=120, overlap_chars=0)
+    assert all(len(c) <= 120 for c in chunks) and "".join(chunks).replace("\n", "") == "".join(lines)
 
 
 def test_tokens_drop_stopwords_and_fold_plurals() -> None:

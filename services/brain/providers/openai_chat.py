@@ -54,6 +54,7 @@ from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
 from voxline import tracing
 from voxline.agents import Agent, AgentStore
+from voxline.agents.retrieval import make_embedder
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us
 
@@ -105,7 +106,9 @@ class OpenAIChatProvider:
         self.name = name
         self.settings = settings
         self.agents = AgentStore(settings.agents_dir)
-        self.prompts = PromptBuilder(self.agents, settings.knowledge_top_k)
+        embedder, budget_s = make_embedder(settings.knowledge_embedder), settings.knowledge_budget_ms / 1e3
+        self.prompts = PromptBuilder(self.agents, settings.knowledge_top_k, embedder, budget_s)
+        self.prompts.warm()
         self.local = name == "local"
         endpoint = settings.llm if self.local else settings.openai
         if self.local and not endpoint.base_url:
@@ -171,7 +174,8 @@ class OpenAIChatProvider:
     async def _rounds(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         """One completion per round; a round that ends in webhook calls starts the next."""
         started = time.monotonic()
-        agent, messages = self.prompts.messages(turn)
+        # In a thread: the query's embedding takes milliseconds that other calls' replies need the loop for.
+        agent, messages = await asyncio.to_thread(self.prompts.messages, turn)
         tools = {tool.name: tool for tool in agent.tools}
         said: list[str] = []  # the sentences given out, in order
         for round_no in range(self.settings.tool_rounds + 1):
