@@ -35,6 +35,7 @@ from voxline.agents.dialling import ENTRY_HELP, Allowlist, DestinationNotAllowed
 from voxline.agents.knowledge import KnowledgeEntry, KnowledgePathError, confined
 from voxline.agents.tools import Tool
 from voxline.agents.turn_options import TurnOptions
+from voxline.webhooks.signing import settings_problem as webhook_settings_problem
 
 BUNDLED_DIR = Path(__file__).parent
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -66,8 +67,14 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     tools: list[Tool] = []  # `[[tools]]`, see voxline/agents/tools.py
     transfer_allowlist: list[str] = []  # see the table above
     outbound_allowlist: list[str] = []
+    # Events of its calls are POSTed here, signed with the secret held by the environment
+    # variable `webhook_secret_env` names (voxline/webhooks/signing.py says which may be).
+    webhook_url: str = ""
+    webhook_secret_env: str = ""
 
     def __post_init__(self) -> None:
+        if problem := webhook_settings_problem(self.webhook_url, self.webhook_secret_env):
+            raise ValueError(problem)
         for field in ("transfer_allowlist", "outbound_allowlist"):
             for i in invalid_entries(getattr(self, field)):
                 raise ValueError(f"{field}[{i}] {getattr(self, field)[i][:32]!r} is not {ENTRY_HELP}")
