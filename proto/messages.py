@@ -38,6 +38,10 @@ class Order(_Msg, kw_only=True, frozen=True):
 
 # --- call lifecycle -------------------------------------------------------------------
 
+# Who placed the call: a caller dialled our number, or we dialled out (`POST /v1/calls`;
+# Twilio's `Direction` is then `outbound-api`).
+CallDirection = Literal["inbound", "outbound"]
+
 
 class CallStart(_Msg, kw_only=True, frozen=True):
     """gateway -> orchestrator (request): a media stream started; someone must own the call."""
@@ -47,6 +51,7 @@ class CallStart(_Msg, kw_only=True, frozen=True):
     call_sid: str
     from_number: str = ""
     to_number: str = ""
+    direction: CallDirection = "inbound"
     custom_parameters: dict[str, str] = {}
     started_at_us: int
     gateway_id: str = ""  # the gateway instance holding the stream: the owner pings it

@@ -66,7 +66,8 @@ PERMISSIONS: dict[str, Permissions] = {
             subjects.gateway_ping(ANY),  # answers the orchestrator's liveness checks
         ),
         buckets=(CALL_RECORDS_BUCKET, STREAM_ENDS_BUCKET, STREAM_TOKENS_BUCKET, CALL_STREAMS_BUCKET, API_KEYS_BUCKET),
-        watch=(API_KEYS_BUCKET,),  # listing the keys runs a (meta-only) watch
+        # Listing the keys runs a (meta-only) watch; listing the calls reads the records by one.
+        watch=(API_KEYS_BUCKET, CALL_RECORDS_BUCKET),
     ),
     "orchestrator": Permissions(
         publish=(

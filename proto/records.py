@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from proto.messages import TurnKind
+from proto.messages import CallDirection, TurnKind
 
 CallStatus = Literal["in-progress", "ended"]
 
@@ -43,6 +43,7 @@ class CallRecord(msgspec.Struct, kw_only=True):
     transfer_status: str = ""
     from_number: str = ""
     to_number: str = ""
+    direction: CallDirection = "inbound"  # records written before it existed were all inbound
     turns: list[TurnRecord] = []
     # Media streams that broke and came back (Twilio's `<Connect action>`, another gateway):
     # the call went on after a gap of silence.

@@ -193,6 +193,7 @@ class CallOutcomes:
             end_reason=status,
             from_number=from_,
             to_number=to,
+            direction="outbound",
         )
         try:
             await self.bus.kv_create(CALL_RECORDS_BUCKET, call_sid, record)

@@ -223,6 +223,7 @@ class MediaStream:
             call_sid=meta.call_sid,
             from_number=params.get("from", ""),
             to_number=params.get("to", ""),
+            direction="outbound" if params.get("direction") == "outbound" else "inbound",
             custom_parameters=params,
             started_at_us=now_us(),
             gateway_id=self.settings.instance_id,

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from proto.messages import CallDirection
 from services.gateway.call_outcomes import CALL_BUSY, DIAL_ANSWERED, CallOutcomes
 from services.gateway.media_stream import RESUME_PARAMETER
 from services.gateway.stream_token import StreamTokens
@@ -133,6 +134,13 @@ async def voice_webhook(
     return twiml_response(connect_stream(base, call_sid, agent_id, params, tokens))
 
 
+def call_direction(twilio_direction: str) -> CallDirection:
+    """Twilio's `Direction` (https://www.twilio.com/docs/voice/twiml#request-parameters):
+    `inbound`, or `outbound-api` for a call we placed through the REST API
+    (`outbound-dial` is a `<Dial>` leg, never sent to this webhook)."""
+    return "outbound" if twilio_direction.startswith("outbound") else "inbound"
+
+
 def connect_stream(
     base: str, call_sid: str, agent_id: str, params: dict[str, str], tokens: StreamTokens, resume: bool = False
 ) -> str:
@@ -151,6 +159,7 @@ def connect_stream(
     stream.parameter(name="stream_token", value=tokens.issue(call_sid, agent_id, params.get("AccountSid", "")))
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
+    stream.parameter(name="direction", value=call_direction(params.get("Direction", "")))
     if resume:
         stream.parameter(name=RESUME_PARAMETER, value="1")
     response.append(connect)

@@ -65,6 +65,7 @@ def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: st
         started_at_us=start.started_at_us,
         from_number=start.from_number,
         to_number=start.to_number,
+        direction=start.direction,
     )
     return Call(
         call_id=start.call_id,

@@ -30,7 +30,7 @@ def webhook_params(script: CallScript) -> dict[str, str]:
         "Caller": script.from_number,
         "Called": script.to_number,
         "CallStatus": "in-progress",
-        "Direction": "inbound",
+        "Direction": script.direction,
         "ApiVersion": "2010-04-01",
     }
 

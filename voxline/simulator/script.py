@@ -65,6 +65,8 @@ class CallScript:
     account_sid: str | None = None
     from_number: str = "+15005550006"
     to_number: str = "+15005550001"
+    # Twilio's `Direction`: `outbound-api` plays the callee's side of a call the API placed.
+    direction: str = "inbound"
     stream_token_override: str | None = None
     drop_stream_token: bool = False
     extra_parameters: dict[str, str] = field(default_factory=dict)
