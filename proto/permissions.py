@@ -27,6 +27,7 @@ from proto.records import (
     STREAM_ENDS_BUCKET,
     STREAM_TOKENS_BUCKET,
 )
+from proto.webhooks import WEBHOOK_DELIVERIES_BUCKET
 
 ANY = "*"  # any call id or instance id in a subject
 INBOX = "_INBOX"
@@ -65,7 +66,14 @@ PERMISSIONS: dict[str, Permissions] = {
             subjects.stream_superseded(ANY),
             subjects.gateway_ping(ANY),  # answers the orchestrator's liveness checks
         ),
-        buckets=(CALL_RECORDS_BUCKET, STREAM_ENDS_BUCKET, STREAM_TOKENS_BUCKET, CALL_STREAMS_BUCKET, API_KEYS_BUCKET),
+        buckets=(
+            CALL_RECORDS_BUCKET,
+            STREAM_ENDS_BUCKET,
+            STREAM_TOKENS_BUCKET,
+            CALL_STREAMS_BUCKET,
+            API_KEYS_BUCKET,
+            WEBHOOK_DELIVERIES_BUCKET,  # read by GET /v1/calls/{id}/webhooks
+        ),
         # Listing the keys runs a (meta-only) watch; listing the calls reads the records by one.
         watch=(API_KEYS_BUCKET, CALL_RECORDS_BUCKET),
     ),
@@ -90,7 +98,7 @@ PERMISSIONS: dict[str, Permissions] = {
             subjects.tts_events(ANY),
             subjects.stream_resume(ANY),  # answers the gateway's request
         ),
-        buckets=(CALL_RECORDS_BUCKET, CALL_LEASES_BUCKET, CALL_STATE_BUCKET),
+        buckets=(CALL_RECORDS_BUCKET, CALL_LEASES_BUCKET, CALL_STATE_BUCKET, WEBHOOK_DELIVERIES_BUCKET),
         watch=(CALL_LEASES_BUCKET,),
     ),
     "stt": Permissions(

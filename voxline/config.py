@@ -341,6 +341,28 @@ class OrchestratorSettings(WorkerSettings):
         description="A call's owner not heard from this long is taken over by another orchestrator "
         "(it renews about four times as often).",
     )
+    webhook_attempts: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="Attempts per webhook event (timeouts, connection errors, 408, 429 and 5xx are retried).",
+    )
+    webhook_backoff_s: float = Field(
+        4.0,
+        gt=0,
+        description="Wait before the first webhook retry, doubled per retry up to VOXLINE_WEBHOOK_BACKOFF_MAX_S, each "
+        "wait between half and all of that (jitter): with the defaults 5 attempts span about a minute.",
+    )
+    webhook_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two webhook attempts.")
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of one webhook request (connect, send, answer); then it counts as failed."
+    )
+    webhook_queue_max: int = Field(
+        1000,
+        ge=1,
+        description="Webhook events one orchestrator holds waiting for delivery; beyond it new ones are dropped "
+        "(voxline_webhook_deliveries_total{outcome=dropped}, and a log line), never a call held up.",
+    )
 
 
 class SttSettings(WorkerSettings):

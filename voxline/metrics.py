@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 
 from voxline import tracing
@@ -22,6 +22,20 @@ _NO_TRACE = "0" * 32
 NATS_SLOW_CONSUMERS = Gauge(
     "voxline_nats_slow_consumers",
     "Subscriptions of this process that dropped messages because their handler fell behind (NATS slow consumer).",
+)
+
+
+WEBHOOK_DELIVERIES = Counter(
+    "voxline_webhook_deliveries_total",
+    "Webhook events to customers by outcome: delivered (2xx), rejected (a 4xx other than 408/429), gave_up "
+    "(every attempt timed out, failed to connect or got 408/429/5xx), no_secret (the signing secret's "
+    "variable is not set), dropped (the delivery queue was full).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "voxline_webhook_attempts_total",
+    "Webhook HTTP attempts by result: 2xx, 3xx, 4xx, 5xx, or error (timeout, connection error).",
+    ["result"],
 )
 
 

@@ -18,6 +18,7 @@ from services.gateway.media_stream import REFUSED_STREAMS, MediaStream
 from services.gateway.stream_claims import StreamClaims
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest
+from services.gateway.webhooks_api import install as install_webhooks_api
 from voxline.agents import AgentStore
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
@@ -180,6 +181,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
 
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
+    install_webhooks_api(app, gateway.bus)  # GET /v1/calls/{id}/webhooks
     # /metrics and /status are internal: only the health port serves them (__main__), never
     # this public port the Ingress exposes; the probes stay here for load balancers too.
     for route in probe_routes(gateway.bus, lambda: gateway):

@@ -51,8 +51,10 @@ class CallActor:
         reassign_stt: Callable[[], Awaitable[bool]],
         save_state: Callable[[Call], Awaitable[None]] | None = None,
         call_span: Span | None = None,
+        on_record: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.bus = bus
+        self._on_record = on_record  # sees every record written (webhooks); must not block
         self.call = call
         self._spans = CallSpans(call, call_span)
         self._reassign_stt = reassign_stt
@@ -131,6 +133,8 @@ class CallActor:
                 case SaveRecord():
                     self._writer.save(effect.record)
                     self._metrics.saw(effect.record)
+                    if self._on_record is not None:
+                        self._on_record(effect.record)
                 case ReassignStt():
                     self._beside_the_call(self._reassign())
         except Exception:

@@ -37,7 +37,7 @@ from proto.messages import (
     SttRelease,
     Transcript,
 )
-from proto.records import CALL_RECORDS_BUCKET
+from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.common import QueueSeat
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import Call, CallLimits, new_call
@@ -51,6 +51,7 @@ from voxline.agents import AgentStore, UnknownAgent
 from voxline.bus import Bus, MessageHandler
 from voxline.config import OrchestratorSettings
 from voxline.telemetry import current_call_id, now_us
+from voxline.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
 
 log = logging.getLogger("voxline.orchestrator")
 
@@ -115,9 +116,17 @@ class Orchestrator(Failover):
             on_orphan=self._on_orphan,
         )
         self._unresumable: set[str] = set()  # orphans without a saved state, reported once
+        policy = RetryPolicy(
+            settings.webhook_attempts,
+            settings.webhook_backoff_s,
+            settings.webhook_backoff_max_s,
+            settings.webhook_timeout_s,
+        )
+        self.webhooks = WebhookDispatcher(bus, policy, settings.webhook_queue_max)
 
     async def start(self) -> None:
         await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
+        await self.webhooks.start()
         await self.ownership.start()
         self._records_ready = True
         await self._seat.join()
@@ -165,6 +174,7 @@ class Orchestrator(Failover):
         if runs:
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
         await self.ownership.stop()
+        await self.webhooks.stop()
 
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
         if not isinstance(start, CallStart):
@@ -248,7 +258,12 @@ class Orchestrator(Failover):
                 and not await self._assign_stt(with_unheard_audio(assign, call), call.traceparent)
             )
 
-        actor = CallActor(self.bus, call, reassign, self._save_state, call_span)
+        agent = call.agent  # the agent as the call began: an edit mid-call changes later calls only
+
+        def offer_webhooks(record: CallRecord) -> None:
+            self.webhooks.offer(record, agent.webhook_url, agent.webhook_secret_env)
+
+        actor = CallActor(self.bus, call, reassign, self._save_state, call_span, on_record=offer_webhooks)
         actor.epoch = self.ownership.epoch(call_id)  # held before the actor runs: acquired or taken over
         handler = self._route(actor)  # events queue up until the actor runs
         self._subs[call_id] = [
@@ -265,6 +280,7 @@ class Orchestrator(Failover):
         ACTIVE_CALLS.set(len(self.calls))
         self._seat.holding(len(self.calls))
         self._runs[call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{call_id}")
+        offer_webhooks(call.record)  # call.started; after a takeover, what the last owner left undone
         return actor
 
     async def _announce_end(self, actor: CallActor) -> None:
@@ -375,6 +391,7 @@ class Orchestrator(Failover):
             self._seat.holding(len(self.calls))
             if actor.abandoned:  # the call goes on elsewhere: no last word from here
                 self.ownership.forget(call_id)
+                self.webhooks.forget(call_id)
                 if not actor.handing_over:
                     log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
             else:
