@@ -26,7 +26,7 @@ import httpx
 
 from voxline.bench.runner import run_level
 from voxline.devstack import DevStack, StackError, free_ports_in_a_row, ports_for
-from voxline.simulator.results import CallResult
+from voxline.simulator.results import CallResult, TurnResult
 
 FAKE_PROVIDERS = {
     "VOXLINE_FAKE_TTFT_MS": "150",
@@ -89,6 +89,23 @@ def _said_on(r: CallResult, turn_id: int | None) -> bool:
     return False
 
 
+def _answered_again(r: CallResult, text: str, turn_id: int | None) -> bool:
+    """A question whose reply was cut by a break before the snapshot held it, answered
+    again whole by the orchestrator that took the call over (a newer turn of the record
+    with the caller's words, heard to its end)."""
+    asked = _normal(text)
+    for t in (r.record or {}).get("turns", []):
+        newer = turn_id is None or int(t.get("turn_id", 0)) > turn_id
+        heard_whole = not t.get("interrupted") and t.get("heard_text") and t.get("heard_text") == t.get("reply_text")
+        if newer and heard_whole and _normal(str(t.get("caller_text", ""))) == asked:
+            return True
+    return False
+
+
+def _answered(r: CallResult, t: TurnResult) -> bool:
+    return t.completed or _said_on(r, t.turn_id) or _answered_again(r, t.text, t.turn_id)
+
+
 @dataclass
 class CallerView:
     """What the callers lived through, from the simulator's side and the call records."""
@@ -117,7 +134,7 @@ class CallerView:
         v = cls(calls=len(results))
         for r in results:
             v.turns_asked += len(r.turns)
-            answered = [t for t in r.turns if t.completed or _said_on(r, t.turn_id)]
+            answered = [t for t in r.turns if _answered(r, t)]
             v.turns_answered += len(answered)
             if r.accepted and not r.errors and len(answered) == len(r.turns):
                 v.completed += 1

@@ -42,3 +42,23 @@ def test_a_reply_cut_by_a_break_counts_as_answered_only_once_its_rest_was_heard_
     cut_again.record["turns"] += [{**rest, "heard_text": "It is", "interrupted": True}]
     view = CallerView.of([said_on, cut_again])
     assert (view.turns_answered, view.completed) == (3, 1)
+
+
+def test_a_question_answered_again_whole_after_a_takeover_counts_as_answered() -> None:
+    """The reply was cut before the snapshot held it; the new owner answered the question
+    again under a newer turn. Heard to its end, it answers the caller; cut, it does not."""
+    again = _call("CA6", [True, False], ["Where can I park?"])
+    again.turns[1].turn_id = 2
+    assert again.record is not None
+    whole = {"turn_id": 103, "kind": "reply", "caller_text": "How much is a cleaning?", "reply_text": "80 dollars."}
+    again.record["turns"].append({**whole, "heard_text": "80 dollars.", "interrupted": False})
+    cut = _call("CA7", [True, False], ["Where can I park?"])
+    cut.turns[1].turn_id = 2
+    assert cut.record is not None
+    cut.record["turns"].append({**whole, "heard_text": "80", "interrupted": True})
+    older = _call("CA8", [True, False], ["Where can I park?"])
+    older.turns[1].turn_id = 200  # the matching turn is older than the cut reply: not an answer to it
+    assert older.record is not None
+    older.record["turns"].append({**whole, "heard_text": "80 dollars.", "interrupted": False})
+    view = CallerView.of([again, cut, older])
+    assert (view.turns_answered, view.completed) == (4, 1)

@@ -144,6 +144,10 @@ async def _converse(
                 result.errors.append(f"utterance {i}: no reply started to barge into")
             else:
                 await line.sleep_until(chunk.start + utt.barge_in_after_ms / 1000.0)
+        elif i > 0 or script.wait_for_greeting:
+            # A caller who waits for the reply waits for a pause in the agent's voice, not a
+            # fixed time after the last mark: a continuation after a gap is heard out.
+            await line.wait_silence(utt.pause_ms / 1000.0, script.reply_timeout_s)
         else:
             await asyncio.sleep(utt.pause_ms / 1000.0)
         baseline = line.max_turn_seen

@@ -154,6 +154,27 @@ class PhoneLine:
             except TimeoutError:
                 return predicate()
 
+    async def wait_silence(self, quiet_s: float, timeout: float) -> bool:
+        """Wait until the agent has been silent for `quiet_s`, as a caller waits for a pause
+        before talking: a reply that goes on after a short gap (the rest of an answer said
+        by the orchestrator that took the call over) is listened to, not talked over."""
+        deadline = self.clock() + timeout
+        while not self.closed:
+            self._changed.clear()  # before reading the state: an event after it wakes the wait
+            now = self.clock()
+            since = self.playback.quiet_since(now)
+            if since is not None and now - since >= quiet_s:
+                return True
+            if now >= deadline:
+                return False
+            edge = since if since is not None else (self.playback.playing_until() or now)
+            try:
+                async with asyncio.timeout(max(0.0, min(deadline, edge + quiet_s) - now)):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+        return False
+
     async def wait_turn_finished(self, baseline: int, since: float, timeout: float) -> bool:
         return await self.wait_for(lambda: self.turn_finished_after(baseline, since) or self.closed, timeout)
 

@@ -189,6 +189,17 @@ class PlaybackBuffer:
         now = self.clock() if now is None else now
         return self._tail is not None and self._tail > now + _EPS
 
+    def quiet_since(self, now: float | None = None) -> float | None:
+        """When the line last went quiet (the agent's audio ended or was cleared), or None
+        while audio plays; 0.0 when nothing was ever played."""
+        now = self.clock() if now is None else now
+        if self.is_playing(now):
+            return None
+        return self._tail if self._tail is not None else 0.0
+
+    def playing_until(self) -> float | None:
+        return self._tail
+
     # -- what was heard -----------------------------------------------------------------
 
     def played(self, now: float | None = None) -> list[Chunk]:
