@@ -67,6 +67,11 @@ class CommonSettings(BaseSettings):
         description="On SIGTERM, how long to keep serving the calls and work already held, taking no new ones "
         "(a second signal stops at once). Kubernetes' terminationGracePeriodSeconds must be longer.",
     )
+    memory_trace_dir: str = Field(
+        "",
+        description="Set: a worker traces its allocations (tracemalloc: slower, for a soak only) and each SIGUSR1 "
+        "writes what grew since the previous SIGUSR1 into this directory (voxline/memtrace.py). Empty: off.",
+    )
 
 
 class GatewaySettings(CommonSettings):

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from voxline import tracing
 from voxline.bus import Bus
 from voxline.config import CommonSettings, WorkerSettings
+from voxline.memtrace import MemoryTrace
 from voxline.metrics import NATS_SLOW_CONSUMERS, exposition
 from voxline.nats_auth import redact_url
 from voxline.telemetry import setup_logging
@@ -170,6 +171,9 @@ def run_worker(
 async def _run_worker(service: str, settings: WorkerSettings, start: Callable[[Bus, Any], Awaitable[Worker]]) -> None:
     stop, now, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     install_stop_signals(stop, now)
+    if settings.memory_trace_dir:  # a soak's leak hunt: SIGUSR1 reports what grew
+        trace = MemoryTrace(settings.memory_trace_dir, service)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, trace.report)
     bus = Bus(f"{service}-{settings.instance_id}")
     bus.kv_replicas = settings.kv_replicas
     holder: list[Worker] = []
