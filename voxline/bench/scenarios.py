@@ -101,6 +101,7 @@ def _long_call(i: int) -> CallScript:
     start = i % len(questions)
     script = _script([Utterance(text=q, pause_ms=1500) for q in questions[start:] + questions[:start]])
     script.reply_timeout_s = 30.0  # a reply may wait out a failover
+    script.hang_up_when_quiet = True  # and its rest, said after the gap, is heard before hanging up
     return script
 
 

@@ -168,7 +168,10 @@ async def _converse(
         after = baseline if utt.expects_reply else baseline - 1
         if not await line.wait_turn_finished(after, reply_since, script.reply_timeout_s):
             result.errors.append(f"utterance {i}: reply not fully played within {script.reply_timeout_s:.0f}s")
-    await asyncio.sleep(script.trailing_silence_ms / 1000.0)
+    if script.hang_up_when_quiet:
+        await line.wait_silence(script.trailing_silence_ms / 1000.0, script.reply_timeout_s)
+    else:
+        await asyncio.sleep(script.trailing_silence_ms / 1000.0)
 
 
 def _twilio_follows(

@@ -74,6 +74,9 @@ class CallScript:
     reply_timeout_s: float = 15.0
     greeting_timeout_s: float = 10.0
     trailing_silence_ms: int = 1000
+    # Hang up after `trailing_silence_ms` of the agent's silence rather than that long after the
+    # last reply's end: the rest of an answer said after a failover's gap is heard first.
+    hang_up_when_quiet: bool = False
     wait_for_greeting: bool = True
     record_timeout_s: float = 5.0
     line_noise: LineNoise | None = None  # noise bursts and the agent's echo on the caller's line
