@@ -7,11 +7,10 @@ import logging
 from typing import Any
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 
-from proto.records import CALL_RECORDS_BUCKET, CallRecord
-from services.gateway import rest_api, webhook
+from services.gateway import api_errors, calls_api, rest_api, webhook
 from services.gateway.call_outcomes import CallOutcomes, StreamEnd
 from services.gateway.edge_limits import PendingStreams
 from services.gateway.media_stream import REFUSED_STREAMS, MediaStream
@@ -103,21 +102,10 @@ class Gateway:
     async def stop(self) -> None:
         await self.twilio.close()
 
-    async def call_record(self, call_id: str) -> CallRecord:
-        if not (call_id.isascii() and call_id.isalnum()):
-            raise HTTPException(400, "invalid call id")
-        try:
-            record = await self.bus.kv_get(CALL_RECORDS_BUCKET, call_id, CallRecord)
-        except msgspec.ValidationError as exc:
-            log.error("call record %s does not match the contract: %s", call_id, exc)
-            raise HTTPException(500, f"call record {call_id} is unreadable") from None
-        if record is None:
-            raise HTTPException(404, f"no call {call_id}")
-        return record
-
 
 def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="Voxline gateway", version="1")
+    api_errors.install(app)  # one error shape for every /v1 route, whoever installs it
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
@@ -171,16 +159,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             slot.release()
             gateway.closed(stream)
 
-    @app.get("/v1/calls/{call_id}")
-    async def get_call(call_id: str) -> Response:
-        record = await gateway.call_record(call_id)
-        return Response(msgspec.json.encode(record), media_type="application/json")
-
     @app.get("/v1/agents")
     async def list_agents() -> dict[str, Any]:
         return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
 
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
+    calls_api.install(app, gateway.bus)
     install_webhooks_api(app, gateway.bus)  # GET /v1/calls/{id}/webhooks
     # /metrics and /status are internal: only the health port serves them (__main__), never
     # this public port the Ingress exposes; the probes stay here for load balancers too.

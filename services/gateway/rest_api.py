@@ -5,8 +5,8 @@ the route's scope, 429 with `Retry-After` for a key over its rate limit.
 
 An outbound call is Twilio dialling out, then fetching our own voice webhook once the
 callee answers, so from there on it is the same media stream and conversation as an
-inbound call. Errors are JSON `{"error": {"message", ...}}`: the client's mistakes are
-4xx, Twilio's refusals of our credentials or outages are 502 (not the client's fault).
+inbound call. Errors are JSON `{"error": {"message", "type", ...}}` (api_errors.py): the
+client's mistakes are 4xx, Twilio's refusals of our credentials or outages are 502 (not the client's fault).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
@@ -24,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from proto.records import ApiScope
+from services.gateway.api_errors import error
 from services.gateway.api_keys import (
     BOOTSTRAP_ID,
     ApiKeyStore,
@@ -52,10 +52,6 @@ class OutboundCall(BaseModel):
     to: str = Field(description="Number to dial, E.164 (+15551234567).")
     agent_id: str = Field("demo", description="Agent that talks when the callee answers.")
     from_: str = Field("", alias="from", description="Caller ID (a Twilio number); TWILIO_FROM_NUMBER when empty.")
-
-
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, **extra}}, status_code=status)
 
 
 def bearer(header: str) -> str:
@@ -116,11 +112,7 @@ class ApiAuth:
             who = await self.principal(token)
         except KeyStoreUnavailable as exc:
             log.error("refused %s %s: %s", method, path, exc)
-            return JSONResponse(
-                {"error": {"message": "API keys cannot be checked right now"}},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return error(503, "API keys cannot be checked right now", headers={"Retry-After": "1"})
         if who is None:
             self._log_refusal("401", "refused %s %s: %s API key", method, path, "invalid" if token else "no")
             challenge = 'Bearer realm="voxline", error="invalid_token"' if token else 'Bearer realm="voxline"'

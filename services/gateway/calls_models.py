@@ -1,0 +1,111 @@
+"""What /openapi.json says the call endpoints return. The records themselves are msgspec
+structs (proto/records.py, the bus contract) and are served as they are stored; these
+pydantic models only document them, with examples, for a developer reading the API and
+for client generators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
+
+from proto.records import CallRecord, TurnRecord
+
+_CALL_EXAMPLE: dict[str, JsonValue] = {
+    "call_id": "CA5d0f2b0c8e7a4e1f9b3c6d2a1e0f4b7c",
+    "call_sid": "CA5d0f2b0c8e7a4e1f9b3c6d2a1e0f4b7c",
+    "agent_id": "demo",
+    "status": "ended",
+    "direction": "inbound",
+    "from_number": "+15005550006",
+    "to_number": "+15005550001",
+    "started_at_us": 1796360400000000,
+    "ended_at_us": 1796360461250000,
+    "end_reason": "agent ended the call",
+    "transfer_status": "",
+    "stream_resumes": 0,
+}
+
+
+# What each field means. The models are made from the structs themselves, so a field added
+# to CallRecord or TurnRecord is in /openapi.json at once, typed, even before it is described
+# here (tests/unit/test_calls_cursor.py checks these name only fields the structs have).
+CALL_FIELDS: dict[str, str] = {
+    "call_id": "The call's id (Twilio's CallSid).",
+    "call_sid": "Twilio's CallSid.",
+    "agent_id": "The agent that took or placed the call.",
+    "status": "`in-progress` while the call lasts, then `ended`.",
+    "direction": "`inbound` (a caller dialled in) or `outbound` (placed with POST /v1/calls).",
+    "from_number": "The caller's number (for an outbound call: our Twilio number).",
+    "to_number": "The number called (for an inbound call: our Twilio number).",
+    "started_at_us": "When the call started, µs since the Unix epoch (UTC).",
+    "ended_at_us": "When it ended, µs since the epoch; 0 while in progress.",
+    "end_reason": "Why it ended (the caller hung up, the agent ended it, busy, no-answer…).",
+    "transfer_status": "A transfer's outcome as Twilio reports it (completed, busy, no-answer…).",
+    "stream_resumes": "Media streams that broke and came back during the call.",
+    "turns": "Every turn, in order.",
+}
+TURN_FIELDS: dict[str, str] = {
+    "turn_id": "The turn's number within the call.",
+    "kind": "What the agent's side of the turn was.",
+    "caller_text": "What the caller said (the final transcript).",
+    "reply_text": "What the agent said, or began to.",
+    "heard_text": "What of the reply the caller heard (Twilio's marks confirm it).",
+    "interrupted": "The caller talked over the reply and it stopped.",
+    "cancel_reason": "Why the turn was cancelled, if it was.",
+    "paused": "Times the caller talked over it without interrupting it.",
+    "preemptive": "The reply started before the end of the caller's turn was confirmed.",
+    "continues": "The turn whose unheard rest this one says, after a break; 0: none.",
+    "latency": "Milliseconds per pipeline stage, in pipeline order (e.g. stt_final, llm_first_token, "
+    "tts_first_audio, first_media_sent: the caller's end of speech to the first reply audio sent).",
+}
+
+
+def _model(
+    name: str,
+    struct: type[msgspec.Struct],
+    descriptions: dict[str, str],
+    doc: str,
+    skip: tuple[str, ...] = (),
+    types: dict[str, Any] | None = None,
+    example: dict[str, JsonValue] | None = None,
+) -> type[BaseModel]:
+    """A pydantic model with the struct's fields, all present in every response (msgspec
+    writes defaults too)."""
+    fields: dict[str, Any] = {
+        f.name: ((types or {}).get(f.name, f.type), Field(description=descriptions.get(f.name, "")))
+        for f in msgspec.structs.fields(struct)
+        if f.name not in skip
+    }
+    config = ConfigDict(json_schema_extra={"example": example}) if example else None
+    model: type[BaseModel] = create_model(name, __doc__=doc, __config__=config, **fields)
+    return model
+
+
+TurnOut = _model("Turn", TurnRecord, TURN_FIELDS, "One turn: what the caller said and what the agent answered.")
+CallSummaryOut = _model(
+    "CallSummary",
+    CallRecord,
+    CALL_FIELDS,
+    "A call as listed: its record without the turns (GET /v1/calls/{call_id} has them).",
+    skip=("turns",),
+    example=_CALL_EXAMPLE,
+)
+CallRecordOut = _model(
+    "CallRecord",
+    CallRecord,
+    CALL_FIELDS,
+    "A call's whole record.",
+    types={"turns": list[TurnOut]},  # type: ignore[valid-type]  # a model made at import
+)
+
+
+class CallList(BaseModel):
+    """One page of calls, newest first."""
+
+    calls: list[CallSummaryOut]  # type: ignore[valid-type]  # a model made at import
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with the same filters) for the next page; null on the last page.",
+        examples=["WzEsMTc5NjM2MDQwMDAwMDAwMCwiQ0E1ZDAiLCI4ZjE0ZTQ1ZmNlZWE0MjBmIiwiYjFjMiJd"],
+    )
