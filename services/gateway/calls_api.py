@@ -170,53 +170,56 @@ def listed(raw: bytes) -> dict[str, Any]:
     return cast(dict[str, Any], record)
 
 
-async def read_summaries(bus: Bus) -> tuple[list[CallSummary], dict[str, bytes]]:
+async def read_summaries(bus: Bus, bucket: str = CALL_RECORDS_BUCKET) -> tuple[list[CallSummary], dict[str, bytes]]:
     """Every call's summary, and its stored record by call id, from one ordered consumer
     (see the module's docstring for the cost). A record that does not decode is logged and
     left out, not a failed listing.
 
     The read ends at the stream's last sequence just after the watch began (every key's
-    last value then has a sequence up to it, a value written since comes in order, live),
-    not at the watch's own end-of-snapshot marker: nats-py sends that marker before the
-    entries when the server delivered them all before the client counted one (seen here
-    under load: a listing with 8 of 30 calls)."""
+    last value then has a sequence up to it, a value written since comes in order, live:
+    a call updated during the read comes twice, and its later value counts), not at the
+    watch's own end-of-snapshot marker: nats-py sends that marker before the entries when
+    the server delivered them all before the client counted one (seen here under load: a
+    listing with 8 of 30 calls)."""
     js = bus.nc.jetstream()
     try:
-        kv = await js.key_value(CALL_RECORDS_BUCKET)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:  # no orchestrator has started yet: no calls either
         return [], {}
     watcher = await kv.watchall()
-    try:
-        state = (await js.stream_info(f"KV_{CALL_RECORDS_BUCKET}")).state
-    except NotFoundError:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-        return [], {}
-    if not state.messages:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-        return [], {}
-    last = state.last_seq
-    calls: list[CallSummary] = []
+    latest: dict[str, CallSummary] = {}
     stored: dict[str, bytes] = {}
-    unreadable = 0
+    unreadable: set[str] = set()
     try:
+        try:
+            state = (await js.stream_info(f"KV_{bucket}")).state
+        except NotFoundError:
+            return [], {}
+        if not state.messages:
+            return [], {}
         async for entry in watcher:
             if entry is None:  # the marker: see above
                 continue
+            latest.pop(entry.key, None)
+            stored.pop(entry.key, None)
+            unreadable.discard(entry.key)
             if entry.operation is None and entry.value:  # not deleted or expired
                 try:
                     call = _decode_summary.decode(entry.value)
                 except (msgspec.ValidationError, msgspec.DecodeError):
-                    unreadable += 1
+                    call = None
+                if call is None or call.call_id != entry.key:
+                    unreadable.add(entry.key)
                 else:
-                    calls.append(call)
-                    stored[call.call_id] = entry.value
-            if entry.revision >= last:  # what the bucket held when the read began, and no more
+                    latest[entry.key] = call
+                    stored[entry.key] = entry.value
+            if entry.revision >= state.last_seq:  # what the bucket held when the read began
                 break
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
     if unreadable:
-        log.error("%d call records do not match the contract: left out of the listing", unreadable)
-    return calls, stored
+        log.error("%d call records do not match the contract: left out of the listing", len(unreadable))
+    return list(latest.values()), stored
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:
