@@ -6,98 +6,23 @@ turn of the call."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until
+from tests.integration.webhook_receiver import SECRET, SECRET_ENV, Receiver, agent_toml
 from voxline.agents import BUNDLED_DIR
 from voxline.devstack import DevStack
 from voxline.simulator import CallResult, Utterance, run_call
-from voxline.webhooks.signing import verify
 
 pytestmark = pytest.mark.integration
 
-SECRET = "whsec-test-0123456789abcdef"
-SECRET_ENV = "VOXLINE_WEBHOOK_SECRET_TEST"
 QUESTION = "what are your opening hours"
-FAILURES_BEFORE_SUCCESS = 2
-
-
-@dataclass
-class Received:
-    path: str
-    event_id_header: str
-    signed: bool  # the Voxline-Signature verified against the raw body
-    event: dict[str, Any]
-
-
-class Receiver:
-    """The customer's endpoint. `/ok` answers 200; `/flaky` answers 500 to the first two
-    requests of each event, then 200; `/hang` answers nothing until `release` is set."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.received: list[Received] = []
-        self.per_event: Counter[str] = Counter()
-        self.hanging = 0  # requests held open right now
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                signed = verify(SECRET, body, self.headers.get("Voxline-Signature", ""))
-                event = json.loads(body)
-                with receiver.lock:
-                    receiver.received.append(
-                        Received(self.path, self.headers.get("Voxline-Event-Id", ""), signed, event)
-                    )
-                    receiver.per_event[event["id"]] += 1
-                    nth = receiver.per_event[event["id"]]
-                status = 200
-                if self.path == "/flaky" and nth <= FAILURES_BEFORE_SUCCESS:
-                    status = 500
-                elif self.path == "/hang":
-                    with receiver.lock:
-                        receiver.hanging += 1
-                    receiver.release.wait(60)
-                    with receiver.lock:
-                        receiver.hanging -= 1
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def of_call(self, call_id: str, path: str) -> list[Received]:
-        with self.lock:
-            return [r for r in self.received if r.event["call_id"] == call_id and r.path == path]
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-
-
-def agent_toml(name: str, url: str) -> str:
-    return (
-        f'name = "{name}"\ngreeting = "Hello, webhooks here."\nsystem_prompt = "You are a test agent."\n'
-        f'goodbye = "Goodbye."\nwebhook_url = "{url}"\nwebhook_secret_env = "{SECRET_ENV}"\n'
-    )
 
 
 @pytest.fixture(scope="module")
