@@ -16,6 +16,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
@@ -23,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from proto.records import ApiScope
-from services.gateway.api_errors import error
+from services.gateway.api_errors import ErrorResponse, error
 from services.gateway.api_keys import (
     BOOTSTRAP_ID,
     ApiKeyStore,
@@ -52,6 +53,25 @@ class OutboundCall(BaseModel):
     to: str = Field(description="Number to dial, E.164 (+15551234567).")
     agent_id: str = Field("demo", description="Agent that talks when the callee answers.")
     from_: str = Field("", alias="from", description="Caller ID (a Twilio number); TWILIO_FROM_NUMBER when empty.")
+
+
+class PlacedCall(BaseModel):
+    call_sid: str = Field(description="Twilio's CallSid: the call's id in GET /v1/calls/{call_id}.")
+    status: str = Field(description="Twilio's status of the call so far (queued, initiated, ringing…).")
+
+
+PLACE_CALL_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in (
+        (400, "`to` or `from` is not an E.164 number, or Twilio refused the call."),
+        (401, "Missing, unknown or revoked API key."),
+        (403, "The key lacks the `calls` scope, or the agent may not call `to` (its outbound_allowlist)."),
+        (404, "No such agent."),
+        (422, "The body is not JSON with Content-Type: application/json, or a field is missing; `field` names it."),
+        (502, "Twilio could not place the call."),
+        (503, "Twilio is not configured on this gateway."),
+    )
+}
 
 
 def bearer(header: str) -> str:
@@ -219,8 +239,10 @@ def install(
 ) -> None:
     require_api_key(app, settings, outcomes.bus)  # the store is on the bus the gateway already holds
 
-    @app.post("/v1/calls", status_code=201)
+    @app.post("/v1/calls", status_code=201, response_model=PlacedCall, responses=PLACE_CALL_ERRORS, tags=["calls"])
     async def create_call(body: OutboundCall, request: Request) -> JSONResponse:
+        """Dial `to` for an agent; the agent talks once the callee answers. The body is JSON
+        (`Content-Type: application/json`); GET /v1/calls/{call_sid} follows the call."""
         return await place_call(body, request, settings, agents, twilio)
 
     @app.post("/twilio/status")

@@ -289,6 +289,9 @@ async def test_openapi_documents_the_call_list_and_record(stack: DevStack) -> No
     one = spec["paths"]["/v1/calls/{call_id}"]["get"]["responses"]
     assert one["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/CallRecord")
     assert one["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    placing = spec["paths"]["/v1/calls"]["post"]["responses"]
+    assert placing["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/PlacedCall")
+    assert placing["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     record = spec["components"]["schemas"]["CallRecord"]
     assert {"direction", "from_number", "to_number", "turns"} <= set(record["properties"])
     assert record["properties"]["direction"]["description"]
