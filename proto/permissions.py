@@ -65,6 +65,7 @@ PERMISSIONS: dict[str, Permissions] = {
             subjects.caller_audio(ANY),  # answers the STT worker's request
             subjects.stream_superseded(ANY),
             subjects.gateway_ping(ANY),  # answers the orchestrator's liveness checks
+            subjects.stt_events(ANY),  # GET /v1/calls/{id}/events: partial transcripts, while a client listens
         ),
         buckets=(
             CALL_RECORDS_BUCKET,

@@ -130,6 +130,11 @@ class GatewaySettings(CommonSettings):
         description="Bootstrap admin key: 'Authorization: Bearer <key>' is accepted on every /v1/* route, beside "
         "the keys of 'voxline keys create'. With neither, /v1 is open only on a loopback http_host.",
     )
+    sse_max_streams: int = Field(
+        200,
+        ge=0,
+        description="Live call-event streams (GET /v1/calls/{id}/events) one gateway serves at once (429 beyond).",
+    )
     api_rate_limit_per_min: int = Field(
         600,
         ge=0,

@@ -38,6 +38,13 @@ WEBHOOK_ATTEMPTS = Counter(
     ["result"],
 )
 
+SSE_DROPPED = Counter(
+    "voxline_call_events_dropped_total",
+    "Live call events (GET /v1/calls/{id}/events) not queued for a client that reads too slowly: partial "
+    "(transcript.partial, speech.*: dropped) or record (the stream was ended for the client to reconnect).",
+    ["kind"],
+)
+
 
 def trace_id(traceparent: str = "") -> str:
     """The trace id of the current span, else the one in `traceparent` (the call span's,

@@ -10,7 +10,7 @@ import msgspec
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 
-from services.gateway import api_errors, calls_api, rest_api, webhook
+from services.gateway import api_errors, calls_api, events_api, rest_api, webhook
 from services.gateway.call_outcomes import CallOutcomes, StreamEnd
 from services.gateway.edge_limits import PendingStreams
 from services.gateway.media_stream import REFUSED_STREAMS, MediaStream
@@ -166,6 +166,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
     calls_api.install(app, gateway.bus)
     install_webhooks_api(app, gateway.bus)  # GET /v1/calls/{id}/webhooks
+    events_api.install(app, gateway.bus, gateway.settings.sse_max_streams)  # GET /v1/calls/{id}/events
     # /metrics and /status are internal: only the health port serves them (__main__), never
     # this public port the Ingress exposes; the probes stay here for load balancers too.
     for route in probe_routes(gateway.bus, lambda: gateway):
