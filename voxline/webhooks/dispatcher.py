@@ -45,6 +45,7 @@ log = logging.getLogger("voxline.webhooks")
 
 DELIVERIES_TTL_S = 7 * 24 * 3600  # as long as the call records
 USER_AGENT = "Voxline-Webhooks/1"
+STOP_GRACE_S = 5.0  # a stopping orchestrator waits this long for deliveries under way
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,14 @@ class WebhookDispatcher:
     async def start(self) -> None:
         await self.bus.create_bucket(WEBHOOK_DELIVERIES_BUCKET, ttl_s=DELIVERIES_TTL_S)
 
-    async def stop(self) -> None:
-        for hooks in self._calls.values():
-            if hooks.task is not None:
-                hooks.task.cancel()
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Let deliveries under way finish for a moment (the last calls' `call.ended`), then
+        cancel what is left: its delivery record stays `pending`."""
+        tasks = [h.task for h in self._calls.values() if h.task is not None and not h.task.done()]
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in tasks:
+            task.cancel()
         await self._client.aclose()
 
     def offer(self, record: CallRecord, url: str, secret_env: str) -> None:
