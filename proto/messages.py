@@ -187,6 +187,7 @@ class BrainTurn(Order, kw_only=True, frozen=True):
 
     turn_id: int
     agent_id: str
+    agent_version: int = 0  # the agent as the call started (0: its latest, a file agent)
     history: list[ChatTurn]
     user_text: str
     requested_at_us: int

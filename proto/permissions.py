@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from proto import subjects
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
 from proto.records import (
+    AGENTS_BUCKET,
     API_KEYS_BUCKET,
     CALL_RECORDS_BUCKET,
     CALL_STREAMS_BUCKET,
@@ -73,10 +74,11 @@ PERMISSIONS: dict[str, Permissions] = {
             STREAM_TOKENS_BUCKET,
             CALL_STREAMS_BUCKET,
             API_KEYS_BUCKET,
+            AGENTS_BUCKET,  # written by /v1/agents, watched (voxline.agents.AgentStore)
             WEBHOOK_DELIVERIES_BUCKET,  # read by GET /v1/calls/{id}/webhooks
         ),
         # Listing the keys runs a (meta-only) watch; listing the calls reads the records by one.
-        watch=(API_KEYS_BUCKET, CALL_RECORDS_BUCKET),
+        watch=(API_KEYS_BUCKET, CALL_RECORDS_BUCKET, AGENTS_BUCKET),
     ),
     "orchestrator": Permissions(
         publish=(
@@ -99,8 +101,8 @@ PERMISSIONS: dict[str, Permissions] = {
             subjects.tts_events(ANY),
             subjects.stream_resume(ANY),  # answers the gateway's request
         ),
-        buckets=(CALL_RECORDS_BUCKET, CALL_LEASES_BUCKET, CALL_STATE_BUCKET, WEBHOOK_DELIVERIES_BUCKET),
-        watch=(CALL_LEASES_BUCKET,),
+        buckets=(CALL_RECORDS_BUCKET, CALL_LEASES_BUCKET, CALL_STATE_BUCKET, AGENTS_BUCKET, WEBHOOK_DELIVERIES_BUCKET),
+        watch=(CALL_LEASES_BUCKET, AGENTS_BUCKET),
     ),
     "stt": Permissions(
         publish=(
@@ -119,6 +121,9 @@ PERMISSIONS: dict[str, Permissions] = {
     "brain": Permissions(
         publish=(subjects.reply_text(ANY),),
         subscribe=(subjects.BRAIN_TURN, subjects.ALL_TURN_CANCELS, subjects.CALL_ENDED),
+        # Watched for the agents' prompts, tools and knowledge; seeded into an empty bucket.
+        buckets=(AGENTS_BUCKET,),
+        watch=(AGENTS_BUCKET,),
     ),
     "tts": Permissions(
         publish=(subjects.audio_out(ANY), subjects.tts_events(ANY)),

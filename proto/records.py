@@ -48,6 +48,15 @@ class CallRecord(msgspec.Struct, kw_only=True):
     # Media streams that broke and came back (Twilio's `<Connect action>`, another gateway):
     # the call went on after a gap of silence.
     stream_resumes: int = 0
+    # The version of the agent the call ran (its `AGENTS_BUCKET` revision when the call
+    # started): an agent edited mid-call changes only later calls. 0: a file agent.
+    agent_version: int = 0
+
+
+# The agents (key = agent id, value = the agent's JSON, `voxline.agents.Agent`), the one
+# source of truth every service watches; an entry's revision is the agent's version.
+# Written by the gateway's `/v1/agents` API (and seeded from TOML files into an empty bucket).
+AGENTS_BUCKET = "voxline_agents"
 
 
 STREAM_ENDS_BUCKET = "voxline_stream_ends"

@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keys", help="REST API keys in the key store: create, list, revoke")
     _add_keys_arguments(keys)
 
+    agents = sub.add_parser("agents", help="agents through the REST API: apply -f DIR (TOML), list, get, delete")
+    from voxline.agents_cli import add_arguments as add_agents_arguments
+
+    add_agents_arguments(agents)
+
     settings = sub.add_parser("settings", help="print every setting, its default and meaning")
     settings.set_defaults(func=_cmd_settings)
 

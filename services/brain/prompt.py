@@ -59,7 +59,9 @@ class PromptBuilder:
         mtimes = self._mtimes(agent)
         with self._lock:
             cached = self._indexes.get(agent.id)
-            if cached is not None and cached[0] is agent and cached[1] == mtimes:
+            # By knowledge, not by version: an edit of the greeting keeps the index, and calls
+            # on two versions with the same documents do not rebuild it turn by turn.
+            if cached is not None and cached[0].knowledge == agent.knowledge and cached[1] == mtimes:
                 return cached[2]
             if cached is not None:
                 cached[2].close()
@@ -108,7 +110,7 @@ class PromptBuilder:
         return f"{prompt}\n\n{found}" if found else prompt
 
     def messages(self, turn: BrainTurn) -> tuple[Agent, list[dict[str, Any]]]:
-        agent = self.agents.get(turn.agent_id)
+        agent = self.agents.get(turn.agent_id, turn.agent_version)  # as the call started
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt(agent, turn)}]
         messages += [{"role": t.role, "content": t.content} for t in turn.history if t.role in ("user", "assistant")]
         messages.append({"role": "user", "content": turn.user_text})

@@ -17,6 +17,7 @@ from proto.messages import BrainTurn, ReplyDone, ReplyError, ReplySentence
 from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, make_provider
 from services.common import TurnWorker, WorkKind, launch
 from voxline import tracing
+from voxline.agents import shared_store
 from voxline.bus import Bus
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us, stage_histogram
@@ -97,4 +98,6 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
 
 
 async def start(bus: Bus, settings: BrainSettings) -> BrainWorker:
+    # The providers that read agents share this store: it follows the agents bucket from here.
+    await shared_store(settings.agents_dir).start(bus)
     return await launch(BrainWorker(bus, settings, make_provider(settings.brain_provider, settings)))

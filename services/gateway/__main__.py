@@ -77,6 +77,7 @@ async def main(settings: GatewaySettings) -> None:
             await gateway.claims.prepare()
         except Exception as exc:  # made on the first call instead
             log.warning("could not create the stream token and claim buckets yet: %r", exc)
+        await gateway.agents.start(bus)  # the agents bucket, watched: no agent, no call
     if settings.twilio_auth_token:
         log.info("Twilio signature validation is on")
     elif settings.insecure_dev:

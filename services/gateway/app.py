@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 
 from services.gateway import api_errors, calls_api, events_api, rest_api, webhook
+from services.gateway.agents_api import install as install_agents_api
 from services.gateway.call_outcomes import CallOutcomes, StreamEnd
 from services.gateway.edge_limits import PendingStreams
 from services.gateway.media_stream import REFUSED_STREAMS, MediaStream
@@ -83,7 +83,8 @@ class Gateway:
         number is checked against the call's agent first (the brain did; a forged order
         on the bus must not dial either): no record or agent, no transfer."""
         record = await self.outcomes.record(call_sid)
-        self.agents.get(record.agent_id if record is not None else "").check_transfer(number)
+        agent = await self.agents.at(record.agent_id, record.agent_version) if record else self.agents.get("")
+        agent.check_transfer(number)  # the agent as the call started
         await self.outcomes.transfer_ordered(call_sid, number)
         if not self.twilio.configured:
             raise TwilioNotConfigured("no Twilio REST API: the transfer is dialled from the <Connect> action")
@@ -159,10 +160,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             slot.release()
             gateway.closed(stream)
 
-    @app.get("/v1/agents")
-    async def list_agents() -> dict[str, Any]:
-        return {"agents": [{"id": a, "name": gateway.agents.get(a).name} for a in gateway.agents.ids()]}
-
+    install_agents_api(app, gateway.agents)  # /v1/agents
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
     calls_api.install(app, gateway.bus)
     install_webhooks_api(app, gateway.bus)  # GET /v1/calls/{id}/webhooks

@@ -56,11 +56,12 @@ class Call(msgspec.Struct, kw_only=True):
         return self.turns[-1] if self.turns else None
 
 
-def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: str) -> Call:
+def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: str, agent_version: int = 0) -> Call:
     record = CallRecord(
         call_id=start.call_id,
         call_sid=start.call_sid,
         agent_id=start.agent_id,
+        agent_version=agent_version,  # the agent is kept in the call: later edits change later calls
         status="in-progress",
         started_at_us=start.started_at_us,
         from_number=start.from_number,

@@ -230,6 +230,7 @@ class _Step(Speech):
             call_id=call.call_id,
             turn_id=turn.turn_id,
             agent_id=call.agent.id,
+            agent_version=call.record.agent_version,  # the brain answers as the call's agent
             history=list(call.history),
             user_text=caller_text,
             requested_at_us=self.now_us,

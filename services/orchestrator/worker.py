@@ -125,6 +125,7 @@ class Orchestrator(Failover):
         self.webhooks = WebhookDispatcher(bus, policy, settings.webhook_queue_max)
 
     async def start(self) -> None:
+        await self.agents.start(self.bus)  # every agent in memory before the first call
         await self.bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=CALL_RECORD_TTL_S)
         await self.webhooks.start()
         await self.ownership.start()
@@ -174,6 +175,7 @@ class Orchestrator(Failover):
         if runs:
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
         await self.ownership.stop()
+        await self.agents.stop()
         await self.webhooks.stop()
 
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
@@ -208,7 +210,7 @@ class Orchestrator(Failover):
 
     async def _open_call(self, start: CallStart, span: Span) -> str:
         try:
-            agent = self.agents.get(start.agent_id)
+            agent, version = self.agents.versioned(start.agent_id)
         except UnknownAgent as exc:
             return str(exc)
         except Exception as exc:
@@ -229,7 +231,7 @@ class Orchestrator(Failover):
         self._assigns[start.call_id] = assign
         if start.gateway_id:
             self._gateway[start.call_id] = start.gateway_id
-        call = new_call(start, agent, self.limits, traceparent)
+        call = new_call(start, agent, self.limits, traceparent, version)
         try:  # the record exists before the gateway hears the call is taken
             await self.bus.kv_put(CALL_RECORDS_BUCKET, call.call_id, call.record)
         except Exception as exc:  # the record is best effort; the call goes on

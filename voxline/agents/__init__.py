@@ -1,5 +1,6 @@
-"""Agent definitions: who the AI is on a given number. Files for now (one TOML per agent),
-until agent storage arrives with the REST API.
+"""Agent definitions: who the AI is on a given number. Stored in JetStream KV, created and
+changed through `/v1/agents` (services/gateway/agents_api.py); TOML files (one per agent)
+are the import format (`voxline agents apply -f DIR`) and seed an empty store.
 
 Where an agent may dial (every call is paid by its owner; see voxline/agents/dialling.py):
 
@@ -24,10 +25,11 @@ makes the agent invalid.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -37,6 +39,11 @@ from voxline.agents.tools import Tool
 from voxline.agents.turn_options import TurnOptions
 from voxline.webhooks.signing import settings_problem as webhook_settings_problem
 
+if TYPE_CHECKING:
+    from voxline.agents.live import LiveAgents
+    from voxline.bus import Bus
+
+log = logging.getLogger("voxline.agents")
 BUNDLED_DIR = Path(__file__).parent
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -115,20 +122,87 @@ class InvalidAgent(ValueError):
 
 
 class AgentStore:
-    """Reads agents from a directory (the bundled ones when none is given), re-reading a
-    file when it changes so an edit needs no restart.
+    """The agents a service runs. Started on the bus (`start`), it answers from JetStream KV,
+    the one source of truth, through an in-memory copy a watch keeps current
+    (voxline/agents/live.py); the TOML directory (the bundled agents when none is given)
+    then only seeds an empty bucket. Not started (unit tests, tools), it reads the
+    directory itself, re-reading a file when it changes.
 
-    Agent ids come from requests (`?agent=`, `POST /v1/calls`), so they are held to a
-    strict pattern before they name a file, and the file (symlinks resolved) must be in
-    the directory: an id can never make the store read anything else."""
+    Agent ids come from requests (`?agent=`, `POST /v1/calls`, `/v1/agents/{id}`), so they
+    are held to a strict pattern before they name a file or a key, and a file (symlinks
+    resolved) must be in the directory: an id can never make the store read anything else."""
 
     def __init__(self, directory: str | Path = "") -> None:
         self.directory = Path(directory) if directory else BUNDLED_DIR
         self._cache: dict[str, tuple[float, Agent]] = {}
+        self.live: LiveAgents | None = None
 
-    def get(self, agent_id: str) -> Agent:
-        if not _AGENT_ID.fullmatch(agent_id):  # fullmatch: `$` would let "demo\n" through
-            raise UnknownAgent(f"invalid agent id {agent_id[:64]!r}")
+    async def start(self, bus: Bus) -> None:
+        """Follow the agents bucket from now on (seeding it from the directory if empty)."""
+        from voxline.agents.live import LiveAgents
+
+        if self.live is None:
+            live = LiveAgents(bus, self)
+            await live.start()
+            self.live = live
+
+    async def stop(self) -> None:
+        if self.live is not None:
+            await self.live.stop()
+
+    def get(self, agent_id: str, version: int = 0) -> Agent:
+        """The agent, at `version` when given and known here (else its latest: see `at`)."""
+        check_id(agent_id)
+        if self.live is None:
+            return self._from_file(agent_id)
+        if version:
+            agent = self.live.at(agent_id, version)
+            if agent is not None:
+                return agent
+            log.warning("agent %s version %d is not in memory; its latest answers", agent_id, version)
+        return self.versioned(agent_id)[0]
+
+    def versioned(self, agent_id: str) -> tuple[Agent, int]:
+        """The agent and its version (0 for a file agent), for a call to keep from its start."""
+        check_id(agent_id)
+        if self.live is None:
+            return self._from_file(agent_id), 0
+        found = self.live.versioned(agent_id)
+        if found is None:
+            why = self.live.invalid.get(agent_id)
+            if why is not None:
+                raise InvalidAgent(f"agent {agent_id} is invalid: {why}")
+            raise UnknownAgent(f"unknown agent {agent_id!r}")
+        return found.agent, found.version
+
+    async def at(self, agent_id: str, version: int) -> Agent:
+        """The agent as it was at `version` (the one a running call started with), read back
+        from the bucket when this service never saw it; its latest when that is gone too."""
+        if self.live is not None and version:
+            check_id(agent_id)
+            try:
+                agent = await self.live.fetch(agent_id, version)
+            except Exception as exc:
+                log.warning("agent %s version %d unreadable (%s); its latest answers", agent_id, version, exc)
+                agent = None
+            if agent is not None:
+                return agent
+        return self.get(agent_id)
+
+    def parse(self, doc: Any, agent_id: str) -> Agent:
+        """An agent from a decoded TOML or JSON document, or InvalidAgent naming the field."""
+        if not isinstance(doc, dict):
+            raise InvalidAgent("an agent is an object (a TOML table)")
+        try:
+            agent = msgspec.convert({**doc, "id": agent_id}, Agent)
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise InvalidAgent(str(exc)) from None
+        except RecursionError:
+            raise InvalidAgent("nested too deeply") from None
+        self._check_knowledge(agent)
+        return agent
+
+    def _from_file(self, agent_id: str) -> Agent:
         path = self.directory / f"{agent_id}.toml"
         try:
             confined(self.directory, path.name)
@@ -149,14 +223,16 @@ class AgentStore:
             raise InvalidAgent(f"agent file {path} cannot be read: {exc.strerror}") from None
         try:
             doc = tomllib.loads(data.decode())
-            if doc.get("id", agent_id) != agent_id:  # the file name is the id the store answers to
-                raise InvalidAgent(f"agent file {path} says id = {str(doc['id'])[:64]!r}; its id is its name")
-            agent = msgspec.convert({**doc, "id": agent_id}, Agent)
-        except (msgspec.ValidationError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
         except RecursionError:  # tomllib recurses per nested array or table
             raise InvalidAgent(f"agent file {path} is invalid: nested too deeply") from None
-        self._check_knowledge(agent)
+        if doc.get("id", agent_id) != agent_id:  # the file name is the id the store answers to
+            raise InvalidAgent(f"agent file {path} says id = {str(doc['id'])[:64]!r}; its id is its name")
+        try:
+            agent = self.parse(doc, agent_id)
+        except InvalidAgent as exc:
+            raise InvalidAgent(f"agent file {path} is invalid: {exc}") from None
         self._cache[agent_id] = (mtime, agent)
         return agent
 
@@ -168,7 +244,39 @@ class AgentStore:
             try:
                 confined(self.directory, name)
             except KnowledgePathError as exc:
-                raise InvalidAgent(f"agent {agent.id}: knowledge {exc}") from None
+                raise InvalidAgent(f"knowledge {exc}") from None
 
     def ids(self) -> list[str]:
+        if self.live is not None:
+            return sorted(self.live.current)
+        return self.file_ids()
+
+    def file_ids(self) -> list[str]:
         return sorted(p.stem for p in self.directory.glob("*.toml") if _AGENT_ID.fullmatch(p.stem))
+
+    def file_agents(self) -> list[Agent]:
+        """The valid agents of the directory (an invalid file is logged and left out)."""
+        agents = []
+        for agent_id in self.file_ids():
+            try:
+                agents.append(self._from_file(agent_id))
+            except (UnknownAgent, InvalidAgent) as exc:
+                log.error("agent %s not seeded: %s", agent_id, exc)
+        return agents
+
+
+_SHARED: dict[str, AgentStore] = {}
+
+
+def shared_store(directory: str = "") -> AgentStore:
+    """One store per process and directory, for the parts of a service that are built
+    apart from its bus (the brain's providers) but must read the store it starts."""
+    store = _SHARED.get(directory)
+    if store is None:
+        store = _SHARED[directory] = AgentStore(directory)
+    return store
+
+
+def check_id(agent_id: str) -> None:
+    if not _AGENT_ID.fullmatch(agent_id):  # fullmatch: `$` would let "demo\n" through
+        raise UnknownAgent(f"invalid agent id {agent_id[:64]!r}")

@@ -53,7 +53,7 @@ from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
 from voxline import tracing
-from voxline.agents import Agent, AgentStore
+from voxline.agents import Agent, shared_store
 from voxline.agents.retrieval import make_embedder
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us
@@ -105,7 +105,7 @@ class OpenAIChatProvider:
     def __init__(self, settings: BrainSettings, name: str = "openai") -> None:
         self.name = name
         self.settings = settings
-        self.agents = AgentStore(settings.agents_dir)
+        self.agents = shared_store(settings.agents_dir)  # the one the worker starts on the bus
         embedder, budget_s = make_embedder(settings.knowledge_embedder), settings.knowledge_budget_ms / 1e3
         self.prompts = PromptBuilder(self.agents, settings.knowledge_top_k, embedder, budget_s)
         self.prompts.warm()
@@ -174,6 +174,8 @@ class OpenAIChatProvider:
     async def _rounds(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         """One completion per round; a round that ends in webhook calls starts the next."""
         started = time.monotonic()
+        if turn.agent_version:  # the version the call started with, read back if never seen here
+            await self.agents.at(turn.agent_id, turn.agent_version)
         # In a thread: the query's embedding takes milliseconds that other calls' replies need the loop for.
         agent, messages = await asyncio.to_thread(self.prompts.messages, turn)
         tools = {tool.name: tool for tool in agent.tools}

@@ -1,0 +1,191 @@
+"""`/v1/agents`: create, list, read, update and delete agents, kept in JetStream KV
+(voxline/agents/live.py) where every service watches them.
+
+| method | path | answer |
+|---|---|---|
+| POST | `/v1/agents` | 201 and the agent; 409 when the id exists |
+| GET | `/v1/agents` | `{"agents": [{"id", "name", "version"}]}` |
+| GET | `/v1/agents/{id}` | the agent |
+| PUT | `/v1/agents/{id}` | replaces every field (the ones left out take their defaults) |
+| PATCH | `/v1/agents/{id}` | changes the fields given |
+| DELETE | `/v1/agents/{id}` | 204 |
+
+An agent is its fields (voxline/agents/__init__.py) plus `version`, which grows on every
+write; a call records the version it ran (`agent_version`), and an edit changes only the
+calls that start after it. A body that is not an agent is a 422 naming the field
+(`{"error": {"message", "field"}}`); an unknown id a 404. Writes need an `admin` key
+(services/gateway/api_keys.py: every write but `POST /v1/calls`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent, check_id
+from voxline.agents.live import AgentExists, LiveAgents, WriteConflict
+
+log = logging.getLogger("voxline.gateway.agents")
+
+MAX_BODY = 256 * 1024  # an agent with a long prompt is a few KiB; knowledge documents go elsewhere
+FIELDS = frozenset(Agent.__struct_fields__)
+_AT = re.compile(r"at `\$\.([^`]+)`")  # msgspec's path to the bad value
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_LEADING = re.compile(r"^(?:knowledge )?([a-z_]+)(?:\[\d+\])?")  # Agent's own checks name it first
+
+
+_TYPES = {404: "not_found", 409: "conflict", 413: "payload_too_large", 422: "validation_error", 503: "unavailable"}
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    """The API's one error shape (services/gateway/api_errors.py)."""
+    body = {"message": message, "type": _TYPES.get(status, "invalid_request"), **extra}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def agent_json(agent: Agent, version: int) -> dict[str, Any]:
+    doc: dict[str, Any] = msgspec.to_builtins(agent)
+    doc["version"] = version
+    return doc
+
+
+def field_of(message: str) -> str:
+    """The field a validation message names (`turn.idle_hangup_s`, `tools[0].to`), or ""."""
+    at, missing = _AT.search(message), _MISSING.search(message)
+    path = ".".join(m.group(1) for m in (at, missing) if m)
+    if path:
+        return path
+    if message.startswith("knowledge "):
+        return "knowledge"
+    lead = _LEADING.match(message)
+    return lead.group(0) if lead and lead.group(1) in FIELDS else ""
+
+
+def invalid(message: str, field: str = "") -> JSONResponse:
+    return error(422, message, field=field or field_of(message))
+
+
+async def body_of(request: Request) -> dict[str, Any] | JSONResponse:
+    data = await request.body()
+    if len(data) > MAX_BODY:
+        return error(413, f"an agent is at most {MAX_BODY // 1024} KiB")
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        return invalid(f"the body is not JSON: {exc}")
+    if not isinstance(doc, dict):
+        return invalid("the body is a JSON object of the agent's fields")
+    unknown = sorted(k for k in doc if k not in FIELDS and k != "version")
+    if unknown:
+        return invalid(f"unknown field {unknown[0][:64]!r}", field=unknown[0][:64])
+    doc.pop("version", None)  # the store's to give, not the client's
+    return doc
+
+
+def install(app: FastAPI, agents: AgentStore) -> None:
+    def live() -> LiveAgents | JSONResponse:
+        if agents.live is None:
+            return error(503, "the agent store is not reachable yet (NATS); try again")
+        return agents.live
+
+    def parse(doc: dict[str, Any], agent_id: str) -> Agent | JSONResponse:
+        try:
+            return agents.parse(doc, agent_id)
+        except InvalidAgent as exc:
+            return invalid(str(exc))
+
+    @app.post("/v1/agents", status_code=201)
+    async def create_agent(request: Request) -> JSONResponse:
+        store = live()
+        doc = await body_of(request)
+        if isinstance(store, JSONResponse):
+            return store
+        if isinstance(doc, JSONResponse):
+            return doc
+        agent_id = doc.get("id")
+        if not isinstance(agent_id, str) or not agent_id:
+            return invalid("id is required: lower-case letters, digits, - and _ (at most 64)", field="id")
+        try:
+            check_id(agent_id)
+        except UnknownAgent:
+            return invalid(f"id {agent_id[:64]!r} is not lower-case letters, digits, - and _ (at most 64)", "id")
+        agent = parse(doc, agent_id)
+        if isinstance(agent, JSONResponse):
+            return agent
+        try:
+            created = await store.create(agent)
+        except AgentExists as exc:
+            return error(409, f"{exc}: change it with PUT or PATCH /v1/agents/{agent_id}")
+        log.info("agent %s created (version %d)", agent_id, created.version)
+        return JSONResponse(agent_json(*created), status_code=201)
+
+    @app.get("/v1/agents")
+    async def list_agents() -> dict[str, Any]:
+        if agents.live is None:  # not on the bus yet: what the directory holds
+            return {"agents": [{"id": a, "name": agents.get(a).name, "version": 0} for a in agents.ids()]}
+        found = sorted(agents.live.current.items())
+        return {"agents": [{"id": i, "name": v.agent.name, "version": v.version} for i, v in found]}
+
+    @app.get("/v1/agents/{agent_id}")
+    async def get_agent(agent_id: str) -> JSONResponse:
+        try:
+            agent, version = agents.versioned(agent_id)
+        except (UnknownAgent, InvalidAgent) as exc:
+            return error(404, str(exc))
+        return JSONResponse(agent_json(agent, version))
+
+    async def update(request: Request, agent_id: str, merge: bool) -> JSONResponse:
+        store = live()
+        doc = await body_of(request)
+        if isinstance(store, JSONResponse):
+            return store
+        if isinstance(doc, JSONResponse):
+            return doc
+        if doc.get("id", agent_id) != agent_id:
+            return invalid("id cannot change (create the new agent, then delete this one)", field="id")
+        try:
+            check_id(agent_id)
+        except UnknownAgent as exc:
+            return error(404, str(exc))
+
+        def change(old: Agent) -> Agent:
+            fields = {**msgspec.to_builtins(old), **doc} if merge else doc
+            return agents.parse(fields, agent_id)
+
+        try:
+            updated = await store.update(agent_id, change)
+        except UnknownAgent as exc:
+            return error(404, str(exc))
+        except InvalidAgent as exc:
+            return invalid(str(exc))
+        except WriteConflict as exc:
+            return error(409, str(exc))
+        log.info("agent %s updated (version %d)", agent_id, updated.version)
+        return JSONResponse(agent_json(*updated))
+
+    @app.put("/v1/agents/{agent_id}")
+    async def replace_agent(agent_id: str, request: Request) -> JSONResponse:
+        return await update(request, agent_id, merge=False)
+
+    @app.patch("/v1/agents/{agent_id}")
+    async def patch_agent(agent_id: str, request: Request) -> JSONResponse:
+        return await update(request, agent_id, merge=True)
+
+    @app.delete("/v1/agents/{agent_id}", status_code=204)
+    async def delete_agent(agent_id: str) -> Response:
+        store = live()
+        if isinstance(store, JSONResponse):
+            return store
+        try:
+            check_id(agent_id)
+        except UnknownAgent as exc:
+            return error(404, str(exc))
+        if not await store.delete(agent_id):
+            return error(404, f"unknown agent {agent_id!r}")
+        log.info("agent %s deleted", agent_id)
+        return Response(status_code=204)
