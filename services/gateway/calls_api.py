@@ -243,6 +243,14 @@ def parse_time(field: str, value: str | None) -> int | None:
     return round(at.timestamp() * 1_000_000)
 
 
+def e164(number: str | None) -> str | None:
+    """`?number=+15551234567` typed into a URL unencoded arrives as " 15551234567" (a `+`
+    in a query string is a space): that is the number meant, not a number nobody has."""
+    if number is not None and number.startswith(" ") and number[1:].isdigit():
+        return "+" + number[1:]
+    return number
+
+
 async def call_record(bus: Bus, call_id: str) -> CallRecord | Response:
     if not (0 < len(call_id) <= 64 and call_id.isascii() and call_id.isalnum()):
         return error(400, "invalid call id: letters and digits only, like CA0123…", field="call_id")
@@ -293,7 +301,7 @@ def install(app: FastAPI, bus: Bus) -> None:
             agent_id=agent_id,
             status=status,
             direction=direction,
-            number=number,
+            number=e164(number),
             started_after_us=parse_time("started_after", started_after),
             started_before_us=parse_time("started_before", started_before),
         )

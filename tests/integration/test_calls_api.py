@@ -5,6 +5,7 @@ bus when a test needs many (as the orchestrator writes them)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import subprocess
@@ -107,9 +108,7 @@ def assert_error(response: httpx.Response, status: int, kind: str) -> dict[str, 
     return dict(body["error"])
 
 
-async def test_paging_through_120_calls_shows_each_exactly_once_newest_first(
-    http: httpx.AsyncClient, bus: Bus
-) -> None:
+async def test_paging_through_120_calls_shows_each_exactly_once_newest_first(http: httpx.AsyncClient, bus: Bus) -> None:
     agent = new_agent()
     records = await write_records(bus, agent, 120)
     first = await http.get("/v1/calls", params={"agent_id": agent, "limit": 17})
@@ -154,6 +153,8 @@ async def test_filters_by_status_direction_number_and_time(http: httpx.AsyncClie
     caller = "+15005551001"
     assert await ids(number=caller) == newest_first([r for r in records if caller in (r.from_number, r.to_number)])
     assert await ids(number="+15005550001") == newest_first(records)  # our number: from or to
+    unencoded = await http.get(f"/v1/calls?agent_id={agent}&limit=200&number=+15005551001")  # '+' as typed
+    assert [c["call_id"] for c in unencoded.json()["calls"]] == await ids(number=caller)
     assert await ids(number="+19999999999") == []
     # Start times BASE + 0..9 s, three calls each: [BASE+2 s, BASE+5 s) holds 9 calls.
     window = [r for r in records if BASE_US + 2_000_000 <= r.started_at_us < BASE_US + 5_000_000]
@@ -206,9 +207,10 @@ async def test_a_bad_filter_is_a_422_naming_the_field(
 
 
 async def test_every_v1_error_has_one_shape(stack: DevStack, http: httpx.AsyncClient) -> None:
-    assert "no call" in assert_error(await http.get("/v1/calls/CA0000000000000000000000000000dead"), 404, "not_found")[
-        "message"
-    ]
+    assert (
+        "no call"
+        in assert_error(await http.get("/v1/calls/CA0000000000000000000000000000dead"), 404, "not_found")["message"]
+    )
     assert_error(await http.get("/v1/no-such-thing"), 404, "not_found")
     assert_error(await http.get("/v1/calls/not-a-sid!"), 400, "invalid_request")
     assert_error(await http.delete("/v1/calls"), 405, "method_not_allowed")
@@ -236,9 +238,10 @@ async def test_dialling_out_without_a_json_content_type_says_what_is_expected(
     [command] = re.findall(r"^curl -X POST .*?/v1/calls$", README.read_text(), re.M | re.S)
     argv = shlex.split(command.replace("\\\n", " ").replace("https://HOST", stack.gateway_url))
     argv = [a.replace("$VOXLINE_API_KEY", API_KEY) for a in argv]
-    done = subprocess.run([*argv, "-s", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
-    answer, status = done.stdout.rsplit("\n", 1)
-    assert status == "400", done.stdout
+    curl = await asyncio.create_subprocess_exec(*argv, "-s", "-w", "\n%{http_code}", stdout=subprocess.PIPE)
+    stdout, _ = await asyncio.wait_for(curl.communicate(), 30)
+    answer, status = stdout.decode().rsplit("\n", 1)
+    assert status == "400", stdout
     assert "from" in httpx.Response(400, content=answer).json()["error"]["message"]
 
 
