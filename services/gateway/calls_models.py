@@ -44,6 +44,7 @@ CALL_FIELDS: dict[str, str] = {
     "end_reason": "Why it ended (the caller hung up, the agent ended it, busy, no-answer…).",
     "transfer_status": "A transfer's outcome as Twilio reports it (completed, busy, no-answer…).",
     "stream_resumes": "Media streams that broke and came back during the call.",
+    "agent_version": "The version of the agent the call ran (GET /v1/agents/{id}); 0: an agent from a file.",
     "turns": "Every turn, in order.",
 }
 TURN_FIELDS: dict[str, str] = {
