@@ -367,6 +367,12 @@ class OrchestratorSettings(WorkerSettings):
     webhook_timeout_s: float = Field(
         5.0, gt=0, description="Timeout of one webhook request (connect, send, answer); then it counts as failed."
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks go to private addresses (10/8, 172.16/12, 192.168/16, fc00::/7...). Off: a "
+        "webhook_url resolving to one is refused (server-side request forgery); loopback is always allowed, "
+        "link-local (cloud metadata) never.",
+    )
     webhook_queue_max: int = Field(
         1000,
         ge=1,

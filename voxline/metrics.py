@@ -28,7 +28,8 @@ NATS_SLOW_CONSUMERS = Gauge(
 WEBHOOK_DELIVERIES = Counter(
     "voxline_webhook_deliveries_total",
     "Webhook events to customers by outcome: delivered (2xx), rejected (a 4xx other than 408/429), gave_up "
-    "(every attempt timed out, failed to connect or got 408/429/5xx), no_secret (the signing secret's "
+    "(every attempt timed out, failed to connect or got 408/429/5xx), refused (the URL resolves to a "
+    "non-public address: voxline/webhooks/destination.py), no_secret (the signing secret's "
     "variable is not set), dropped (the delivery queue was full).",
     ["outcome"],
 )

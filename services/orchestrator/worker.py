@@ -122,7 +122,7 @@ class Orchestrator(Failover):
             settings.webhook_backoff_max_s,
             settings.webhook_timeout_s,
         )
-        self.webhooks = WebhookDispatcher(bus, policy, settings.webhook_queue_max)
+        self.webhooks = WebhookDispatcher(bus, policy, settings.webhook_queue_max, settings.webhook_allow_private)
 
     async def start(self) -> None:
         await self.agents.start(self.bus)  # every agent in memory before the first call

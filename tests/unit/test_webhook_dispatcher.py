@@ -176,3 +176,17 @@ async def test_a_full_queue_drops_and_counts_without_blocking(worker_bus: Bus, r
         assert outcome_count("dropped") == before + 3
     finally:
         await d.stop(grace_s=0)
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://10.255.255.1:9/hook"])
+async def test_a_url_into_the_private_network_is_refused_unsent(
+    dispatcher: WebhookDispatcher, worker_bus: Bus, url: str
+) -> None:
+    before = outcome_count("refused")
+    record = started()
+    dispatcher.offer(record, url, SECRET_ENV)
+    delivery = (await settled(worker_bus, record.call_id)).deliveries[0]
+    assert delivery.state == "failed"
+    assert len(delivery.attempts) == 1  # final: a refused destination is not retried
+    assert delivery.attempts[0].error.startswith("refused: ") and "not a public address" in delivery.attempts[0].error
+    assert outcome_count("refused") == before + 1

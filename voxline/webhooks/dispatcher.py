@@ -38,6 +38,7 @@ from proto.webhooks import WEBHOOK_DELIVERIES_BUCKET, WebhookAttempt, WebhookDel
 from voxline.bus import Bus
 from voxline.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES
 from voxline.telemetry import now_us
+from voxline.webhooks.destination import Refused, check_destination
 from voxline.webhooks.events import WebhookEvent, implied_events
 from voxline.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
 
@@ -45,6 +46,7 @@ log = logging.getLogger("voxline.webhooks")
 
 DELIVERIES_TTL_S = 7 * 24 * 3600  # as long as the call records
 USER_AGENT = "Voxline-Webhooks/1"
+REFUSED = "refused:"  # an attempt not made: the destination is not allowed (destination.py)
 STOP_GRACE_S = 5.0  # a stopping orchestrator waits this long for deliveries under way
 
 
@@ -95,7 +97,8 @@ class _CallHooks:
 
 
 class WebhookDispatcher:
-    def __init__(self, bus: Bus, policy: RetryPolicy, queue_max: int = 1000) -> None:
+    def __init__(self, bus: Bus, policy: RetryPolicy, queue_max: int = 1000, allow_private: bool = False) -> None:
+        self.allow_private = allow_private  # destination.py: private ranges are refused unless set
         self.bus = bus
         self.policy = policy
         self.queue_max = queue_max
@@ -242,6 +245,8 @@ class WebhookDispatcher:
                 delivery.state, outcome = "delivered", "delivered"
             elif code and not retryable(code):
                 delivery.state, outcome = "failed", "rejected"
+            elif attempt.error.startswith(REFUSED):
+                delivery.state, outcome = "failed", "refused"
             elif number == last:
                 delivery.state = "failed"
             await self._save(hooks)
@@ -266,6 +271,10 @@ class WebhookDispatcher:
             EVENT_ID_HEADER: event.id,
         }
         at_us, started = now_us(), time.monotonic()
+        try:
+            await check_destination(hooks.target.url, self.allow_private)
+        except Refused as exc:
+            return WebhookAttempt(attempt=number, at_us=at_us, status_code=0, error=f"{REFUSED} {exc}", duration_ms=0.0)
         try:
             response = await self._client.post(
                 hooks.target.url, content=event.body, headers=headers, timeout=self.policy.timeout_s
