@@ -27,6 +27,7 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.gateway.api_errors import ErrorResponse, error
 from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent, check_id
 from voxline.agents.live import AgentExists, LiveAgents, WriteConflict
 
@@ -39,13 +40,55 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 _LEADING = re.compile(r"^(?:knowledge )?([a-z_]+)(?:\[\d+\])?")  # Agent's own checks name it first
 
 
-_TYPES = {404: "not_found", 409: "conflict", 413: "payload_too_large", 422: "validation_error", 503: "unavailable"}
+# OpenAPI: the Agent's JSON Schema as msgspec gives it, registered as components.
+(_AGENT_REF,), _COMPONENTS = msgspec.json.schema_components((Agent,), ref_template="#/components/schemas/{name}")
+_VERSIONED = {
+    "allOf": [
+        _AGENT_REF,
+        {"type": "object", "properties": {"version": {"type": "integer", "description": "Grows on every write."}}},
+    ]
+}
+_EXAMPLE = {
+    "id": "florist",
+    "name": "Rosa's Flowers",
+    "greeting": "Rosa's Flowers, how can I help?",
+    "system_prompt": "You take flower orders for Rosa's Flowers. Keep answers short.",
+    "language": "en",
+    "outbound_allowlist": ["+1415555*"],
+}
 
 
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    """The API's one error shape (services/gateway/api_errors.py)."""
-    body = {"message": message, "type": _TYPES.get(status, "invalid_request"), **extra}
-    return JSONResponse({"error": body}, status_code=status)
+def _body(description: str) -> dict[str, Any]:
+    content = {"application/json": {"schema": _AGENT_REF, "example": _EXAMPLE}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def _answer(description: str) -> dict[str, Any]:
+    example = {**_EXAMPLE, "version": 7}
+    return {"description": description, "content": {"application/json": {"schema": _VERSIONED, "example": example}}}
+
+
+def _errors(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    common = ((401, "Missing, unknown or revoked API key."), (403, "The key lacks the scope (writes need admin)."))
+    return {code: {"model": ErrorResponse, "description": why} for code, why in (*common, *codes)}
+
+
+_INVALID = (422, "Not an agent: `error.field` names the field (`greeting`, `turn.idle_hangup_s`, `tools[0].to`).")
+_NO_AGENT = (404, "No such agent.")
+_STORE_DOWN = (503, "The agent store (NATS) is not reachable yet.")
+
+
+def _register_components(app: FastAPI) -> None:
+    built = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = built()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(_COMPONENTS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def agent_json(agent: Agent, version: int) -> dict[str, Any]:
@@ -88,6 +131,8 @@ async def body_of(request: Request) -> dict[str, Any] | JSONResponse:
 
 
 def install(app: FastAPI, agents: AgentStore) -> None:
+    _register_components(app)
+
     def live() -> LiveAgents | JSONResponse:
         if agents.live is None:
             return error(503, "the agent store is not reachable yet (NATS); try again")
@@ -99,7 +144,17 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         except InvalidAgent as exc:
             return invalid(str(exc))
 
-    @app.post("/v1/agents", status_code=201)
+    @app.post(
+        "/v1/agents",
+        status_code=201,
+        tags=["agents"],
+        summary="Create an agent",
+        openapi_extra=_body("The agent's fields; `id` is required (a-z, 0-9, - and _)."),
+        responses={
+            201: _answer("The agent, with its first version."),
+            **_errors(_INVALID, (409, "An agent with this id exists."), (413, "Over 256 KiB."), _STORE_DOWN),
+        },
+    )
     async def create_agent(request: Request) -> JSONResponse:
         store = live()
         doc = await body_of(request)
@@ -124,14 +179,19 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         log.info("agent %s created (version %d)", agent_id, created.version)
         return JSONResponse(agent_json(*created), status_code=201)
 
-    @app.get("/v1/agents")
+    @app.get("/v1/agents", tags=["agents"], summary="List the agents", responses=_errors())
     async def list_agents() -> dict[str, Any]:
         if agents.live is None:  # not on the bus yet: what the directory holds
             return {"agents": [{"id": a, "name": agents.get(a).name, "version": 0} for a in agents.ids()]}
         found = sorted(agents.live.current.items())
         return {"agents": [{"id": i, "name": v.agent.name, "version": v.version} for i, v in found]}
 
-    @app.get("/v1/agents/{agent_id}")
+    @app.get(
+        "/v1/agents/{agent_id}",
+        tags=["agents"],
+        summary="Get an agent",
+        responses={200: _answer("The agent and its current version."), **_errors(_NO_AGENT)},
+    )
     async def get_agent(agent_id: str) -> JSONResponse:
         try:
             agent, version = agents.versioned(agent_id)
@@ -168,15 +228,33 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         log.info("agent %s updated (version %d)", agent_id, updated.version)
         return JSONResponse(agent_json(*updated))
 
-    @app.put("/v1/agents/{agent_id}")
+    @app.put(
+        "/v1/agents/{agent_id}",
+        tags=["agents"],
+        summary="Replace an agent (fields left out take their defaults)",
+        openapi_extra=_body("Every field of the agent; `id`, if given, must be the path's."),
+        responses={200: _answer("The agent, with its new version."), **_errors(_NO_AGENT, _INVALID, _STORE_DOWN)},
+    )
     async def replace_agent(agent_id: str, request: Request) -> JSONResponse:
         return await update(request, agent_id, merge=False)
 
-    @app.patch("/v1/agents/{agent_id}")
+    @app.patch(
+        "/v1/agents/{agent_id}",
+        tags=["agents"],
+        summary="Change some fields of an agent",
+        openapi_extra=_body("Only the fields to change."),
+        responses={200: _answer("The agent, with its new version."), **_errors(_NO_AGENT, _INVALID, _STORE_DOWN)},
+    )
     async def patch_agent(agent_id: str, request: Request) -> JSONResponse:
         return await update(request, agent_id, merge=True)
 
-    @app.delete("/v1/agents/{agent_id}", status_code=204)
+    @app.delete(
+        "/v1/agents/{agent_id}",
+        status_code=204,
+        tags=["agents"],
+        summary="Delete an agent (calls running it go on)",
+        responses=_errors(_NO_AGENT, _STORE_DOWN),
+    )
     async def delete_agent(agent_id: str) -> Response:
         store = live()
         if isinstance(store, JSONResponse):

@@ -190,3 +190,15 @@ async def test_agents_apply_creates_updates_and_leaves_alone(stack: DevStack, tm
     (broken / "bad.toml").write_text('name = "Bad"\ngreeting = 1\nsystem_prompt = "x"\n')
     refused = voxline_agents(stack, "apply", "-f", str(broken))
     assert refused.returncode == 1 and "field greeting" in refused.stderr
+
+
+async def test_openapi_documents_the_agent_routes(stack: DevStack) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway_url) as api:
+        doc = (await api.get("/openapi.json")).json()
+    create = doc["paths"]["/v1/agents"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Agent"}
+    assert {"201", "409", "422"} <= set(create["responses"])
+    assert {"greeting", "system_prompt", "turn"} <= set(doc["components"]["schemas"]["Agent"]["properties"])
+    item = doc["paths"]["/v1/agents/{agent_id}"]
+    assert {"get", "put", "patch", "delete"} <= set(item)
+    assert "404" in item["delete"]["responses"] and "422" in item["patch"]["responses"]

@@ -169,3 +169,16 @@ async def test_a_store_not_started_reads_the_directory(agents_dir: Path) -> None
     assert store.versioned("sales")[1] == 0
     with pytest.raises(InvalidAgent):
         store.get("broken")
+
+
+def test_agent_writes_need_an_admin_key() -> None:
+    from services.gateway.api_keys import required_scope
+
+    assert required_scope("GET", "/v1/agents/demo") == "read"
+    for method, path in (
+        ("POST", "/v1/agents"),
+        ("PUT", "/v1/agents/x"),
+        ("PATCH", "/v1/agents/x"),
+        ("DELETE", "/v1/agents/x"),
+    ):
+        assert required_scope(method, path) == "admin", (method, path)
