@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from twilio.request_validator import RequestValidator
 
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from tests.integration.conftest import AUTH_TOKEN, own_stack
@@ -281,6 +282,24 @@ async def test_an_outbound_call_is_recorded_as_outbound(stack: DevStack, http: h
     outbound, _ = await list_all(http, number=callee, direction="outbound")
     inbound, _ = await list_all(http, number=callee, direction="inbound")
     assert [c["call_id"] for c in outbound] == [script.call_sid] and inbound == []
+
+
+async def test_an_outbound_call_nobody_answered_is_listed_as_outbound(stack: DevStack, http: httpx.AsyncClient) -> None:
+    """Twilio's status callback of a call POST /v1/calls placed that was never answered:
+    the only record the call gets is written by the gateway, and it is outbound too."""
+    sid, callee = f"CA{uuid.uuid4().hex}", f"+1415{uuid.uuid4().int % 10**7:07d}"
+    url = f"{stack.gateway_url}/twilio/status?agent=demo"
+    form = {
+        "CallSid": sid,
+        "CallStatus": "no-answer",
+        "From": "+15005550001",
+        "To": callee,
+        "Direction": "outbound-api",
+    }
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, form)
+    assert (await http.post(url, data=form, headers={"X-Twilio-Signature": signature})).status_code == 204
+    listed, _ = await list_all(http, number=callee, direction="outbound")
+    assert [(c["call_id"], c["end_reason"], c["to_number"]) for c in listed] == [(sid, "no-answer", callee)]
 
 
 async def test_openapi_documents_the_call_list_and_record(stack: DevStack) -> None:
