@@ -51,6 +51,11 @@ class CallRecord(msgspec.Struct, kw_only=True):
     # The version of the agent the call ran (its `AGENTS_BUCKET` revision when the call
     # started): an agent edited mid-call changes only later calls. 0: a file agent.
     agent_version: int = 0
+    # Twilio's answering-machine verdict (`AnsweredBy`) for an outbound call placed with
+    # machine_detection: human, machine_end_beep, machine_end_silence, machine_end_other,
+    # fax, unknown. Written by the gateway on the record of a call a machine answered
+    # (end_reason "voicemail" or "machine"); empty when detection was off or not recorded.
+    answered_by: str = ""
 
 
 # The agents (key = agent id, value = the agent's JSON, `voxline.agents.Agent`), the one

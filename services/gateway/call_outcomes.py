@@ -179,8 +179,11 @@ class CallOutcomes:
         await self.bus.kv_put(CALL_RECORDS_BUCKET, call_sid, record)
         return record
 
-    async def never_answered(self, call_sid: str, status: str, agent_id: str, from_: str, to: str) -> bool:
-        """An outbound call that was busy, not answered or failed gets a record of its own
+    async def never_answered(
+        self, call_sid: str, status: str, agent_id: str, from_: str, to: str, answered_by: str = ""
+    ) -> bool:
+        """An outbound call that was busy, not answered or failed, or that a machine answered
+        (`answered_by`, the end reason `voicemail` or `machine`), gets a record of its own
         (nothing else would write one). False when the call already has a record."""
         at_us = now_us()
         record = CallRecord(
@@ -194,9 +197,16 @@ class CallOutcomes:
             from_number=from_,
             to_number=to,
             direction="outbound",
+            answered_by=answered_by,
         )
         try:
             await self.bus.kv_create(CALL_RECORDS_BUCKET, call_sid, record)
         except RevisionMismatch:
             return False
         return True
+
+    async def machine_answered(
+        self, call_sid: str, agent_id: str, from_: str, to: str, answered_by: str, end_reason: str
+    ) -> bool:
+        """The record of an outbound call a machine answered (voicemail.py)."""
+        return await self.never_answered(call_sid, end_reason, agent_id, from_, to, answered_by)

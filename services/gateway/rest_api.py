@@ -17,11 +17,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from proto.records import ApiScope
 from services.gateway.api_errors import ErrorResponse, error
@@ -37,6 +37,7 @@ from services.gateway.api_keys import (
 )
 from services.gateway.call_outcomes import NEVER_ANSWERED, CallOutcomes
 from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest, TwilioRestError
+from services.gateway.voicemail import MACHINE_DETECTION, MAX_VOICE_URL_CHARS, MAX_VOICEMAIL_CHARS, VOICEMAIL_QUERY
 from services.gateway.webhook import public_base, twilio_form
 from voxline.agents import AgentStore, InvalidAgent, UnknownAgent
 from voxline.bus import Bus
@@ -53,6 +54,40 @@ class OutboundCall(BaseModel):
     to: str = Field(description="Number to dial, E.164 (+15551234567).")
     agent_id: str = Field("demo", description="Agent that talks when the callee answers.")
     from_: str = Field("", alias="from", description="Caller ID (a Twilio number); TWILIO_FROM_NUMBER when empty.")
+    machine_detection: bool = Field(
+        False,
+        strict=True,
+        description="Answering-machine detection (Twilio's MachineDetection=DetectMessageEnd): the agent talks "
+        "only when a human (or Twilio cannot tell: `unknown`) answers; a machine gets `voicemail_message` "
+        "after its beep and a hang-up, a fax a hang-up. Detection takes a few seconds after the answer. "
+        "The record's `answered_by` and `end_reason` (`voicemail` or `machine`) say what happened.",
+    )
+    voicemail_message: str = Field(
+        "",
+        max_length=MAX_VOICEMAIL_CHARS,
+        description="What to leave on an answering machine, read by Twilio's text-to-speech voice (not the "
+        "agent's). Needs `machine_detection: true`. Empty: hang up on a machine without a message.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": "+15551234567",
+                    "agent_id": "demo",
+                    "machine_detection": True,
+                    "voicemail_message": "Hi, this is Voxline calling about your appointment. Please call us back.",
+                }
+            ]
+        }
+    )
+
+    @field_validator("voicemail_message")
+    @classmethod
+    def _needs_detection(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip() and not info.data.get("machine_detection", False):
+            raise ValueError("a voicemail message needs machine_detection: true (else no machine is detected)")
+        return value
 
 
 class PlacedCall(BaseModel):
@@ -67,7 +102,12 @@ PLACE_CALL_ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing, unknown or revoked API key."),
         (403, "The key lacks the `calls` scope, or the agent may not call `to` (its outbound_allowlist)."),
         (404, "No such agent."),
-        (422, "The body is not JSON with Content-Type: application/json, or a field is missing; `field` names it."),
+        (
+            422,
+            "The body is not JSON with Content-Type: application/json, or a field is missing or invalid "
+            "(`machine_detection` not a boolean, `voicemail_message` too long or without machine_detection); "
+            "`field` names it.",
+        ),
         (502, "Twilio could not place the call."),
         (503, "Twilio is not configured on this gateway."),
     )
@@ -197,9 +237,23 @@ async def place_call(
     if not settings.public_url:
         log.warning("VOXLINE_PUBLIC_URL is not set: Twilio will be sent to %s, which it may not reach", base)
     query = urlencode({"agent": body.agent_id})
+    voice_url = f"{base}/twilio/voice?{query}"
+    if body.machine_detection and body.voicemail_message.strip():
+        # In the signed voice URL (voicemail.py says why), bounded so Twilio can request it.
+        # Percent-encoded with only unreserved characters left bare (no `+` for a space):
+        # the one form no HTTP stack between Twilio and us normalises into another, which
+        # would break the signature, as Twilio signs the URL exactly as we gave it.
+        voice_url += "&" + urlencode({VOICEMAIL_QUERY: body.voicemail_message.strip()}, quote_via=quote)
+        if len(voice_url) > MAX_VOICE_URL_CHARS:
+            why = f"too long once URL-encoded ({len(voice_url)} of at most {MAX_VOICE_URL_CHARS} characters)"
+            return error(422, f"voicemail_message: {why}", field="voicemail_message")
     try:
         placed = await twilio.place_call(
-            body.to, from_, f"{base}/twilio/voice?{query}", status_callback=f"{base}/twilio/status?{query}"
+            body.to,
+            from_,
+            voice_url,
+            status_callback=f"{base}/twilio/status?{query}",
+            machine_detection=MACHINE_DETECTION if body.machine_detection else "",
         )
     except TwilioNotConfigured as exc:
         return error(503, str(exc))

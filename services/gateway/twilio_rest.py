@@ -135,12 +135,18 @@ class TwilioRest:
         twiml = dial_twiml(number, self.settings.transfer_timeout_s, caller_id, action)
         await self._call(lambda: self.client().calls(call_sid).update_async(twiml=twiml))
 
-    async def place_call(self, to: str, from_: str, url: str, status_callback: str = "") -> PlacedCall:
+    async def place_call(
+        self, to: str, from_: str, url: str, status_callback: str = "", machine_detection: str = ""
+    ) -> PlacedCall:
         """Ask Twilio to dial `to`; once answered it fetches `url` (our voice webhook). The
-        status callback hears every progress event, so busy and no-answer are reported."""
+        status callback hears every progress event, so busy and no-answer are reported.
+        `machine_detection` ("DetectMessageEnd", voicemail.py): Twilio fetches `url` only
+        after deciding who answered, with `AnsweredBy`."""
         extra: dict[str, object] = {}
         if status_callback:
             extra = {"status_callback": status_callback, "status_callback_event": OUTBOUND_STATUS_EVENTS}
+        if machine_detection:
+            extra["machine_detection"] = machine_detection
         call = await self._call(lambda: self.client().calls.create_async(to=to, from_=from_, url=url, **extra))
         return PlacedCall(call_sid=call.sid or "", status=str(call.status or ""))
 

@@ -21,6 +21,7 @@ from services.gateway.call_outcomes import CALL_BUSY, DIAL_ANSWERED, CallOutcome
 from services.gateway.media_stream import RESUME_PARAMETER
 from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import business_number, dial_twiml
+from services.gateway.voicemail import VOICEMAIL_QUERY, answered_by_machine, voicemail_twiml
 from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent
 from voxline.config import GatewaySettings
 
@@ -125,6 +126,9 @@ async def voice_webhook(
         log.warning("webhook without a usable CallSid: %r", call_sid[:64])
         return Response("CallSid missing or invalid", status_code=400, media_type="text/plain")
     agent_id = request.query_params.get("agent") or params.get("agent") or "demo"
+    answered_by = params.get("AnsweredBy", "")
+    if answered_by_machine(answered_by):
+        return await machine_answered(request, params, agent_id, answered_by, outcomes)
     try:
         agents.get(agent_id)
     except UnknownAgent as exc:
@@ -132,6 +136,25 @@ async def voice_webhook(
         return twiml_response(say_and_hang_up("Sorry, this number is not configured. Goodbye."))
     log.info("answering call for agent %s", agent_id, extra={"call_id": call_sid})
     return twiml_response(connect_stream(base, call_sid, agent_id, params, tokens))
+
+
+async def machine_answered(
+    request: Request, params: dict[str, str], agent_id: str, answered_by: str, outcomes: CallOutcomes
+) -> Response:
+    """An outbound call placed with machine detection reached a machine (voicemail.py): the
+    voicemail message from the signed voice URL and a hang-up, never a media stream. The
+    call gets its record here, as no orchestrator ever sees it."""
+    call_sid = params["CallSid"]
+    extra = {"call_id": call_sid}
+    twiml, reason = voicemail_twiml(answered_by, request.query_params.get(VOICEMAIL_QUERY, ""))
+    try:
+        await outcomes.machine_answered(
+            call_sid, agent_id, params.get("From", ""), params.get("To", ""), answered_by, reason
+        )
+    except Exception as exc:  # the machine must still be answered (and hung up on)
+        log.error("could not write the record of a call a machine answered: %s", exc, extra=extra)
+    log.info("outbound call answered by %s: %s, then hang-up", answered_by, reason, extra=extra)
+    return twiml_response(twiml)
 
 
 def call_direction(twilio_direction: str) -> CallDirection:

@@ -2,7 +2,9 @@
 (`POST /2010-04-01/Accounts/{AccountSid}/Calls.json`), fetch one (`GET .../Calls/{CallSid}.json`)
 and update one (`POST .../Calls/{CallSid}.json`, e.g. new TwiML for a transfer), with HTTP
 basic auth (account SID : auth token), Twilio's JSON error bodies, injected failures, and
-every request recorded for the tests.
+every request recorded for the tests. A placed call can be answered (`answers`, by To
+number): the emulator then fetches the call's voice URL, signed, with `AnsweredBy` when the
+call asked for answering-machine detection, and keeps the TwiML it got (`fetches`).
 
 The emulator keeps a book of calls and their status, because Twilio's answers depend on it:
 https://www.twilio.com/docs/voice/api/call-resource (Call resource: statuses, fetch, update,
@@ -21,7 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import yarl
 from aiohttp import web
+from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "7e1f" * 8
 AUTH_TOKEN = "twilio-rest-test-token-51c0"
@@ -31,6 +36,12 @@ _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 STATUS_CALLBACK_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
 # Statuses in which a call is over (the Call resource's `status` enum).
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+# https://www.twilio.com/docs/voice/answering-machine-detection: MachineDetection is
+# `Enable` or `DetectMessageEnd`; AnsweredBy is one of these.
+MACHINE_DETECTION = frozenset({"Enable", "DetectMessageEnd"})
+ANSWERED_BY = frozenset(
+    {"human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"}
+)
 
 
 @dataclass
@@ -41,6 +52,18 @@ class RestRequest:
     call_sid: str = ""  # the call updated, or the one created
     method: str = "POST"
     lists: dict[str, list[str]] = field(default_factory=dict)  # fields sent more than once
+
+
+@dataclass
+class VoiceFetch:
+    """The emulator's request of a placed call's voice URL once the callee answered, and
+    the TwiML our gateway gave it."""
+
+    call_sid: str
+    url: str
+    form: dict[str, str]
+    status: int
+    twiml: str
 
 
 @dataclass
@@ -56,6 +79,7 @@ class TwilioRestEmulator:
     def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
         self.account_sid, self.auth_token = account_sid, auth_token
         self.reset()
+        self._tasks: set[asyncio.Task[None]] = set()  # the answers under way
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="twilio-rest-emulator", daemon=True)
@@ -68,6 +92,13 @@ class TwilioRestEmulator:
         # Called (in the emulator's thread) when an update is accepted, before Twilio
         # answers it: what Twilio does to the call meanwhile (ends its media stream).
         self.on_update: Callable[[str], None] | None = None
+        # Who answers a placed call, by its To number (an AnsweredBy value: "human",
+        # "machine_end_beep", "fax"...). ASSUMPTION, a test hook: a call to a number not
+        # listed is never answered (its voice URL is never fetched), as before this hook.
+        # For a listed number the emulator fetches the call's Url as Twilio does once the
+        # callee answered, signed, with AnsweredBy only when MachineDetection was asked for.
+        self.answers: dict[str, str] = {}
+        self.fetches: list[VoiceFetch] = []
 
     # --- the test's side of the calls --------------------------------------------------
 
@@ -167,11 +198,61 @@ class TwilioRestEmulator:
             # https://www.twilio.com/docs/errors/21626 (Invalid 'StatusCallbackEvent')
             self.requests.append(RestRequest(path, form, 400))
             return self._error(400, 21626, "Invalid 'StatusCallbackEvent'")
+        detection = form.get("MachineDetection", "")
+        if detection and detection not in MACHINE_DETECTION:
+            # ASSUMPTION: the docs name the allowed values but not Twilio's answer to another
+            # one; a 400 like its other invalid parameters, with a code of the emulator's own.
+            self.requests.append(RestRequest(path, form, 400))
+            return self._error(400, 21201, "Invalid 'MachineDetection'")
         sid = "CA" + secrets.token_hex(16)
         lists["StatusCallbackEvent"] = events
         self.requests.append(RestRequest(path, form, 201, sid, lists=lists))
         call = self.calls[sid] = EmulatedCall(sid, form["From"], form["To"], "outbound-api", "queued")
+        answer = self.answers.get(call.to)
+        if answer is not None and form.get("Url"):
+            task = asyncio.get_running_loop().create_task(self._answer(call, form, answer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return web.json_response(self._json(call), status=201)
+
+    def _signed_post(self, url: str, fields: dict[str, str]) -> dict[str, str]:
+        return {"X-Twilio-Signature": RequestValidator(self.auth_token).compute_signature(url, fields)}
+
+    async def _answer(self, call: EmulatedCall, created: dict[str, str], answered_by: str) -> None:
+        """The callee picked up: Twilio requests the call's Url with the call's fields
+        (https://www.twilio.com/docs/voice/twiml#request-parameters) plus, with machine
+        detection, AnsweredBy (synchronous AMD: after detection). A TwiML that hangs up ends
+        the call, reported to the status callback as `completed`."""
+        call.status = "in-progress"
+        form = {
+            "CallSid": call.sid,
+            "AccountSid": self.account_sid,
+            "From": call.from_,
+            "To": call.to,
+            "CallStatus": "in-progress",
+            "Direction": call.direction,
+            "ApiVersion": "2010-04-01",
+        }
+        if created.get("MachineDetection"):
+            form["AnsweredBy"] = answered_by
+        url = created["Url"]
+        async with aiohttp.ClientSession() as http:
+            try:
+                # The URL exactly as given (yarl would normalise it otherwise), as Twilio
+                # requests and signs it.
+                exact = yarl.URL(url, encoded=True)
+                async with http.post(exact, data=form, headers=self._signed_post(url, form)) as response:
+                    fetch = VoiceFetch(call.sid, url, form, response.status, await response.text())
+            except aiohttp.ClientError as exc:
+                fetch = VoiceFetch(call.sid, url, form, 0, repr(exc))
+            if "<Hangup" in fetch.twiml and "<Connect" not in fetch.twiml:
+                call.status = "completed"
+                callback = created.get("StatusCallback", "")
+                if callback:
+                    done = {**form, "CallStatus": "completed"}
+                    async with http.post(callback, data=done, headers=self._signed_post(callback, done)):
+                        pass
+            self.fetches.append(fetch)
 
     async def _fetch(self, request: web.Request) -> web.Response:
         path, sid = request.path, request.match_info["sid"]
