@@ -84,7 +84,10 @@ async def twilio_form(request: Request, settings: GatewaySettings) -> dict[str, 
         url = public_base(request, settings) + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get("x-twilio-signature", "")
         if not _signed_by_twilio(settings.twilio_auth_token, url, params, signature):
-            log.warning("rejected a webhook with a bad X-Twilio-Signature (url %s)", url)
+            # The query's names only: an outbound call's voicemail message rides in it.
+            names = ",".join(sorted(request.query_params.keys()))
+            where = public_base(request, settings) + request.url.path + (f"?[{names}]" if names else "")
+            log.warning("rejected a webhook with a bad X-Twilio-Signature (url %s)", where)
             return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
     return params
 

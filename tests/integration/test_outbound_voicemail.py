@@ -9,13 +9,15 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 import websockets
+from twilio.request_validator import RequestValidator
 
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator, VoiceFetch
-from tests.integration.conftest import AUTH_TOKEN, own_stack, wait_until
+from tests.integration.conftest import AUTH_TOKEN, own_stack, service_log, wait_until
 from voxline.devstack import DevStack
 from voxline.simulator.line import PhoneLine
 from voxline.simulator.placement import upgrade_headers
@@ -151,3 +153,23 @@ async def test_bad_detection_fields_are_refused_with_the_field_named(
         error = response.json()["error"]
         assert (error["type"], error["field"]) == ("validation_error", field), (fields, error)
     assert twilio.created() == []
+
+
+async def test_a_voicemail_message_swapped_in_the_url_is_refused_and_not_logged(
+    stack: DevStack, http: httpx.AsyncClient
+) -> None:
+    """The message rides in the voice URL, which Twilio signs: whoever swaps it (to leave
+    their own words on someone's voicemail in our name) fails the signature check."""
+    form = {"CallSid": "CA" + "5e" * 16, "AccountSid": ACCOUNT_SID, "From": OUR_NUMBER, "To": MACHINE}
+    form.update({"Direction": "outbound-api", "CallStatus": "in-progress", "AnsweredBy": "machine_end_beep"})
+    signed = f"{stack.gateway_url}/twilio/voice?agent=demo&voicemail={quote(MESSAGE, safe='')}"
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(signed, form)
+    forged_text = "Your account is locked, call +19005550199 now"
+    forged = f"{stack.gateway_url}/twilio/voice?agent=demo&voicemail={quote(forged_text, safe='')}"
+    response = await http.post(forged, data=form, headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 403 and forged_text not in response.text
+    genuine = await http.post(signed, data=form, headers={"X-Twilio-Signature": signature})
+    assert verbs(genuine.text) == [("Say", MESSAGE), ("Hangup", "")]
+    log = service_log(stack, "gateway")
+    assert "rejected a webhook with a bad X-Twilio-Signature" in log
+    assert "locked" not in log and "appointment" not in log
