@@ -157,6 +157,13 @@ def test_edge_spreads_twilio_over_every_gateway_replica() -> None:
     config = (ROOT / "deploy/compose/haproxy.cfg").read_text()
     assert re.search(r"^\s+server-template gateway \d+ gateway:8080 check .*resolvers docker", config, re.M)
     assert "option httpchk GET /readyz" in config  # a draining gateway gets no new call
+    # Twilio's webhooks are sent again to another gateway when one dies or drains (503) before
+    # answering; the API (default backend) is not: a repeated POST /v1/calls dials twice.
+    hooks = config.split("\nbackend twilio_hooks", 1)[1].split("\nbackend ", 1)[0]
+    assert "retry-on conn-failure empty-response response-timeout 503" in hooks and "option redispatch" in hooks
+    api = config.split("\nbackend gateways", 1)[1]
+    assert "retry-on" not in api
+    assert re.search(r"use_backend twilio_hooks if \{ path_beg /twilio/ \}", config)
     checked = haproxy_check(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     broken = haproxy_check(config.replace("balance roundrobin", "balance round-robin"))

@@ -84,6 +84,15 @@ def test_only_the_gateway_is_reachable_from_outside(rendered: tuple[str, list[di
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
     backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
     assert backends == [{"name": "gateway", "port": {"name": "http"}}]
+    # Twilio's webhooks (a resumed call's <Connect action>) go on to another gateway when one
+    # dies or drains; the API's POSTs never do (a repeated POST /v1/calls dials twice).
+    twilio = by_kind(objects, "Ingress")["gateway-twilio"]
+    paths = [p["path"] for r in twilio["spec"]["rules"] for p in r["http"]["paths"]]
+    assert paths == ["/twilio"]
+    assert "non_idempotent" in twilio["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-next-upstream"]
+    assert "nginx.ingress.kubernetes.io/proxy-next-upstream" not in ingress["metadata"]["annotations"]
+    assert twilio["spec"].get("tls") == ingress["spec"].get("tls")
+    assert twilio["spec"]["rules"][0]["host"] == ingress["spec"]["rules"][0]["host"]
     policies = by_kind(objects, "NetworkPolicy")
     assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
     open_to_all = [p for p in policies.values() for rule in p["spec"].get("ingress", []) if "from" not in rule]
