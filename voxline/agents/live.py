@@ -111,8 +111,17 @@ class LiveAgents:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing():
+                    log.info("agents watch ends: the bus connection is closing")
+                    return
                 log.warning("agents watch failed (%s); watching again", type(exc).__name__)
             await asyncio.sleep(WATCH_RETRY_S)
+
+    def _closing(self) -> bool:
+        """The process is shutting down its bus: a watch started again would only fail, and
+        its retries kept a stopping brain alive past its grace period (test_drain)."""
+        nc = self.bus.nc
+        return nc.is_closed or nc.is_draining
 
     def apply(self, key: str, value: bytes | None, revision: int) -> None:
         """One entry, from the watch or from this service's own write (whichever comes
