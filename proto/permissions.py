@@ -7,6 +7,10 @@ Subjects come from `subjects.py` with `*` for the call or instance id: NATS perm
 limit the kind of subject a service uses, not which calls it holds (a call's subjects are
 made at run time). JetStream KV is allowed per bucket (`kv_subjects`): the bucket's
 `$KV.<bucket>.>` keys and the `$JS.API` requests nats-py's KV client makes on its stream.
+Object stores likewise (`object_subjects`, stream `OBJ_<bucket>`): readers get its info,
+message gets and ordered consumers bound to it by name; writers also publish to
+`$O.<bucket>.>` and purge (an object's old chunks). No service may list the server's
+streams (`$JS.API.STREAM.NAMES`): voxline/agents/documents.py binds reads to the stream.
 
 Replies: every service subscribes to its own inbox prefix (`inbox_prefix`), not to every
 `_INBOX`, so one service cannot read the replies another is waiting for (caller audio,
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proto import subjects
+from proto.knowledge import KNOWLEDGE_BUCKET
 from proto.ownership import CALL_LEASES_BUCKET, CALL_STATE_BUCKET
 from proto.records import (
     AGENTS_BUCKET,
@@ -42,12 +47,15 @@ PROBE_USER = "probe"
 @dataclass(frozen=True)
 class Permissions:
     """One service's subjects on the bus (the contract's subjects, wildcards for ids) and the
-    KV buckets it reads and writes; `watch`: buckets it follows as they change."""
+    KV buckets it reads and writes; `watch`: buckets it follows as they change; `objects`:
+    object stores it writes (and reads); `objects_read`: object stores it only reads and follows."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     buckets: tuple[str, ...] = ()
     watch: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()
+    objects_read: tuple[str, ...] = ()
 
 
 PERMISSIONS: dict[str, Permissions] = {
@@ -79,6 +87,7 @@ PERMISSIONS: dict[str, Permissions] = {
         ),
         # Listing the keys runs a (meta-only) watch; listing the calls reads the records by one.
         watch=(API_KEYS_BUCKET, CALL_RECORDS_BUCKET, AGENTS_BUCKET),
+        objects=(KNOWLEDGE_BUCKET,),  # written by /v1/agents/{id}/knowledge
     ),
     "orchestrator": Permissions(
         publish=(
@@ -124,6 +133,7 @@ PERMISSIONS: dict[str, Permissions] = {
         # Watched for the agents' prompts, tools and knowledge; seeded into an empty bucket.
         buckets=(AGENTS_BUCKET,),
         watch=(AGENTS_BUCKET,),
+        objects_read=(KNOWLEDGE_BUCKET,),  # the uploaded documents, followed and indexed
     ),
     "tts": Permissions(
         publish=(subjects.audio_out(ANY), subjects.tts_events(ANY)),
@@ -163,11 +173,36 @@ def kv_subjects(bucket: str, watch: bool = False) -> tuple[str, ...]:
     return tuple(used)
 
 
+def object_subjects(bucket: str, write: bool = False) -> tuple[str, ...]:
+    """What voxline/agents/documents.py (and nats-py's object store under it) publishes to use
+    the object store `bucket` (stream `OBJ_<bucket>`): create or look up the bucket, get an
+    object's meta, read its chunks and follow the metas through ordered consumers; with
+    `write`, put and delete objects (chunks and metas under `$O.<bucket>.>`, the old chunks
+    purged)."""
+    stream = f"OBJ_{bucket}"
+    api = "$JS.API"
+    used = [
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.CREATE.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.>",
+        f"{api}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",  # flow control answers of the ordered consumers
+    ]
+    if write:
+        used += [f"{api}.STREAM.PURGE.{stream}", f"$O.{bucket}.>"]
+    return tuple(used)
+
+
 def publish_allow(service: str) -> tuple[str, ...]:
     """Every subject `service` may publish to (besides replies to requests it received)."""
     p = PERMISSIONS[service]
     kv = [s for b in p.buckets for s in kv_subjects(b, watch=b in p.watch)]
-    return (*p.publish, *kv)
+    objects = [s for b in p.objects for s in object_subjects(b, write=True)]
+    objects += [s for b in p.objects_read for s in object_subjects(b)]
+    return (*p.publish, *kv, *objects)
 
 
 def subscribe_allow(service: str) -> tuple[str, ...]:
