@@ -135,6 +135,12 @@ class GatewaySettings(CommonSettings):
         ge=0,
         description="Live call-event streams (GET /v1/calls/{id}/events) one gateway serves at once (429 beyond).",
     )
+    knowledge_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="Largest knowledge document PUT /v1/agents/{id}/knowledge/{name} takes (413 beyond), and the "
+        "most characters of text it may extract to.",
+    )
     api_rate_limit_per_min: int = Field(
         600,
         ge=0,

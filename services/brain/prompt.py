@@ -8,6 +8,11 @@ agent's prompt stays cached across turns and calls even as the knowledge changes
 An agent's index (voxline/agents/retrieval.py) is built once per document set, when the
 agent is first seen or a knowledge file changes, never per turn; retrieval runs within a
 budget, and a retrieval that fails leaves the turn without knowledge, never without a reply.
+
+The document set is the files the agent's TOML names plus the documents uploaded through
+`/v1/agents/{id}/knowledge` (voxline/agents/documents.py keeps them in memory, chunked, as
+the object store changes): an upload or a delete changes the next turn's retrieval, never
+a turn whose prompt is already made, and a turn never waits on the network for them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from proto.messages import BrainTurn
 from voxline.agents import Agent, AgentStore
+from voxline.agents.documents import Document
 from voxline.agents.knowledge import Chunk, knowledge_prompt, load_chunks
 from voxline.agents.retrieval import Embedder, HybridIndex, turn_query
 from voxline.telemetry import stage_histogram
@@ -44,19 +50,25 @@ class PromptBuilder:
         self.budget_s = budget_s
         self.background = background  # False: an index's embeddings are ready when index() returns
         self._lock = threading.Lock()  # messages() may run in worker threads
-        # agent id -> (the Agent it was built from, knowledge file mtimes, index)
-        self._indexes: dict[str, tuple[Agent, tuple[float, ...], HybridIndex]] = {}
+        # agent id -> (the Agent it was built from, knowledge files' mtimes and uploads, index)
+        self._indexes: dict[str, tuple[Agent, tuple[Any, ...], HybridIndex]] = {}
 
     def _mtimes(self, agent: Agent) -> tuple[float, ...]:
         names = [e if isinstance(e, str) else e.file for e in agent.knowledge]
         paths = [self.agents.directory / name if name else None for name in names]
         return tuple(p.stat().st_mtime if p is not None and p.exists() else 0.0 for p in paths)
 
+    def _uploads(self, agent: Agent) -> tuple[Document, ...]:
+        documents = self.agents.documents
+        return documents.of(agent.id) if documents is not None else ()
+
     def index(self, agent: Agent) -> HybridIndex | None:
-        """The agent's index, rebuilt when the agent or a knowledge file changed."""
-        if not agent.knowledge:
+        """The agent's index, rebuilt when the agent, a knowledge file or an upload changed."""
+        uploads = self._uploads(agent)
+        if not agent.knowledge and not uploads:
             return None
-        mtimes = self._mtimes(agent)
+        # An upload is its name and nuid (new on every write): a replaced document rebuilds.
+        mtimes = (*self._mtimes(agent), *((d.name, d.nuid) for d in uploads))
         with self._lock:
             cached = self._indexes.get(agent.id)
             # By knowledge, not by version: an edit of the greeting keeps the index, and calls
@@ -65,17 +77,19 @@ class PromptBuilder:
                 return cached[2]
             if cached is not None:
                 cached[2].close()
-            index = self._build(agent)
+            index = self._build(agent, uploads)
             self._indexes[agent.id] = (agent, mtimes, index)
             return index
 
-    def _build(self, agent: Agent) -> HybridIndex:
+    def _build(self, agent: Agent, uploads: tuple[Document, ...] = ()) -> HybridIndex:
         chunks: list[Chunk] = []
         for entry in agent.knowledge:
             try:
                 chunks += load_chunks([entry], Path(self.agents.directory))
             except OSError as exc:  # a missing file must not cost the caller the rest
                 log.error("knowledge of agent %s: %s unreadable: %s", agent.id, entry, type(exc).__name__)
+        for document in uploads:
+            chunks += document.chunks
         log.info("knowledge of agent %s: %d chunks", agent.id, len(chunks))
         return HybridIndex(chunks, self.embedder, background=self.background, label=agent.id)
 

@@ -98,6 +98,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
 
 
 async def start(bus: Bus, settings: BrainSettings) -> BrainWorker:
-    # The providers that read agents share this store: it follows the agents bucket from here.
-    await shared_store(settings.agents_dir).start(bus)
+    # The providers that read agents share this store: it follows the agents bucket, and the
+    # knowledge documents uploaded through the API, from here.
+    await shared_store(settings.agents_dir).start(bus, knowledge=True)
     return await launch(BrainWorker(bus, settings, make_provider(settings.brain_provider, settings)))

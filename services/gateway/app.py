@@ -9,7 +9,7 @@ import msgspec
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 
-from services.gateway import api_errors, calls_api, events_api, rest_api, webhook
+from services.gateway import api_errors, calls_api, events_api, knowledge_api, rest_api, webhook
 from services.gateway.agents_api import install as install_agents_api
 from services.gateway.call_outcomes import CallOutcomes, StreamEnd
 from services.gateway.edge_limits import PendingStreams
@@ -161,6 +161,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             gateway.closed(stream)
 
     install_agents_api(app, gateway.agents)  # /v1/agents
+    knowledge_api.install(app, gateway.bus, gateway.agents, gateway.settings.knowledge_max_bytes)  # .../knowledge
     rest_api.install(app, gateway.settings, gateway.agents, gateway.twilio, gateway.outcomes)
     calls_api.install(app, gateway.bus)
     install_webhooks_api(app, gateway.bus)  # GET /v1/calls/{id}/webhooks

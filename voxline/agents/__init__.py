@@ -40,6 +40,7 @@ from voxline.agents.turn_options import TurnOptions
 from voxline.webhooks.signing import settings_problem as webhook_settings_problem
 
 if TYPE_CHECKING:
+    from voxline.agents.documents import KnowledgeDocuments
     from voxline.agents.live import LiveAgents
     from voxline.bus import Bus
 
@@ -136,19 +137,29 @@ class AgentStore:
         self.directory = Path(directory) if directory else BUNDLED_DIR
         self._cache: dict[str, tuple[float, Agent]] = {}
         self.live: LiveAgents | None = None
+        # The documents uploaded through the API, when started with `knowledge` (the brain).
+        self.documents: KnowledgeDocuments | None = None
 
-    async def start(self, bus: Bus) -> None:
-        """Follow the agents bucket from now on (seeding it from the directory if empty)."""
+    async def start(self, bus: Bus, knowledge: bool = False) -> None:
+        """Follow the agents bucket from now on (seeding it from the directory if empty);
+        with `knowledge`, the uploaded documents' bucket too (voxline/agents/documents.py)."""
+        from voxline.agents.documents import KnowledgeDocuments
         from voxline.agents.live import LiveAgents
 
         if self.live is None:
             live = LiveAgents(bus, self)
             await live.start()
             self.live = live
+        if knowledge and self.documents is None:
+            documents = KnowledgeDocuments(bus)
+            await documents.start()
+            self.documents = documents
 
     async def stop(self) -> None:
         if self.live is not None:
             await self.live.stop()
+        if self.documents is not None:
+            await self.documents.stop()
 
     def get(self, agent_id: str, version: int = 0) -> Agent:
         """The agent, at `version` when given and known here (else its latest: see `at`)."""
