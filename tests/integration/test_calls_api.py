@@ -236,7 +236,9 @@ async def test_dialling_out_without_a_json_content_type_says_what_is_expected(
     assert "Content-Type: application/json" in assert_error(bare, 422, "validation_error")["message"]
     # The README's own command, literally (the host and key put in): past validation now,
     # refused only because this stack has no Twilio number to call from.
-    [command] = re.findall(r"^curl -X POST .*?/v1/calls$", README.read_text(), re.M | re.S)
+    # One command: `curl -X POST` and its `\`-continued lines, the last ending in /v1/calls
+    # (not a span from another block's curl, such as the quickstart's POST /v1/agents).
+    [command] = re.findall(r"^curl -X POST (?:[^\n]*\\\n)*[^\n]*/v1/calls$", README.read_text(), re.M)
     argv = shlex.split(command.replace("\\\n", " ").replace("https://HOST", stack.gateway_url))
     argv = [a.replace("$VOXLINE_API_KEY", API_KEY) for a in argv]
     curl = await asyncio.create_subprocess_exec(*argv, "-s", "-w", "\n%{http_code}", stdout=subprocess.PIPE)
