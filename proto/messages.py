@@ -204,12 +204,22 @@ class ReplySentence(_Msg, kw_only=True, frozen=True):
     provider_ms: float = 0.0  # the provider's own time from the request's arrival to this sentence
 
 
+class LlmUsage(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens an LLM provider reported for a reply (every round of it, retries included)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class ReplyDone(_Msg, kw_only=True, frozen=True):
     turn_id: int
     sentences: int
     at_us: int
     action: AgentAction = ""
     action_arg: str = ""
+    # None: the provider reported no usage (the fake brain; a stream closed before its
+    # usage chunk, as when the reply was full or the turn cancelled). Older brains send none.
+    usage: LlmUsage | None = None
 
 
 class ReplyError(_Msg, kw_only=True, frozen=True):

@@ -30,6 +30,21 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     latency: dict[str, float] = {}  # stage -> ms, in pipeline order
 
 
+class CallCosts(msgspec.Struct, kw_only=True):
+    """What a bill for the call is made of, counted by the orchestrator from what passes
+    through it (proto/README.md says where each figure comes from and what it leaves out).
+    Every field defaults to 0, so records written before it existed still decode."""
+
+    caller_audio_s: float = 0.0  # the media stream, its start to the call's end (written at the end)
+    stt_audio_s: float = 0.0  # caller audio streamed to speech recognition: the whole stream
+    agent_audio_s: float = 0.0  # reply audio synthesized and sent to the caller
+    tts_characters: int = 0  # text sent to synthesis, retries included
+    llm_prompt_tokens: int = 0  # as the LLM provider reported them (ReplyDone.usage)
+    llm_completion_tokens: int = 0
+    llm_replies: int = 0  # replies the brain finished
+    llm_replies_without_usage: int = 0  # of those, replies whose provider reported no usage
+
+
 class CallRecord(msgspec.Struct, kw_only=True):
     call_id: str
     call_sid: str
@@ -56,6 +71,8 @@ class CallRecord(msgspec.Struct, kw_only=True):
     # fax, unknown. Written by the gateway on the record of a call a machine answered
     # (end_reason "voicemail" or "machine"); empty when detection was off or not recorded.
     answered_by: str = ""
+    # The cost drivers: audio seconds, TTS characters, LLM tokens (all 0 in older records).
+    costs: CallCosts = msgspec.field(default_factory=CallCosts)
 
 
 # The agents (key = agent id, value = the agent's JSON, `voxline.agents.Agent`), the one

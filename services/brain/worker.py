@@ -13,8 +13,8 @@ import logging
 from prometheus_client import Gauge
 
 from proto import subjects
-from proto.messages import BrainTurn, ReplyDone, ReplyError, ReplySentence
-from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, make_provider
+from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplySentence
+from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, make_provider
 from services.common import TurnWorker, WorkKind, launch
 from voxline import tracing
 from voxline.agents import shared_store
@@ -51,6 +51,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
         sent = 0
         first_token_us = 0
         action = ReplyAction("")
+        usage: LlmUsage | None = None  # summed over the reply's rounds and tries
 
         async def send(text: str) -> None:
             nonlocal sent
@@ -71,8 +72,14 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
             await self.publish(subject, sentence, headers)
 
         async def take(event: BrainEvent) -> None:
-            nonlocal action, first_token_us
-            if isinstance(event, FirstToken):
+            nonlocal action, first_token_us, usage
+            if isinstance(event, Usage):
+                before = usage or LlmUsage()
+                usage = LlmUsage(
+                    prompt_tokens=before.prompt_tokens + event.prompt_tokens,
+                    completion_tokens=before.completion_tokens + event.completion_tokens,
+                )
+            elif isinstance(event, FirstToken):
                 if not first_token_us:  # of the first try, if retried
                     first_token_us = event.at_us
                     tracing.add_event("first token")
@@ -93,6 +100,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
             at_us=now_us(),
             action=action.action,
             action_arg=action.arg,
+            usage=usage,
         )
         await self.publish(subject, done, headers)
 

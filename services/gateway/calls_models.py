@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
 
-from proto.records import CallRecord, TurnRecord
+from proto.records import CallCosts, CallRecord, TurnRecord
 
 _CALL_EXAMPLE: dict[str, JsonValue] = {
     "call_id": "CA5d0f2b0c8e7a4e1f9b3c6d2a1e0f4b7c",
@@ -46,6 +46,18 @@ CALL_FIELDS: dict[str, str] = {
     "stream_resumes": "Media streams that broke and came back during the call.",
     "agent_version": "The version of the agent the call ran (GET /v1/agents/{id}); 0: an agent from a file.",
     "turns": "Every turn, in order.",
+    "costs": "What a bill for the call is made of: audio seconds, TTS characters, LLM tokens.",
+}
+COST_FIELDS: dict[str, str] = {
+    "caller_audio_s": "The media stream's length, its start to the call's end (0 until the call ends).",
+    "stt_audio_s": "Caller audio streamed to speech recognition: the whole stream, so the same figure.",
+    "agent_audio_s": "Reply audio synthesized and sent to the caller, heard or not.",
+    "tts_characters": "Characters of text sent to text-to-speech, a retry's again.",
+    "llm_prompt_tokens": "Prompt tokens the LLM provider reported (a floor: see llm_replies_without_usage).",
+    "llm_completion_tokens": "Completion tokens the LLM provider reported.",
+    "llm_replies": "Replies the brain finished.",
+    "llm_replies_without_usage": "Of those, replies the provider reported no usage for (the fake brain; a "
+    "stream closed early because the reply was full).",
 }
 TURN_FIELDS: dict[str, str] = {
     "turn_id": "The turn's number within the call.",
@@ -84,6 +96,7 @@ def _model(
     return model
 
 
+CostsOut = _model("CallCosts", CallCosts, COST_FIELDS, "The call's cost drivers.")
 TurnOut = _model("Turn", TurnRecord, TURN_FIELDS, "One turn: what the caller said and what the agent answered.")
 CallSummaryOut = _model(
     "CallSummary",
@@ -91,6 +104,7 @@ CallSummaryOut = _model(
     CALL_FIELDS,
     "A call as listed: its record without the turns (GET /v1/calls/{call_id} has them).",
     skip=("turns",),
+    types={"costs": CostsOut},
     example=_CALL_EXAMPLE,
 )
 CallRecordOut = _model(
@@ -98,7 +112,7 @@ CallRecordOut = _model(
     CallRecord,
     CALL_FIELDS,
     "A call's whole record.",
-    types={"turns": list[TurnOut]},  # type: ignore[valid-type]  # a model made at import
+    types={"turns": list[TurnOut], "costs": CostsOut},  # type: ignore[valid-type]  # a model made at import
 )
 
 

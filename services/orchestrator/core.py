@@ -43,7 +43,7 @@ from proto.messages import (
     TurnCancel,
     TurnKind,
 )
-from services.orchestrator import intents
+from services.orchestrator import costs, intents
 from services.orchestrator.call import Call
 from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ReassignStt, SaveRecord
@@ -296,6 +296,7 @@ class _Step(Speech):
             turn.held.append(msg.text)
 
     def _on_reply_done(self, msg: ReplyDone) -> None:
+        costs.reply_finished(self.call.record.costs, msg.usage)  # the tokens were spent, heard or not
         turn = self.live_turn(msg.turn_id)
         if turn is None or turn.closed:
             return
@@ -503,6 +504,7 @@ class _Step(Speech):
         call.record.status = "ended"
         call.record.end_reason = reason
         call.record.ended_at_us = self.now_us
+        costs.call_ended(call.record.costs, call.record.started_at_us, call.record.ended_at_us)
         self.effects.append(SaveRecord(call.record))
 
     # --- helpers -------------------------------------------------------------------------

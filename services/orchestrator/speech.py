@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from proto import subjects
 from proto.messages import Message, SentenceSynthesized, SynthesisProgress, Synthesize, TtsError, TurnKind
+from services.orchestrator import costs
 from services.orchestrator.effects import CancelTimer, Effect, Publish, StartTimer
 from services.orchestrator.timers import PendingTimer, Timer, TimerKind
 from services.orchestrator.turn import Turn
@@ -110,6 +111,7 @@ class Speech:
         )
         if attempt < SKIP_ATTEMPT:
             self.start_timer(Timer(TimerKind.TTS, turn.turn_id, seq), call.limits.tts_timeout_s)
+        costs.synthesis_requested(call.record.costs, request.text)
         self.publish(subjects.TTS_SYNTHESIZE, request, turn.turn_id)
 
     def on_tts_timeout(self, turn_id: int, seq: int) -> None:
@@ -151,6 +153,7 @@ class Speech:
             log.info("TTS result of attempt %d of turn %d sentence %d ignored: superseded", *_ids(msg))
             return
         self.cancel_timer(Timer(TimerKind.TTS, msg.turn_id, msg.seq))
+        costs.audio_synthesized(self.call.record.costs, msg.audio_ms)  # sent, whether heard or not
         turn = self.live_turn(msg.turn_id)
         if turn is None:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from proto.messages import BrainTurn
-from services.brain.providers.base import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, heard
+from services.brain.providers.base import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, heard
 from services.providers import FallbackChain, Registry, RetryPolicy
 from voxline.config import BrainSettings
 
@@ -22,6 +22,7 @@ __all__ = [
     "FirstToken",
     "ReplyAction",
     "Sentence",
+    "Usage",
     "make_provider",
 ]
 

@@ -48,12 +48,22 @@ class ReplyAction:
     arg: str = ""
 
 
-BrainEvent = FirstToken | Sentence | ReplyAction
+@dataclass(frozen=True)
+class Usage:
+    """Tokens the endpoint reported for one round (OpenAI's last chunk with
+    stream_options.include_usage). Not heard: a retry after it is still possible, and the
+    failed attempt's tokens count too (they were billed)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+BrainEvent = FirstToken | Sentence | ReplyAction | Usage
 
 
 def heard(event: BrainEvent) -> bool:
     """Whether the event commits the reply (a retry would repeat or contradict it)."""
-    return not isinstance(event, FirstToken)
+    return not isinstance(event, FirstToken | Usage)
 
 
 class BrainProvider(Provider, Protocol):

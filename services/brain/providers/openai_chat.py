@@ -19,8 +19,9 @@ The request follows the current API reference
 reasoning models (o1, o3, o4, gpt-5 families, or VOXLINE_OPENAI_REASONING) get no
 temperature, which they refuse, and a cap with room for their hidden reasoning tokens,
 which count against it. `stream_options.include_usage` makes the endpoint report the
-tokens of each round, counted in voxline_brain_tokens_total; a stream we close early
-(the reply was full, or a barge-in) reports none, so the counter is a floor.
+tokens of each round, counted in voxline_brain_tokens_total and passed on as a `Usage`
+event (the worker sums it into ReplyDone.usage, the call record's costs); a stream we close
+early (the reply was full, or a barge-in) reports none, so both are a floor.
 
 Every round's `finish_reason` is read: a reply cut off at the cap ("length", or
 "content_filter") keeps its complete sentences but not an unfinished one, and its tool
@@ -47,7 +48,7 @@ from prometheus_client import Counter
 
 from proto.messages import BrainTurn, ChatTurn
 from services.brain.prompt import PromptBuilder
-from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, ReplyAction, Sentence
+from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, ReplyAction, Sentence, Usage
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
 from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
@@ -189,6 +190,7 @@ class OpenAIChatProvider:
                 async for chunk in response:
                     if chunk.usage is not None:  # the last chunk, with choices []
                         count_usage(self.model, chunk.usage)
+                        yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     if chunk.choices and chunk.choices[0].finish_reason:
                         finish = chunk.choices[0].finish_reason
                     delta = chunk.choices[0].delta if chunk.choices else None
