@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_agents_arguments(agents)
 
+    calls = sub.add_parser("calls", help="calls through the REST API: list, get ID, events ID, place")
+    from voxline.calls_cli import add_arguments as add_calls_arguments
+
+    add_calls_arguments(calls)
+
     settings = sub.add_parser("settings", help="print every setting, its default and meaning")
     settings.set_defaults(func=_cmd_settings)
 
