@@ -20,7 +20,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import NoRespondersError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError
 from nats.js.kv import KeyValue
 
 from proto.records import AGENTS_BUCKET
@@ -37,6 +38,7 @@ AGENT_HISTORY = 16  # versions kept per agent in the bucket (the most NATS allow
 OLDER_KEPT = 256  # older versions kept in memory, for calls still running them
 WRITE_ATTEMPTS = 5  # a read-modify-write that keeps losing the compare-and-set gives up
 WATCH_RETRY_S = 0.5
+SEED_ATTEMPTS, SEED_RETRY_S = 60, 0.25  # up to 15 s for a new bucket's stream to answer
 
 
 class Versioned(NamedTuple):
@@ -87,11 +89,21 @@ class LiveAgents:
 
     async def _seed(self) -> None:
         for agent in self.store.file_agents():
-            try:
-                await self.kv.update(agent.id, encode(agent), last=0)  # 0: the key never existed
-                log.info("agent %s seeded from %s", agent.id, self.store.directory)
-            except KeyWrongLastSequenceError:
-                pass  # there (or deleted through the API): the bucket wins
+            for attempt in range(1, SEED_ATTEMPTS + 1):
+                try:
+                    await self.kv.update(agent.id, encode(agent), last=0)  # 0: the key never existed
+                    log.info("agent %s seeded from %s", agent.id, self.store.directory)
+                except KeyWrongLastSequenceError:
+                    pass  # there (or deleted through the API): the bucket wins
+                except (NoStreamResponseError, NoRespondersError, TimeoutError):
+                    # A bucket another replica has just created in a NATS cluster answers once
+                    # its stream has elected a leader (test_nats_node_loss: "no response from
+                    # stream" while the first replica's create settled).
+                    if attempt == SEED_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(SEED_RETRY_S)
+                    continue
+                break
 
     async def _watch(self) -> None:
         """Apply every change as it happens; a broken watch is started again, which
