@@ -372,28 +372,26 @@ class Bus:
 
     async def kv_watch_key(self, bucket: str, key: str) -> AsyncIterator[KvChange]:
         """One key's value, then every change to it (None: deleted or absent at the start)."""
-        watcher = await (await self._bucket(bucket)).watch(key)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of what existed when the watch began
-                deleted = entry.operation is not None
-                yield KvChange(entry.key, None if deleted else entry.value, entry.revision or 0)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        async for change in _changes(await (await self._bucket(bucket)).watch(key)):
+            yield change
 
     async def kv_watch(self, bucket: str) -> AsyncIterator[KvChange]:
         """Every entry of the bucket, then every change to it, as it happens (a deleted
         key comes with value None)."""
-        watcher = await (await self._bucket(bucket)).watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of the entries that existed when the watch began
-                deleted = entry.operation is not None
-                yield KvChange(entry.key, None if deleted else entry.value, entry.revision or 0)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        async for change in _changes(await (await self._bucket(bucket)).watchall()):
+            yield change
+
+
+async def _changes(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KvChange]:
+    """A KV watch's entries as changes (a deleted key with value None), stopped when left."""
+    try:
+        async for entry in watcher:
+            if entry is None:
+                continue  # the end of the entries that existed when the watch began
+            deleted = entry.operation is not None
+            yield KvChange(entry.key, None if deleted else entry.value, entry.revision or 0)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
 
 class CredentialsRefused(nats.errors.AuthorizationError):

@@ -57,17 +57,23 @@ class Sse(msgspec.Struct, frozen=True):
 
 def record_events(record: CallRecord, sent: set[str]) -> list[Sse]:
     """The events a record revision adds to those already sent (ids in `sent`, updated),
-    in the order they happened: a turn's `turn.ended` right after its agent line."""
+    in the order they happened: a turn's `turn.ended` right after its agent line, and
+    `call.ended` last."""
     out: list[Sse] = []
+    ended: Sse | None = None
     for event in implied_events(record, sent, now_us()):
-        if event.type == "call.ended":
-            out.extend(turn_events(record, sent))
         sent.add(event.id)
         data = msgspec.json.decode(event.body)["data"]
-        out.append(Sse(event.type, {"call_id": record.call_id, **data}, event.id))
+        item = Sse(event.type, {"call_id": record.call_id, **data}, event.id)
+        if event.type == "call.ended":
+            ended = item
+            continue
+        out.append(item)
         if event.type == "transcript.final" and data.get("speaker") == "agent":
             out.extend(turn_events(record, sent))
-    out.extend(turn_events(record, sent))
+    out.extend(turn_events(record, sent))  # turns without an agent line
+    if ended is not None:
+        out.append(ended)
     return out
 
 
