@@ -227,6 +227,58 @@ class ReplyError(_Msg, kw_only=True, frozen=True):
     message: str
 
 
+# --- post-call analysis ---------------------------------------------------------------
+
+AnalysisFieldType = Literal["string", "number", "integer", "boolean"]
+Speaker = Literal["caller", "agent"]
+FieldValue = str | int | float | bool | None
+
+
+class AnalysisField(msgspec.Struct, kw_only=True, frozen=True):
+    """One structured field the agent's analysis asks for (a JSON-schema property: the
+    agent's `[analysis.fields.<name>]`, voxline/agents/analysis.py validates it). Every
+    field may come back null: the model says so when the call did not tell."""
+
+    type: AnalysisFieldType
+    description: str = ""
+    enum: list[str | int | float] | None = None
+
+
+class TranscriptLine(msgspec.Struct, kw_only=True, frozen=True):
+    speaker: Speaker
+    text: str
+    turn_id: int = 0
+
+
+class AnalysisRequest(_Msg, kw_only=True, frozen=True):
+    """orchestrator -> brain (request on BRAIN_ANALYSE, queue group brain), after the call
+    ended: write the summary and the fields. Answered with AnalysisResult within
+    `timeout_ms` (the orchestrator stops waiting then and records a failure)."""
+
+    agent_id: str
+    agent_version: int = 0
+    lines: list[TranscriptLine]
+    summary: bool = True
+    fields: dict[str, AnalysisField] = {}
+    instructions: str = ""  # the agent's own words on what to look for
+    end_reason: str = ""
+    timeout_ms: int
+    requested_at_us: int
+
+
+class AnalysisResult(_Msg, kw_only=True, frozen=True):
+    """brain -> orchestrator (reply): `failed` with `error` when the model gave no valid
+    answer (an endpoint error, JSON outside the schema, a refusal); never a crash."""
+
+    status: Literal["done", "failed"]
+    summary: str = ""
+    fields: dict[str, FieldValue] = {}
+    provider: str = ""
+    model: str = ""
+    error: str = ""
+    usage: LlmUsage | None = None
+
+
 # --- text to speech -------------------------------------------------------------------
 
 
@@ -405,4 +457,6 @@ Message = (
     | PlaybackPause
     | PlaybackResume
     | Transfer
+    | AnalysisRequest
+    | AnalysisResult
 )

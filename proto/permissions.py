@@ -93,6 +93,7 @@ PERMISSIONS: dict[str, Permissions] = {
         publish=(
             subjects.STT_ASSIGN,  # request
             subjects.BRAIN_TURN,
+            subjects.BRAIN_ANALYSE,  # request: the post-call analysis
             subjects.TTS_SYNTHESIZE,
             subjects.CALL_ENDED,
             subjects.stt_ping(ANY),  # request
@@ -129,7 +130,7 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     "brain": Permissions(
         publish=(subjects.reply_text(ANY),),
-        subscribe=(subjects.BRAIN_TURN, subjects.ALL_TURN_CANCELS, subjects.CALL_ENDED),
+        subscribe=(subjects.BRAIN_TURN, subjects.BRAIN_ANALYSE, subjects.ALL_TURN_CANCELS, subjects.CALL_ENDED),
         # Watched for the agents' prompts, tools and knowledge; seeded into an empty bucket.
         buckets=(AGENTS_BUCKET,),
         watch=(AGENTS_BUCKET,),

@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from proto.messages import CallDirection, TurnKind
+from proto.messages import CallDirection, FieldValue, LlmUsage, TurnKind
 
 CallStatus = Literal["in-progress", "ended"]
 
@@ -45,6 +45,25 @@ class CallCosts(msgspec.Struct, kw_only=True):
     llm_replies_without_usage: int = 0  # of those, replies whose provider reported no usage
 
 
+AnalysisStatus = Literal["pending", "done", "failed", "none"]
+
+
+class CallAnalysis(msgspec.Struct, kw_only=True):
+    """The post-call analysis the brain writes after the hang-up (services/brain/analysis.py).
+    `pending` from the call's end until the brain answered (the record is written at the
+    end without waiting for it); then `done`, or `failed` with `error`; `none` when the
+    agent asks for no analysis. The `call.ended` webhook waits until it is not pending."""
+
+    status: AnalysisStatus
+    summary: str = ""
+    fields: dict[str, FieldValue] = {}  # the agent's `[analysis.fields]`, each null when the call did not tell
+    provider: str = ""  # the brain provider that wrote it (fake, local, openai)
+    model: str = ""
+    error: str = ""  # why it failed (no brain answered, the model's JSON was outside the schema, ...)
+    duration_ms: float = 0.0  # the call's end to the analysis
+    usage: LlmUsage | None = None  # the analysis' own tokens (not in costs, which are the call's)
+
+
 class CallRecord(msgspec.Struct, kw_only=True):
     call_id: str
     call_sid: str
@@ -73,6 +92,8 @@ class CallRecord(msgspec.Struct, kw_only=True):
     answered_by: str = ""
     # The cost drivers: audio seconds, TTS characters, LLM tokens (all 0 in older records).
     costs: CallCosts = msgspec.field(default_factory=CallCosts)
+    # The post-call analysis: None while the call goes on (and in older records).
+    analysis: CallAnalysis | None = None
 
 
 # The agents (key = agent id, value = the agent's JSON, `voxline.agents.Agent`), the one

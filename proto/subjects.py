@@ -16,6 +16,9 @@ CALL_START = f"{PREFIX}.orchestrator.call_start"  # gateway -> orchestrator (req
 STT_ASSIGN = f"{PREFIX}.stt.assign"  # orchestrator -> stt (request)
 BRAIN_TURN = f"{PREFIX}.brain.turn"  # orchestrator -> brain
 TTS_SYNTHESIZE = f"{PREFIX}.tts.synthesize"  # orchestrator -> tts
+# orchestrator -> brain (request): the post-call analysis of an ended call. Not a per-call
+# subject: the call's subjects are let go at its end, and any brain worker may answer.
+BRAIN_ANALYSE = f"{PREFIX}.brain.analyse"
 
 # Broadcast: every instance of every service hears it.
 CALL_ENDED = f"{PREFIX}.calls.ended"  # orchestrator -> all (release per-call resources)
@@ -145,6 +148,7 @@ _KINDS = frozenset(
         STT_ASSIGN,
         BRAIN_TURN,
         TTS_SYNTHESIZE,
+        BRAIN_ANALYSE,
         CALL_ENDED,
         *(per_instance("*") for per_instance in (stt_ping, gateway_ping, stt_release, stt_replay)),
         *(
