@@ -7,7 +7,8 @@ completed, turns answered, the longest wait for a reply, caller words that never
 the record, and audio of a cancelled reply heard after its stop.
 
 soak: many calls for many minutes on one stack, sampling every service's memory (RSS) and
-per-call state (`/status`) from start to end: both must come back flat once the calls end.
+per-call state (`/status`) from start to end: per-call state must come back to zero once the
+calls end, and memory must stay flat once the load is steady (voxline/soak_report.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import httpx
 from voxline.bench.runner import run_level
 from voxline.devstack import DevStack, StackError, free_ports_in_a_row, ports_for
 from voxline.simulator.results import CallResult, TurnResult
+from voxline.soak_report import memory_trends, plot_memory, table
 
 FAKE_PROVIDERS = {
     "VOXLINE_FAKE_TTFT_MS": "150",
@@ -46,6 +48,9 @@ def add_arguments(chaos: argparse.ArgumentParser, soak: argparse.ArgumentParser)
     soak.add_argument("--calls", type=int, default=100, help="calls in flight at any time")
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--sample-every", type=float, default=30.0, help="seconds between two samples")
+    soak.add_argument(
+        "--warmup", type=float, default=120.0, help="seconds before the load counts as steady (memory trend)"
+    )
     soak.add_argument("--out", default="", help="results directory (default soak-results/<time>)")
 
 
@@ -296,17 +301,31 @@ def run_soak(args: argparse.Namespace) -> int:
     finally:
         done.set()
         stack.stop()
-    first: dict[str, dict[str, Any]] = samples[0]["services"] if samples else {}
-    print("\nservice        rss start -> end (MiB)   per-call state at the end")
-    flat = True
-    for key, end in final.items():
-        start = first.get(key, {}).get("rss_mib")
-        held = end.get("held")
-        flat = flat and held in (0, None)
-        print(f"{key:<14} {start!s:>8} -> {end['rss_mib']:<8}       {held}")
+    samples.append({"at_s": round(time.monotonic() - started, 1), "services": final})
+    trends = memory_trends(samples, args.warmup)
+    print("", *table(trends), sep="\n")
+    held_at_end = {key: end.get("held") for key, end in final.items()}
+    released = all(held in (0, None) for held in held_at_end.values())
+    print("per-call state at the end: " + ", ".join(f"{k} {v}" for k, v in held_at_end.items() if v is not None))
     view = CallerView.of(results)
-    print("\n".join(["", *view.lines(), f"per-call state released everywhere: {'yes' if flat else 'NO'}"]))
-    payload = {"samples": samples, "final": final, "callers": view.__dict__}
+    flat = all(t.flat() for t in trends)
+    print(
+        "\n".join(
+            [
+                "",
+                *view.lines(),
+                f"per-call state released everywhere: {'yes' if released else 'NO'}",
+                f"memory flat after the warm-up ({args.warmup:g} s) everywhere: {'yes' if flat else 'NO'}",
+            ]
+        )
+    )
+    payload = {
+        "samples": samples,
+        "final": final,
+        "callers": view.__dict__,
+        "memory": [{**t.__dict__, "projected_mib": t.projected_mib, "flat": t.flat()} for t in trends],
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    print(f"results: {out}/results.json")
+    plot = plot_memory(samples, args.warmup, out / "memory.png")
+    print(f"results: {out}/results.json, {plot}")
     return 0
