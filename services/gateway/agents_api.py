@@ -38,6 +38,7 @@ FIELDS = frozenset(Agent.__struct_fields__)
 _AT = re.compile(r"at `\$\.([^`]+)`")  # msgspec's path to the bad value
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _LEADING = re.compile(r"^(?:knowledge )?([a-z_]+)(?:\[\d+\])?")  # Agent's own checks name it first
+_DOTTED = re.compile(r"^([a-z_]+(?:\.[A-Za-z0-9_]+)+):")  # a nested check names its path first (analysis.fields.x.type)
 
 
 # OpenAPI: the Agent's JSON Schema as msgspec gives it, registered as components.
@@ -99,6 +100,9 @@ def agent_json(agent: Agent, version: int) -> dict[str, Any]:
 
 def field_of(message: str) -> str:
     """The field a validation message names (`turn.idle_hangup_s`, `tools[0].to`), or ""."""
+    dotted = _DOTTED.match(message)
+    if dotted and dotted.group(1).split(".")[0] in FIELDS:
+        return dotted.group(1)
     at, missing = _AT.search(message), _MISSING.search(message)
     path = ".".join(m.group(1) for m in (at, missing) if m)
     if path:

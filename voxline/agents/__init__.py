@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from voxline.agents.analysis import AnalysisOptions
 from voxline.agents.dialling import ENTRY_HELP, Allowlist, DestinationNotAllowed, invalid_entries, is_e164, masked
 from voxline.agents.knowledge import KnowledgeEntry, KnowledgePathError, confined
 from voxline.agents.tools import Tool
@@ -79,6 +80,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     # variable `webhook_secret_env` names (voxline/webhooks/signing.py says which may be).
     webhook_url: str = ""
     webhook_secret_env: str = ""
+    # The post-call analysis (`[analysis]`, voxline/agents/analysis.py); None: no analysis.
+    analysis: AnalysisOptions | None = None
 
     def __post_init__(self) -> None:
         if problem := webhook_settings_problem(self.webhook_url, self.webhook_secret_env):
