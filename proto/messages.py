@@ -14,12 +14,14 @@ import msgspec
 
 # The closed vocabularies of the contract: a value outside them fails decoding on arrival
 # instead of surprising a `match` three services later.
-TurnKind = Literal["greeting", "reply", "apology", "reprompt", "goodbye", "failure"]
+TurnKind = Literal["greeting", "reply", "apology", "reprompt", "goodbye", "failure", "dtmf"]
 """What a turn of the agent is: the opening line, an answer from the brain, the apology
 for a failed answer, the prompt to a silent caller, the goodbye before an idle hang-up,
-the last words before a hang-up on an unrecoverable failure."""
-AgentAction = Literal["", "hangup", "transfer"]
-"""What to do once the reply was heard: nothing, hang up, or transfer to `action_arg`."""
+the last words before a hang-up on an unrecoverable failure, the keypad tones a reply's
+`send_dtmf` tool call ordered (played after that reply, as a turn of their own)."""
+AgentAction = Literal["", "hangup", "transfer", "dtmf"]
+"""What to do once the reply was heard: nothing, hang up, transfer to `action_arg`, or
+play the DTMF digits in `action_arg` (0-9 * #, `w` a half-second pause)."""
 ChatRole = Literal["system", "user", "assistant"]
 
 
@@ -191,6 +193,22 @@ class BrainTurn(Order, kw_only=True, frozen=True):
     history: list[ChatTurn]
     user_text: str
     requested_at_us: int
+    # The orchestrator's try at this turn: 0 first, 1 when the worker that had it fell
+    # silent (no ReplyProgress for the orchestrator's brain_timeout_s: it died) and another
+    # was asked. Every reply message echoes it; replies of an older try are dropped.
+    attempt: int = 0
+
+
+class ReplyProgress(_Msg, kw_only=True, frozen=True):
+    """brain -> orchestrator: a worker holds the turn. Sent as it takes the turn, then every
+    `brain_heartbeat_s` until the turn's end, so the orchestrator tells a worker that died
+    (kill -9, a lost host) from a provider slow to its first words within a couple of
+    seconds, instead of waiting out the whole reply budget in silence."""
+
+    turn_id: int
+    attempt: int = 0
+    worker_id: str = ""
+    at_us: int
 
 
 class ReplySentence(_Msg, kw_only=True, frozen=True):
@@ -202,6 +220,7 @@ class ReplySentence(_Msg, kw_only=True, frozen=True):
     at_us: int
     first_token_us: int = 0
     provider_ms: float = 0.0  # the provider's own time from the request's arrival to this sentence
+    attempt: int = 0  # BrainTurn.attempt, echoed
 
 
 class LlmUsage(msgspec.Struct, kw_only=True, frozen=True):
@@ -211,8 +230,24 @@ class LlmUsage(msgspec.Struct, kw_only=True, frozen=True):
     completion_tokens: int = 0
 
 
+class ToolCallReport(msgspec.Struct, kw_only=True, frozen=True):
+    """One tool call the model made for a reply, as the brain ran it (or refused it).
+    `arguments` is the model's JSON text as it came (it may not even parse), and may hold
+    the caller's own data: it belongs in the call record, never in a log."""
+
+    name: str
+    kind: str = ""  # the tool's kind (transfer_call, end_call, webhook, send_dtmf); "" for no such tool
+    arguments: str = ""
+    result: str = ""  # what the model was told (a webhook's body), or the action ordered
+    error: str = ""  # why it failed or was refused, as the model was told
+    refused: bool = False  # not done on purpose: a transfer outside the allowlist, bad digits
+    duration_ms: float = 0.0
+    at_us: int = 0  # when it finished
+
+
 class ReplyDone(_Msg, kw_only=True, frozen=True):
     turn_id: int
+    attempt: int = 0  # BrainTurn.attempt, echoed
     sentences: int
     at_us: int
     action: AgentAction = ""
@@ -220,11 +255,15 @@ class ReplyDone(_Msg, kw_only=True, frozen=True):
     # None: the provider reported no usage (the fake brain; a stream closed before its
     # usage chunk, as when the reply was full or the turn cancelled). Older brains send none.
     usage: LlmUsage | None = None
+    # The reply's tool calls in the order they ran (every round and try); a reply cancelled
+    # before its end reports none.
+    tool_calls: list[ToolCallReport] = []
 
 
 class ReplyError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     message: str
+    attempt: int = 0  # BrainTurn.attempt, echoed
 
 
 # --- post-call analysis ---------------------------------------------------------------
@@ -398,6 +437,16 @@ class Transfer(Order, kw_only=True, frozen=True):
     reason: str = ""
 
 
+class SendDtmf(Order, kw_only=True, frozen=True):
+    """orchestrator -> gateway: play `digits` as in-band DTMF tones (ITU-T Q.23 pairs) as
+    the audio of turn `turn_id`, marked like reply audio, after the reply that ordered them
+    was heard. Twilio's bidirectional Media Streams accept only media, mark and clear from
+    us (no message sends digits), so the tones are audio."""
+
+    turn_id: int
+    digits: str
+
+
 class PlaybackPause(Order, kw_only=True, frozen=True):
     """orchestrator -> gateway: the caller started talking over the reply. Stop the voice now
     (`clear`) but keep what was not heard, because it may be a backchannel."""
@@ -440,6 +489,7 @@ Message = (
     | SpeechPaused
     | SttError
     | BrainTurn
+    | ReplyProgress
     | ReplySentence
     | ReplyDone
     | ReplyError
@@ -457,6 +507,7 @@ Message = (
     | PlaybackPause
     | PlaybackResume
     | Transfer
+    | SendDtmf
     | AnalysisRequest
     | AnalysisResult
 )

@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from proto.messages import CallDirection, FieldValue, LlmUsage, TurnKind
+from proto.messages import CallDirection, FieldValue, LlmUsage, ToolCallReport, TurnKind
 
 CallStatus = Literal["in-progress", "ended"]
 
@@ -28,6 +28,8 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     preemptive: bool = False  # the brain started before the end of turn was confirmed
     continues: int = 0  # the turn whose unheard rest this says, after a break (takeover, new stream)
     latency: dict[str, float] = {}  # stage -> ms, in pipeline order
+    tool_calls: list[ToolCallReport] = []  # the model's tool calls for this reply, with arguments and results
+    dtmf: str = ""  # a `dtmf` turn: the digits it played
 
 
 class CallCosts(msgspec.Struct, kw_only=True):
