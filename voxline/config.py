@@ -385,6 +385,12 @@ class OrchestratorSettings(WorkerSettings):
         description="Webhook events one orchestrator holds waiting for delivery; beyond it new ones are dropped "
         "(voxline_webhook_deliveries_total{outcome=dropped}, and a log line), never a call held up.",
     )
+    analysis_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long the post-call analysis waits for a brain worker's answer (the call is already torn "
+        "down; its call.ended webhook waits for the analysis). Past it the analysis is recorded failed.",
+    )
 
 
 class SttSettings(WorkerSettings):
@@ -446,6 +452,12 @@ class BrainSettings(WorkerSettings):
         25.0, description="Longest a turn waits for the query's embedding; past it the turn's retrieval is BM25 alone."
     )
     tool_rounds: int = Field(3, description="Most webhook tool calls the model may chain within one reply.")
+    analysis_transcript_chars: int = Field(
+        6000,
+        ge=500,
+        description="Post-call analysis: the most transcript characters the model reads (a longer call keeps its "
+        "start and its end). The default fits the local profile's 2048-token context; raise it for cloud models.",
+    )
     llm: LocalLlmSettings = Field(default_factory=lambda: LocalLlmSettings(), description="Brain 'local' endpoint.")
     openai: OpenAiLlmSettings = Field(
         default_factory=lambda: OpenAiLlmSettings(), description="Brain 'openai' endpoint."

@@ -14,8 +14,9 @@ from prometheus_client import Gauge
 
 from proto import subjects
 from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplySentence
+from services.brain.analysis import AnalysisService
 from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, make_provider
-from services.common import TurnWorker, WorkKind, launch
+from services.common import STOP_GRACE_S, TurnWorker, WorkKind, launch
 from voxline import tracing
 from voxline.agents import shared_store
 from voxline.bus import Bus
@@ -44,6 +45,19 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
             worker_id=settings.instance_id,
         )
         self.settings = settings
+        self.analyses = AnalysisService(bus, provider)  # post-call analyses, beside the turns
+
+    async def start(self) -> None:
+        await super().start()
+        await self.analyses.start()
+
+    async def drain(self) -> None:
+        await self.analyses.drain()
+        await super().drain()
+
+    async def stop(self) -> None:
+        await self.analyses.stop(STOP_GRACE_S)
+        await super().stop()
 
     async def work(self, turn: BrainTurn, headers: dict[str, str]) -> None:
         received_us = now_us()

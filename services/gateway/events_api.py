@@ -36,7 +36,7 @@ from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from voxline.bus import Bus
 from voxline.metrics import SSE_DROPPED
 from voxline.telemetry import now_us
-from voxline.webhooks.events import implied_events, iso
+from voxline.webhooks.events import concluded, implied_events, iso
 
 log = logging.getLogger("voxline.gateway.events")
 
@@ -156,7 +156,7 @@ class CallEvents:
                     if not self._offer(event, droppable=False):
                         self._offer(CLOSED, droppable=False)  # too far behind: end it, the client reconnects
                         return
-                if record.status == "ended":
+                if concluded(record):  # call.ended was the last event (it waits for the analysis)
                     break
         except msgspec.ValidationError as exc:
             log.error("call record %s does not match the contract: %s", self.call_id, exc)
@@ -202,8 +202,8 @@ def install(app: FastAPI, bus: Bus, max_streams: int) -> None:
             200: {
                 "description": "text/event-stream: call.started, speech.started, transcript.partial, speech.ended, "
                 "transcript.final (speaker caller|agent), turn.ended (latency_ms per stage, interrupted, "
-                "cancel_reason), call.ended (the record); ends after call.ended. Events with an `id:` are "
-                "replayed after it on reconnect (Last-Event-ID).",
+                "cancel_reason), call.ended (the record, its post-call analysis written or failed); ends after "
+                "call.ended. Events with an `id:` are replayed after it on reconnect (Last-Event-ID).",
                 "content": {
                     "text/event-stream": {
                         "example": 'id: evt_CA1_t2_caller\nevent: transcript.final\ndata: {"speaker":"caller",'

@@ -39,6 +39,7 @@ from proto.messages import (
 )
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from services.common import QueueSeat
+from services.orchestrator import analysis
 from services.orchestrator.actor import CallActor
 from services.orchestrator.call import Call, CallLimits, new_call
 from services.orchestrator.events import Greet, SttLost
@@ -123,6 +124,7 @@ class Orchestrator(Failover):
             settings.webhook_timeout_s,
         )
         self.webhooks = WebhookDispatcher(bus, policy, settings.webhook_queue_max, settings.webhook_allow_private)
+        self.analyst = analysis.Analyst(bus, settings.analysis_timeout_s)
 
     async def start(self) -> None:
         await self.agents.start(self.bus)  # every agent in memory before the first call
@@ -155,6 +157,7 @@ class Orchestrator(Failover):
         await self._seat.close()
         while runs := list(self._runs.values()):
             await asyncio.wait(runs)
+        await self.analyst.wait()  # the ended calls' analyses (bounded by their timeout)
 
     async def stop(self) -> None:
         """Hand every call still owned to another orchestrator; end those nobody takes."""
@@ -176,6 +179,7 @@ class Orchestrator(Failover):
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
         await self.ownership.stop()
         await self.agents.stop()
+        await self.analyst.stop(STOP_TIMEOUT_S)  # then call.ended of the last calls, analysed or failed
         await self.webhooks.stop()
 
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
@@ -265,7 +269,11 @@ class Orchestrator(Failover):
         def offer_webhooks(record: CallRecord) -> None:
             self.webhooks.offer(record, agent.webhook_url, agent.webhook_secret_env)
 
-        actor = CallActor(self.bus, call, reassign, self._save_state, call_span, on_record=offer_webhooks)
+        def on_record(record: CallRecord) -> None:
+            analysis.mark(record, agent)  # the ended record says `pending` before it is written or offered
+            offer_webhooks(record)
+
+        actor = CallActor(self.bus, call, reassign, self._save_state, call_span, on_record=on_record)
         actor.epoch = self.ownership.epoch(call_id)  # held before the actor runs: acquired or taken over
         handler = self._route(actor)  # events queue up until the actor runs
         self._subs[call_id] = [
@@ -284,6 +292,14 @@ class Orchestrator(Failover):
         self._runs[call_id] = asyncio.create_task(self._run_call(actor), name=f"call-{call_id}")
         offer_webhooks(call.record)  # call.started; after a takeover, what the last owner left undone
         return actor
+
+    def _analyse(self, actor: CallActor) -> None:
+        """The post-call analysis of an ended call, beside its teardown (analysis.py)."""
+        record, agent = actor.call.record, actor.call.agent
+        if record.analysis is not None and record.analysis.status == "pending":
+            self.analyst.start(
+                record, agent, lambda r: self.webhooks.offer(r, agent.webhook_url, agent.webhook_secret_env)
+            )
 
     async def _announce_end(self, actor: CallActor) -> None:
         call_id = actor.call.call_id
@@ -398,6 +414,7 @@ class Orchestrator(Failover):
                     log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
             else:
                 await self._announce_end(actor)
+                self._analyse(actor)
             for sub in self._subs.pop(call_id, []):
                 try:
                     await sub.unsubscribe()

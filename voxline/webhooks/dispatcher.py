@@ -39,7 +39,7 @@ from voxline.bus import Bus
 from voxline.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_DELIVERIES
 from voxline.telemetry import now_us
 from voxline.webhooks.destination import Refused, check_destination
-from voxline.webhooks.events import WebhookEvent, implied_events
+from voxline.webhooks.events import WebhookEvent, concluded, implied_events
 from voxline.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
 
 log = logging.getLogger("voxline.webhooks")
@@ -148,7 +148,7 @@ class WebhookDispatcher:
                 continue
             hooks.queue.append(event)
             self.queued += 1
-        hooks.ended = hooks.ended or record.status == "ended"
+        hooks.ended = hooks.ended or concluded(record)
         if hooks.queue and (hooks.task is None or hooks.task.done()):
             hooks.task = asyncio.create_task(self._run(hooks), name=f"webhooks-{record.call_id}")
 

@@ -6,6 +6,11 @@ call and the turn, so the new owner derives the same ids and the delivery record
 which were sent: a receiver dedupes on `id` (`Voxline-Event-Id`) for the rare event sent
 twice (an owner dying between a receiver's 2xx and writing it down).
 
+`call.ended` carries the whole record, its post-call analysis included, so it waits while the
+analysis is `pending` (`concluded`): the owner writes the ended record at once and the
+analysis when the brain answers (or fails to); a record without an analysis (older records,
+the gateway's records of calls that never reached an orchestrator) concludes at its end.
+
 A caller's line is final when its turn is concluded (the agent's reply to it was heard or
 cut), so `transcript.final` for the caller arrives with the agent's answer to it, in order.
 """
@@ -49,6 +54,11 @@ def _event(record: CallRecord, kind: EventType, suffix: str, at_us: int, data: d
     )
 
 
+def concluded(record: CallRecord) -> bool:
+    """The call ended and nothing more will be added to its record by its owner."""
+    return record.status == "ended" and (record.analysis is None or record.analysis.status != "pending")
+
+
 def implied_events(record: CallRecord, known: Collection[str], now_us: int) -> list[WebhookEvent]:
     """The events `record` implies whose ids are not in `known`, in the order they
     happened. Bodies are built only for new events (a long call's record is seen often)."""
@@ -72,7 +82,7 @@ def implied_events(record: CallRecord, known: Collection[str], now_us: int) -> l
             if speaker == "agent":
                 line["interrupted"] = turn.interrupted
             out.append(_event(record, "transcript.final", suffix, now_us, line))
-    if record.status == "ended" and f"evt_{call_id}_ended" not in known:
+    if concluded(record) and f"evt_{call_id}_ended" not in known:
         ended = {"record": msgspec.to_builtins(record)}
         out.append(_event(record, "call.ended", "ended", record.ended_at_us or now_us, ended))
     return out

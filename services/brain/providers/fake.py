@@ -1,13 +1,15 @@
 """Fake brain: a fixed, deterministic answer generated word by word at a configured
 time-to-first-token and token rate, so latency and barge-in behave like a real LLM's;
-each sentence is given out as soon as the splitter knows it is complete."""
+each sentence is given out as soon as the splitter knows it is complete. Its post-call
+analysis is as fake and says so (services/brain/analysis.py `fake_analysis`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
-from proto.messages import BrainTurn
+from proto.messages import AnalysisRequest, AnalysisResult, BrainTurn
+from services.brain.analysis import fake_analysis
 from services.brain.providers.base import BrainEvent, FirstToken, Sentence
 from services.brain.sentences import SentenceSplitter
 from voxline.config import BrainSettings
@@ -44,6 +46,10 @@ class FakeBrainProvider:
                 yield Sentence(sentence)
         for sentence in splitter.flush():
             yield Sentence(sentence)
+
+    async def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        """A post-call analysis that says it is fake: the caller's lines, every field null."""
+        return fake_analysis(request)
 
     async def load(self) -> None:
         pass  # nothing to load

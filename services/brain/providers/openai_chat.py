@@ -46,7 +46,8 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionStreamOptionsPa
 from openai.types.completion_usage import CompletionUsage
 from prometheus_client import Counter
 
-from proto.messages import BrainTurn, ChatTurn
+from proto.messages import AnalysisRequest, AnalysisResult, BrainTurn, ChatTurn
+from services.brain import analysis
 from services.brain.prompt import PromptBuilder
 from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, ReplyAction, Sentence, Usage
 from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
@@ -162,6 +163,16 @@ class OpenAIChatProvider:
                 **extra,
             ),
         )
+
+    async def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        """The post-call analysis: one non-streamed completion with a strict JSON schema
+        (services/brain/analysis.py), at temperature 0 where the model takes one."""
+        extra: dict[str, Any] = {"extra_body": self._extra_body, "temperature": 0.0}
+        extra["max_completion_tokens"] = analysis.MAX_TOKENS + (REASONING_TOKENS if self.reasoning else 0)
+        if self.reasoning:
+            del extra["temperature"]
+        chars = self.settings.analysis_transcript_chars
+        return await analysis.openai_analysis(self.client, self.name, self.model, request, chars, extra)
 
     def token_cap(self, agent: Agent) -> int:
         cap = max(self.settings.llm_max_tokens, TOOL_MAX_TOKENS) if agent.tools else self.settings.llm_max_tokens
