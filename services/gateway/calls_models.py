@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
 
+from proto.messages import ToolCallReport
 from proto.records import CallCosts, CallRecord, TurnRecord
 
 _CALL_EXAMPLE: dict[str, JsonValue] = {
@@ -72,6 +73,20 @@ TURN_FIELDS: dict[str, str] = {
     "continues": "The turn whose unheard rest this one says, after a break; 0: none.",
     "latency": "Milliseconds per pipeline stage, in pipeline order (e.g. stt_final, llm_first_token, "
     "tts_first_audio, first_media_sent: the caller's end of speech to the first reply audio sent).",
+    "tool_calls": "The tool calls the model made for this reply, in the order they ran, with their arguments "
+    "and results (also refused ones).",
+    "dtmf": "A `dtmf` turn: the keys it pressed (played as tones after the reply that asked for them).",
+}
+TOOL_CALL_FIELDS: dict[str, str] = {
+    "name": "The tool's name, as the model called it.",
+    "kind": "The tool's kind: transfer_call, end_call, webhook or send_dtmf; empty when the agent has no such tool.",
+    "arguments": "The model's arguments: JSON text, as the model wrote it (it may not parse).",
+    "result": "What the tool gave back to the model (a webhook's response body), or the action it ordered.",
+    "error": "Why the call failed or was refused, as the model was told; empty when it worked.",
+    "refused": "Not carried out on purpose: a transfer to a number the agent may not call, keys that cannot be "
+    "pressed.",
+    "duration_ms": "How long the tool took (a webhook's round trip).",
+    "at_us": "When it finished, µs since the Unix epoch (UTC).",
 }
 
 
@@ -97,7 +112,29 @@ def _model(
 
 
 CostsOut = _model("CallCosts", CallCosts, COST_FIELDS, "The call's cost drivers.")
-TurnOut = _model("Turn", TurnRecord, TURN_FIELDS, "One turn: what the caller said and what the agent answered.")
+ToolCallOut = _model(
+    "ToolCall",
+    ToolCallReport,
+    TOOL_CALL_FIELDS,
+    "One tool call of the model.",
+    example={
+        "name": "lookup_appointment",
+        "kind": "webhook",
+        "arguments": '{"name": "Ana Silva"}',
+        "result": '{"appointment": "Tuesday afternoon"}',
+        "error": "",
+        "refused": False,
+        "duration_ms": 84.2,
+        "at_us": 1796360412500000,
+    },
+)
+TurnOut = _model(
+    "Turn",
+    TurnRecord,
+    TURN_FIELDS,
+    "One turn: what the caller said and what the agent answered.",
+    types={"tool_calls": list[ToolCallOut]},  # type: ignore[valid-type]  # a model made at import
+)
 CallSummaryOut = _model(
     "CallSummary",
     CallRecord,
