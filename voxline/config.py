@@ -339,7 +339,11 @@ class OrchestratorSettings(WorkerSettings):
     stt_assign_timeout_s: float = Field(1.0, description="How long to wait for an STT worker to take a call.")
     history_turns: int = Field(20, description="Conversation turns sent to the brain.")
     brain_timeout_s: float = Field(
-        8.0, description="No reply sentence this long after a request: apologise (a brain worker died or hangs)."
+        2.0,
+        description="No word from the brain (the worker's ReplyProgress heartbeat or a sentence) this long: the "
+        "worker died or no worker took the turn. Asked again of another worker once when no sentence came yet, "
+        "else the agent's apology. A slow model is not silence: the worker's heartbeat goes on meanwhile "
+        "(VOXLINE_BRAIN_STALL_TIMEOUT_S bounds the model).",
     )
     tts_timeout_s: float = Field(
         5.0,
@@ -426,11 +430,17 @@ class BrainSettings(WorkerSettings):
         200,
         description="Replies one brain worker streams at once; at capacity it leaves the brain queue, so NATS "
         "gives new turns to workers with room (0 = no limit). A turn no worker has room for gets the agent's "
-        "apology after VOXLINE_BRAIN_TIMEOUT_S. The local profile's llama-server answers a few at a time: set it "
+        "apology after twice VOXLINE_BRAIN_TIMEOUT_S (it is asked again once). The local profile's "
+        "llama-server answers a few at a time: set it "
         "low there.",
     )
     brain_stall_timeout_s: float = Field(
         10.0, description="A provider silent this long (before or between tokens) fails the turn with a ReplyError."
+    )
+    brain_heartbeat_s: float = Field(
+        0.5,
+        description="While a turn is in flight the worker tells the call's owner it holds it (ReplyProgress) this "
+        "often; keep it well under the orchestrator's VOXLINE_BRAIN_TIMEOUT_S.",
     )
     llm_temperature: float = Field(0.2, description="Sampling temperature; low keeps a small model on the facts.")
     llm_max_tokens: int = Field(80, description="Cap on reply tokens; the reply is cut after two sentences anyway.")

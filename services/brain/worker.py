@@ -1,6 +1,10 @@
 """The brain worker: answers turns from a queue group, one asyncio task per turn, and
 streams the reply to the orchestrator sentence by sentence.
 
+While it holds a turn the worker says so (ReplyProgress, as it takes the turn and every
+`brain_heartbeat_s`): the orchestrator then tells a worker that died mid-turn from a slow
+provider within a couple of seconds, and asks another worker.
+
 A turn's task is cancelled the moment the orchestrator cancels the turn (barge-in) or the
 call ends; cancelling it closes the provider's stream, so a reply nobody will hear stops
 costing tokens, and nothing more of it is published.
@@ -8,12 +12,13 @@ costing tokens, and nothing more of it is published.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from prometheus_client import Gauge
 
 from proto import subjects
-from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplySentence
+from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplyProgress, ReplySentence
 from services.brain.analysis import AnalysisService
 from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, make_provider
 from services.common import STOP_GRACE_S, TurnWorker, WorkKind, launch
@@ -60,6 +65,27 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
         await super().stop()
 
     async def work(self, turn: BrainTurn, headers: dict[str, str]) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(turn, headers), name=f"brain-heartbeat-{turn.call_id}")
+        try:
+            await self._answer(turn, headers)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, turn: BrainTurn, headers: dict[str, str]) -> None:
+        """Tell the call's owner this worker holds the turn, until the turn ends."""
+        subject = subjects.reply_text(turn.call_id)
+        while True:
+            progress = ReplyProgress(
+                call_id=turn.call_id,
+                turn_id=turn.turn_id,
+                attempt=turn.attempt,
+                worker_id=self.settings.instance_id,
+                at_us=now_us(),
+            )
+            await self.publish(subject, progress, headers)
+            await asyncio.sleep(self.settings.brain_heartbeat_s)
+
+    async def _answer(self, turn: BrainTurn, headers: dict[str, str]) -> None:
         received_us = now_us()
         subject = subjects.reply_text(turn.call_id)
         sent = 0
@@ -80,6 +106,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
                 at_us=at,
                 first_token_us=first_token_us,
                 provider_ms=(at - received_us) / 1000,
+                attempt=turn.attempt,
             )
             sent += 1
             tracing.add_event("sentence", {"seq": sentence.seq})
@@ -103,13 +130,15 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
                 action = event  # sent with ReplyDone: acted on once the reply was heard
 
         async def fail(reason: str) -> None:
-            await self.publish(subject, ReplyError(call_id=turn.call_id, turn_id=turn.turn_id, message=reason), headers)
+            error = ReplyError(call_id=turn.call_id, turn_id=turn.turn_id, message=reason, attempt=turn.attempt)
+            await self.publish(subject, error, headers)
 
         if not await self.consume(turn, self.provider.stream(turn), take, fail):
             return
         done = ReplyDone(
             call_id=turn.call_id,
             turn_id=turn.turn_id,
+            attempt=turn.attempt,
             sentences=sent,
             at_us=now_us(),
             action=action.action,

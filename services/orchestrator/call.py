@@ -23,7 +23,7 @@ class CallLimits(msgspec.Struct, frozen=True, kw_only=True):
     resumes with the same ones)."""
 
     history_turns: int = 20
-    brain_timeout_s: float = 8.0
+    brain_timeout_s: float = 2.0
     tts_timeout_s: float = 5.0
     tts_progress_timeout_s: float = 2.0
 

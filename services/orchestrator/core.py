@@ -29,6 +29,7 @@ from proto.messages import (
     ReplyAudioSent,
     ReplyDone,
     ReplyError,
+    ReplyProgress,
     ReplySentence,
     SentenceSynthesized,
     SpeechEnded,
@@ -58,6 +59,7 @@ log = logging.getLogger("voxline.orchestrator.call")
 # Replies in a row that TTS could not speak before the call is ended: a line that stays
 # silent is worse than a clean hang-up.
 MAX_SILENT_TURNS = 2
+BRAIN_RETRIES = 1  # asks of another brain worker when the one holding a turn falls silent
 # A resumed call's turn ids jump by this much: turns the last owner started after its last
 # snapshot are below the jump, so one cancel reaches all of them and no new turn reuses an id.
 RESUME_TURN_ID_GAP = 100
@@ -103,6 +105,8 @@ class _Step(Speech):
                 self.caller_event(event)
             case TimerFired():
                 self._on_timer(event)
+            case ReplyProgress():
+                self._on_brain_progress(event)
             case ReplySentence():
                 self._on_sentence(event)
             case ReplyDone():
@@ -208,7 +212,7 @@ class _Step(Speech):
         elif timer.kind is TimerKind.IDLE:
             self._on_idle()
         elif timer.kind is TimerKind.BRAIN:
-            self.on_reply_error(ReplyError(call_id=self.call.call_id, turn_id=timer.turn_id, message="brain timed out"))
+            self._on_brain_silent(timer.turn_id)
         elif timer.kind is TimerKind.TTS:
             self.on_tts_timeout(timer.turn_id, timer.seq)
         elif timer.kind is TimerKind.MAX_CALL:
@@ -221,23 +225,53 @@ class _Step(Speech):
 
     def start_reply(self, caller_text: str, tentative: bool) -> Turn:
         """Ask the brain for an answer; a tentative one is held until it is committed."""
-        call = self.call
         turn = self.new_turn("reply", caller_text=caller_text)
         turn.committed = not tentative
         turn.preemptive = tentative
         turn.mark("brain_request", self.now_us)
+        self._ask_brain(turn)
+        return turn
+
+    def _ask_brain(self, turn: Turn) -> None:
+        call = self.call
         request = BrainTurn(
             call_id=call.call_id,
             turn_id=turn.turn_id,
             agent_id=call.agent.id,
             agent_version=call.record.agent_version,  # the brain answers as the call's agent
             history=list(call.history),
-            user_text=caller_text,
+            user_text=turn.caller_text,
             requested_at_us=self.now_us,
+            attempt=turn.brain_attempt,
         )
         self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), call.limits.brain_timeout_s)
         self.publish(subjects.BRAIN_TURN, request, turn.turn_id)
-        return turn
+
+    def _on_brain_progress(self, msg: ReplyProgress) -> None:
+        turn = self.live_turn(msg.turn_id)
+        if turn is None or turn.closed or turn.brain_done or msg.attempt != turn.brain_attempt:
+            return
+        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), self.call.limits.brain_timeout_s)
+
+    def _on_brain_silent(self, turn_id: int) -> None:
+        """No heartbeat nor sentence for brain_timeout_s: the worker died, or none took the
+        turn. Before any sentence came, another worker is asked (the caller hears the answer
+        a moment later); after some, or on the second silence, the agent apologises."""
+        turn = self.live_turn(turn_id)
+        if turn is None or turn.closed or turn.brain_done:
+            return
+        if not turn.sentences and not turn.held and turn.brain_attempt < BRAIN_RETRIES:
+            turn.brain_attempt += 1
+            log.warning(
+                "brain silent for %.1fs on turn %d: asking another worker", self.call.limits.brain_timeout_s, turn_id
+            )
+            self._ask_brain(turn)
+            return
+        self.on_reply_error(
+            ReplyError(
+                call_id=self.call.call_id, turn_id=turn_id, message="brain timed out", attempt=turn.brain_attempt
+            )
+        )
 
     def commit_reply(self, turn: Turn, commit: intents.Commit) -> None:
         """The caller's turn ended: timings for the record, then release held sentences."""
@@ -281,7 +315,7 @@ class _Step(Speech):
 
     def _on_sentence(self, msg: ReplySentence) -> None:
         turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed:
+        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
             return
         # The watchdog follows progress: a brain that dies after some sentences must not
         # leave the turn without its end (the caller would wait in silence).
@@ -298,7 +332,7 @@ class _Step(Speech):
     def _on_reply_done(self, msg: ReplyDone) -> None:
         costs.reply_finished(self.call.record.costs, msg.usage)  # the tokens were spent, heard or not
         turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed:
+        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
             return
         self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
         turn.brain_done = True
@@ -307,10 +341,10 @@ class _Step(Speech):
             self.synthesize(turn, "", last=True)
 
     def on_reply_error(self, msg: ReplyError) -> None:
-        log.error("ReplyError: %s", msg.message)
         turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed:
-            return
+        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
+            return  # a reply already given up on, or a worker asked before the one now answering
+        log.error("ReplyError: %s", msg.message)
         self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
         turn.brain_done = True
         if not turn.sentences and not turn.held:

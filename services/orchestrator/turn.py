@@ -24,6 +24,7 @@ class Turn(msgspec.Struct, kw_only=True):
     failed: set[int] = set()  # sentences TTS could not speak (or that were skipped)
     attempts: dict[int, int] = {}  # per sentence, the newest synthesis attempt sent
     brain_done: bool = False
+    brain_attempt: int = 0  # the brain request's try (BrainTurn.attempt): replies of older ones are dropped
     closed: bool = False  # the end-of-turn marker was sent to TTS
     finished: bool = False  # Twilio played the whole reply
     cancelled: bool = False

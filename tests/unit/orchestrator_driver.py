@@ -13,6 +13,7 @@ from proto.messages import (
     Message,
     ReplyAudioSent,
     ReplyDone,
+    ReplyProgress,
     ReplySentence,
     SentenceSynthesized,
     SpeechEnded,
@@ -114,8 +115,13 @@ class Driver:
 
     # --- brain, TTS and gateway ----------------------------------------------------------
 
-    def sentence(self, turn_id: int, seq: int, text: str) -> list[Effect]:
-        return self.send(ReplySentence(call_id=CALL_ID, turn_id=turn_id, seq=seq, text=text, at_us=self.now_us))
+    def sentence(self, turn_id: int, seq: int, text: str, attempt: int = 0) -> list[Effect]:
+        return self.send(
+            ReplySentence(call_id=CALL_ID, turn_id=turn_id, seq=seq, text=text, at_us=self.now_us, attempt=attempt)
+        )
+
+    def brain_progress(self, turn_id: int, attempt: int = 0) -> list[Effect]:
+        return self.send(ReplyProgress(call_id=CALL_ID, turn_id=turn_id, attempt=attempt, at_us=self.now_us))
 
     def done(self, turn_id: int, sentences: int, action: str = "", action_arg: str = "") -> list[Effect]:
         return self.send(

@@ -18,6 +18,7 @@ from proto.messages import (
     CallEnded,
     ReplyDone,
     ReplyError,
+    ReplyProgress,
     ReplySentence,
     TurnCancel,
 )
@@ -248,6 +249,27 @@ async def test_call_end_cancels_every_turn_of_that_call_only(worker_bus: Bus, pr
     await probe.publish(subjects.BRAIN_TURN, turn(turn_id=1, call_id="c3"))  # handled after it
     await provider.wait_started("c3", 1)
     assert worker.status().turns == [TurnsInFlight("c2", [1]), TurnsInFlight("c3", [1])]
+    await worker.stop()
+
+
+async def test_a_worker_holding_a_turn_says_so_until_it_answers_echoing_the_attempt(
+    worker_bus: Bus, probe: Probe
+) -> None:
+    """The orchestrator tells a dead worker from a slow model by this heartbeat: it must
+    come as the turn is taken, go on while the model is silent, and carry the request's
+    attempt, or a retried turn would be judged by the dead worker's messages."""
+    provider = GatedProvider()
+    worker = await make_worker(worker_bus, provider, brain_heartbeat_s=0.05, instance_id="brain-7")
+    await probe.publish(subjects.BRAIN_TURN, msgspec.structs.replace(turn(), attempt=1))
+    await provider.wait_started()
+    beats = await probe.wait_for(ReplyProgress, count=3)  # the model has said nothing yet
+    assert not probe.of(ReplySentence)
+    assert {(b.turn_id, b.attempt, b.worker_id) for b in beats} == {(1, 1, "brain-7")}
+    assert [b.at_us for b in beats] == sorted(b.at_us for b in beats)
+    provider.queue.put_nowait("We open at nine. ")
+    provider.queue.put_nowait(None)
+    [done] = await probe.wait_for(ReplyDone)
+    assert done.attempt == 1 and [s.attempt for s in probe.of(ReplySentence)] == [1]
     await worker.stop()
 
 

@@ -5,7 +5,17 @@ no bus."""
 from __future__ import annotations
 
 from proto import subjects
-from proto.messages import BrainTurn, CallStopped, Hangup, SttError, Synthesize, Transfer, TurnCancel
+from proto.messages import (
+    BrainTurn,
+    CallStopped,
+    Hangup,
+    ReplyDone,
+    ReplyError,
+    SttError,
+    Synthesize,
+    Transfer,
+    TurnCancel,
+)
 from services.orchestrator.call import CallLimits
 from services.orchestrator.effects import CancelTimer, Publish, ReassignStt, SaveRecord, StartTimer
 from services.orchestrator.events import Greet, SttLost, SttReassigned
@@ -139,18 +149,76 @@ def test_progress_of_a_cancelled_turn_starts_no_watchdog() -> None:
     assert not d.pending(TimerKind.TTS, turn.turn_id, 0)
 
 
-def test_brain_timeout_apologises() -> None:
+def test_a_silent_brain_is_asked_again_once_then_the_agent_apologises() -> None:
     d = Driver(limits=CallLimits(brain_timeout_s=2.0))
     d.greet()
     d.says("What are your opening hours?")
     d.fire(TimerKind.END_OF_TURN)
     turn = d.turn
-    assert turn.committed and d.pending(TimerKind.BRAIN, turn.turn_id)
-    d.fire(TimerKind.BRAIN, turn.turn_id)
+    first = d.published(BrainTurn)[-1]
+    assert first.attempt == 0 and d.pending(TimerKind.BRAIN, turn.turn_id)
+
+    d.fire(TimerKind.BRAIN, turn.turn_id)  # the worker that took it died: no heartbeat
+    again = d.published(BrainTurn)[-1]
+    assert (again.turn_id, again.attempt, again.user_text) == (turn.turn_id, 1, first.user_text)
+    assert turn.kind == "reply" and not d.published(Synthesize, d.effects[-3:])
+    d.sentence(turn.turn_id, 0, "From the dead worker.", attempt=0)  # a late reply of the first ask
+    d.brain_progress(turn.turn_id, attempt=0)
+    assert not [s for s in d.published(Synthesize) if s.turn_id == turn.turn_id]
+
+    d.fire(TimerKind.BRAIN, turn.turn_id)  # the second worker is silent too
     assert turn.kind == "apology"
     assert [s.text for s in d.published(Synthesize) if s.turn_id == turn.turn_id] == [APOLOGY, ""]
-    d.sentence(turn.turn_id, 0, "Too late.")  # the brain wakes up: the turn is closed
+    assert len(d.published(BrainTurn)) == 2, "asked a third time"
+    d.sentence(turn.turn_id, 0, "Too late.", attempt=1)  # the brain wakes up: the turn is closed
     assert len([s for s in d.published(Synthesize) if s.turn_id == turn.turn_id]) == 2
+
+
+def test_the_retried_reply_is_spoken_and_the_first_workers_end_is_ignored() -> None:
+    d = Driver(limits=CallLimits(brain_timeout_s=2.0))
+    d.greet()
+    d.says("Where can I park?")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.fire(TimerKind.BRAIN, turn.turn_id)
+    d.brain_progress(turn.turn_id, attempt=1)
+    d.sentence(turn.turn_id, 0, "Behind the building.", attempt=1)
+    d.send(ReplyError(call_id=CALL_ID, turn_id=turn.turn_id, message="worker stopped", attempt=0))
+    d.send(ReplyDone(call_id=CALL_ID, turn_id=turn.turn_id, sentences=3, at_us=d.now_us, attempt=0))
+    assert turn.kind == "reply" and not turn.brain_done
+    d.send(ReplyDone(call_id=CALL_ID, turn_id=turn.turn_id, sentences=1, at_us=d.now_us, attempt=1))
+    assert turn.brain_done
+    assert [s.text for s in d.published(Synthesize) if s.turn_id == turn.turn_id] == ["Behind the building.", ""]
+
+
+def test_a_slow_model_is_not_silence_the_heartbeat_keeps_the_turn() -> None:
+    d = Driver(limits=CallLimits(brain_timeout_s=2.0))
+    d.greet()
+    d.says("Do you take my insurance?")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    for _ in range(10):  # 5 s of a model thinking, a heartbeat every 0.5 s
+        d.wait(500)
+        d.brain_progress(turn.turn_id)
+        timer = d.pending(TimerKind.BRAIN, turn.turn_id)
+        assert timer is not None and timer.deadline_us == d.now_us + 2_000_000
+    assert len(d.published(BrainTurn)) == 1
+    d.sentence(turn.turn_id, 0, "We do.")
+    assert [s.text for s in d.published(Synthesize) if s.turn_id == turn.turn_id] == ["We do."]
+
+
+def test_silence_after_some_sentences_apologises_without_asking_again() -> None:
+    d = Driver(limits=CallLimits(brain_timeout_s=2.0))
+    d.greet()
+    d.says("How much is a cleaning?")
+    d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.sentence(turn.turn_id, 0, "A cleaning is eighty dollars.")
+    d.fire(TimerKind.BRAIN, turn.turn_id)  # died mid-reply: a second answer would repeat the first part
+    assert len(d.published(BrainTurn)) == 1
+    texts = [s.text for s in d.published(Synthesize) if s.turn_id == turn.turn_id]
+    assert texts == ["A cleaning is eighty dollars.", APOLOGY, ""]
+    assert turn.kind == "reply"
 
 
 def test_brain_timeout_on_a_preemptive_reply_waits_for_the_end_of_turn() -> None:
@@ -159,7 +227,9 @@ def test_brain_timeout_on_a_preemptive_reply_waits_for_the_end_of_turn() -> None
     d.speech_started()
     d.interim_pause("what are your opening hours")
     turn = d.turn
-    d.fire(TimerKind.BRAIN, turn.turn_id)
+    d.fire(TimerKind.BRAIN, turn.turn_id)  # asked again
+    assert d.published(BrainTurn)[-1].attempt == 1
+    d.fire(TimerKind.BRAIN, turn.turn_id)  # silent again
     assert not [s for s in d.published(Synthesize) if s.turn_id == turn.turn_id]
     d.speech_ended()
     d.final("What are your opening hours?")
