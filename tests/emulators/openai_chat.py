@@ -23,6 +23,18 @@ What the API reference documents and the emulator therefore does
   the ones the live API returns, as quoted in public reports (e.g.
   https://github.com/teilomillet/gollm/issues/33, https://github.com/cline/cline/issues/341);
   the reference does not print them.
+- Structured Outputs (https://platform.openai.com/docs/guides/structured-outputs, and
+  `response_format` in the API reference): a non-streamed request whose `response_format` is
+  `{"type": "json_schema", "json_schema": {"name", "strict", "schema"}}` gets a
+  `chat.completion` whose `message.content` is JSON following the schema. With `strict: true`
+  the guide's "supported schemas" rules are enforced as the API does, with a 400: the root is
+  an object, `additionalProperties: false` on every object, every property listed in
+  `required` (an optional value is a union with `null`); the name is a-z, A-Z, 0-9, `_` and
+  `-`, at most 64. The answer is scripted (`structured_answers`: a dict, sent as JSON, a raw
+  string, or a `Refusal`, whose text goes in `message.refusal` with `content` null), else
+  built from the schema. These requests are kept in `structured`, apart from the streamed
+  turns' `requests`, with their own `structured_failures`. ASSUMPTION: the 400 messages'
+  wording (the guide names the rules, not the error text).
 """
 
 from __future__ import annotations
@@ -58,6 +70,13 @@ class Reply:
     text: str = ""
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     reasoning_tokens: int = 0  # hidden thinking of a reasoning model, counted against the cap first
+
+
+@dataclass
+class Refusal:
+    """A scripted Structured Outputs refusal (`message.refusal`)."""
+
+    text: str
 
 
 @dataclass
@@ -121,6 +140,10 @@ class OpenAiChatEmulator:
         self.drop_after_tokens = 2
         self.requests: list[ChatRequest] = []
         self.model_lists = 0
+        # Non-streamed Structured Outputs requests (post-call analyses), kept apart.
+        self.structured: list[ChatRequest] = []
+        self.structured_answers: list[dict[str, Any] | str | Refusal] = []
+        self.structured_failures: list[int | str] = []  # an HTTP status, or "stall"
 
     @property
     def base_url(self) -> str:
@@ -196,6 +219,8 @@ class OpenAiChatEmulator:
         if (refused := self._key_error(request)) is not None:
             self.requests.append(ChatRequest(body, 401))
             return refused
+        if not body.get("stream") and (body.get("response_format") or {}).get("type") == "json_schema":
+            return await self._structured(request, body)
         if not body.get("stream") or not body.get("messages"):
             self.requests.append(ChatRequest(body, 400))
             return self._error(400, "this emulator answers stream=true requests with messages only")
@@ -274,6 +299,96 @@ class OpenAiChatEmulator:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         record.completed = True
+
+    async def _structured(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        failure = self.structured_failures.pop(0) if self.structured_failures else None
+        record = ChatRequest(body, 200)
+        self.structured.append(record)
+        if isinstance(failure, int):
+            record.status = failure
+            return self._error(failure, "injected failure")
+        if (refused := self._key_error(request)) is not None:
+            record.status = 401
+            return refused
+        spec = body["response_format"].get("json_schema") or {}
+        if problem := schema_problem(spec):
+            record.status = 400
+            return self._refuse(problem, "response_format", "invalid_json_schema")
+        if failure == "stall":
+            await asyncio.Event().wait()  # stop() cuts it
+        scripted = self.structured_answers.pop(0) if self.structured_answers else None
+        if scripted is None:
+            scripted = answer_for(spec.get("schema") or {})
+        refusal = scripted.text if isinstance(scripted, Refusal) else None
+        content = None if refusal is not None else scripted if isinstance(scripted, str) else json.dumps(scripted)
+        generated = max(1, len(content or refusal or "") // 4)
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        finish = "stop"
+        if content is not None and cap is not None and generated > cap:
+            content, generated, finish = content[: cap * 4], cap, "length"  # cut mid-JSON, as the API does
+        record.finish_reason, record.completed, record.tokens_sent = finish, True, generated
+        prompt = prompt_tokens(body)
+        record.usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+        message = {"role": "assistant", "content": content, "refusal": refusal}
+        return web.json_response(
+            {
+                "id": f"chatcmpl-s{len(self.structured)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "system_fingerprint": "fp_emulator",
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": record.usage,
+            }
+        )
+
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def schema_problem(spec: dict[str, Any]) -> str:
+    """Why the API refuses this `json_schema` (the guide's rules for strict mode), or ""."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        return "Invalid 'response_format.json_schema.name': must be a-z, A-Z, 0-9, underscores and dashes, at most 64."
+    schema = spec.get("schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return f"Invalid schema for response_format '{name}': the root must be an object."
+    if not spec.get("strict"):
+        return ""
+    return _strict_problem(name, schema, ())
+
+
+def _strict_problem(name: str, schema: dict[str, Any], path: tuple[str, ...]) -> str:
+    where = f"Invalid schema for response_format '{name}': In context={path}, "
+    if schema.get("type") == "object" or "object" in (schema.get("type") or []):
+        if schema.get("additionalProperties") is not False:
+            return where + "'additionalProperties' is required to be supplied and to be false."
+        properties = schema.get("properties") or {}
+        missing = [key for key in properties if key not in (schema.get("required") or [])]
+        if missing:
+            required = "'required' is required to be supplied and to be an array including every key in properties."
+            return where + f"{required} Missing '{missing[0]}'."
+        for key, sub in properties.items():
+            if isinstance(sub, dict) and (problem := _strict_problem(name, sub, (*path, "properties", key))):
+                return problem
+    return ""
+
+
+def answer_for(schema: dict[str, Any]) -> dict[str, Any]:
+    """What the emulated model writes when no answer is scripted: a value of each property's
+    first type, the first enum value that is not null, "emulated <name>" for strings."""
+    answer: dict[str, Any] = {}
+    for key, sub in (schema.get("properties") or {}).items():
+        kinds = sub.get("type") if isinstance(sub.get("type"), list) else [sub.get("type")]
+        enum = [v for v in sub.get("enum") or [] if v is not None]
+        kind = next((k for k in kinds if k != "null"), "null")
+        answer[key] = (
+            enum[0]
+            if enum
+            else {"string": f"emulated {key}", "boolean": True, "integer": 1, "number": 1.5, "null": None}.get(kind)
+        )
+    return answer
 
 
 def _deltas(reply: Reply, request_no: int) -> list[tuple[dict[str, Any], int]]:
