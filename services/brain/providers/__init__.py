@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from proto.messages import BrainTurn
-from services.brain.providers.base import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, heard
+from services.brain.providers.base import (
+    BrainEvent,
+    BrainProvider,
+    FirstToken,
+    ReplyAction,
+    Sentence,
+    ToolCalled,
+    Usage,
+    heard,
+)
 from services.providers import FallbackChain, Registry, RetryPolicy
 from voxline.config import BrainSettings
 
@@ -22,6 +31,7 @@ __all__ = [
     "FirstToken",
     "ReplyAction",
     "Sentence",
+    "ToolCalled",
     "Usage",
     "make_provider",
 ]

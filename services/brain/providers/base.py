@@ -15,7 +15,7 @@ from typing import Protocol, get_args
 
 from prometheus_client import Counter
 
-from proto.messages import AgentAction, BrainTurn
+from proto.messages import AgentAction, BrainTurn, ToolCallReport
 from services.providers import Provider
 from voxline.agents.tools import ToolKind
 
@@ -58,12 +58,21 @@ class Usage:
     completion_tokens: int
 
 
-BrainEvent = FirstToken | Sentence | ReplyAction | Usage
+@dataclass(frozen=True)
+class ToolCalled:
+    """A tool call the model made and the brain ran (or refused), for the call record.
+    Not heard: a retry after it stays possible, as before reports existed (the record then
+    shows the failed try's call too, which did happen)."""
+
+    report: ToolCallReport
+
+
+BrainEvent = FirstToken | Sentence | ReplyAction | Usage | ToolCalled
 
 
 def heard(event: BrainEvent) -> bool:
     """Whether the event commits the reply (a retry would repeat or contradict it)."""
-    return not isinstance(event, FirstToken | Usage)
+    return not isinstance(event, FirstToken | Usage | ToolCalled)
 
 
 class BrainProvider(Provider, Protocol):

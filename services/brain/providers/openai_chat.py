@@ -9,8 +9,10 @@ is closed, as it is when the turn is cancelled, so the model stops generating fo
 Tool calls: a webhook's result goes back to the model, which then streams the spoken
 answer (a new round); transfer_call and end_call end the reply with a ReplyAction after
 whatever was said, except a transfer to a number the agent does not allow, which goes
-back to the model as an error like a failed webhook (tool_calls.py). Endpoint failures
-become ProviderError (the fallback chain retries or moves on); the message carries the
+back to the model as an error like a failed webhook (tool_calls.py). send_dtmf goes back
+to the model as sent (it may still say something) and ends the reply with the `dtmf`
+action (tool_runner.py). Every call is reported (`ToolCalled`) for the call record.
+Endpoint failures become ProviderError (the fallback chain retries or moves on); the message carries the
 provider and HTTP status, never the body, because OpenAI echoes a masked key in its 401 body.
 
 The request follows the current API reference
@@ -49,8 +51,9 @@ from prometheus_client import Counter
 from proto.messages import AnalysisRequest, AnalysisResult, BrainTurn, ChatTurn
 from services.brain import analysis
 from services.brain.prompt import PromptBuilder
-from services.brain.providers.base import TOOL_CALLS, BrainEvent, FirstToken, ReplyAction, Sentence, Usage
-from services.brain.providers.tool_calls import ToolCallAccumulator, call_action, run_webhook
+from services.brain.providers.base import BrainEvent, FirstToken, ReplyAction, Sentence, ToolCalled, Usage
+from services.brain.providers.tool_calls import ToolCallAccumulator
+from services.brain.providers.tool_runner import run_tool
 from services.brain.speakable import SpeakableReply
 from services.openai_errors import openai_errors
 from services.providers import ProviderError, kind_of_status
@@ -192,6 +195,7 @@ class OpenAIChatProvider:
         agent, messages = await asyncio.to_thread(self.prompts.messages, turn)
         tools = {tool.name: tool for tool in agent.tools}
         said: list[str] = []  # the sentences given out, in order
+        dtmf = ""  # keys a send_dtmf call queued: pressed once the reply was heard
         for round_no in range(self.settings.tool_rounds + 1):
             reply, calls = SpeakableReply(), ToolCallAccumulator()
             text: list[str] = []
@@ -229,40 +233,44 @@ class OpenAIChatProvider:
                 # and the endpoint stops generating when its client goes away.
                 await response.close()
             if finish in CUT_OFF:
-                self._cut_off(finish, round_no, agent, said, calls)
+                self._cut_off(finish, round_no, agent, said, calls, keys_queued=bool(dtmf))
                 break
             if not calls:
                 break
-            log.info("round %d: tool calls %s", round_no, [c.name for c in calls.calls()])
-            messages.append({"role": "assistant", "content": "".join(text) or None, "tool_calls": []})
+            log.info("round %d: tool calls %s", round_no, [c.name[:64] for c in calls.calls()])
+            # Every call of the round on the one assistant message, each result after it.
+            asked: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None, "tool_calls": []}
+            messages.append(asked)
             for call in calls.calls():
-                tool = tools.get(call.name)
-                TOOL_CALLS.labels(kind=tool.kind if tool is not None else "unknown").inc()
-                if tool is None:
-                    log.warning("model called unknown tool %r", call.name[:64])
-                    result = f'{{"error": "no tool named {call.name[:64]}"}}'
-                elif tool.kind == "webhook":
-                    result = await run_webhook(self.webhooks, tool, call, turn.call_id)
-                elif isinstance(action := call_action(agent, tool, call), ReplyAction):
-                    if not said and (say := tool.spoken_when_silent(agent.goodbye)):
+                ran = await run_tool(self.webhooks, agent, tools.get(call.name), call, turn.call_id, dtmf)
+                yield ToolCalled(ran.report)
+                if ran.action is not None:
+                    if not said and (say := tools[call.name].spoken_when_silent(agent.goodbye)):
                         yield Sentence(say)
-                    yield action
+                    yield ran.action
                     return
-                else:  # a transfer refused: the model hears why and answers the caller
-                    result = action
-                messages[-1]["tool_calls"].append(call.message())
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+                dtmf = dtmf or ran.dtmf
+                asked["tool_calls"].append(call.message())
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": ran.content})
         else:
-            if not said:  # every round ended in tool calls (a model insisting on a refused number)
+            if not said and not dtmf:  # every round ended in tool calls (a model insisting on a refused number)
                 log.warning("no words after %d rounds of tool calls: the apology is said", round_no + 1)
                 said.append(agent.apology)
                 yield Sentence(agent.apology)
+        if dtmf:
+            yield ReplyAction("dtmf", dtmf)
         log.info("reply of %d sentences in %.0f ms", len(said), (time.monotonic() - started) * 1000)
         if self.local and said:
             self._prefill_history([*messages, {"role": "assistant", "content": " ".join(said)}])
 
     def _cut_off(
-        self, finish: str | None, round_no: int, agent: Agent, said: list[str], calls: ToolCallAccumulator
+        self,
+        finish: str | None,
+        round_no: int,
+        agent: Agent,
+        said: list[str],
+        calls: ToolCallAccumulator,
+        keys_queued: bool = False,
     ) -> None:
         """The model was stopped before it was done: what it said stands, what it was
         still writing (a sentence, a tool call's arguments) is dropped; with nothing said,
@@ -278,7 +286,7 @@ class OpenAIChatProvider:
             len(said),
             dropped or "none",
         )
-        if not said:
+        if not said and not keys_queued:  # keys a send_dtmf queued are the reply then
             raise ProviderError(self.name, "bad_request", f"reply cut off (finish_reason {finish}) before a sentence")
 
     def _prefill_history(self, messages: list[dict[str, Any]]) -> None:

@@ -106,20 +106,25 @@ def transfer_target(call: ToolCall) -> str:
     return next((str(v).strip() for v in args.values() if isinstance(v, str) and v.strip()), "")
 
 
-async def run_webhook(client: httpx.AsyncClient, tool: Tool, call: ToolCall, call_id: str) -> str:
-    """POST the arguments to the tool's URL; the tool message content for the model."""
+async def run_webhook(client: httpx.AsyncClient, tool: Tool, call: ToolCall, call_id: str) -> tuple[str, str]:
+    """POST the arguments to the tool's URL: the tool message content for the model, and
+    what went wrong ("" when the webhook answered)."""
+
+    def failed(error: str) -> tuple[str, str]:
+        return json.dumps({"error": error}), error
+
     try:
         response = await client.post(
             tool.url, json=call.parsed(), timeout=tool.timeout_s, headers={"X-Voxline-Call-Id": call_id}
         )
     except httpx.TimeoutException:
         log.error("tool %s: webhook timed out after %.1fs", tool.name, tool.timeout_s)
-        return json.dumps({"error": f"the {tool.name} service did not answer in time"})
+        return failed(f"the {tool.name} service did not answer in time")
     except httpx.HTTPError as exc:
         log.error("tool %s: webhook failed: %s", tool.name, type(exc).__name__)
-        return json.dumps({"error": f"the {tool.name} service is unreachable"})
+        return failed(f"the {tool.name} service is unreachable")
     if response.status_code >= 400:
         log.error("tool %s: webhook answered HTTP %d", tool.name, response.status_code)
-        return json.dumps({"error": f"the {tool.name} service failed (HTTP {response.status_code})"})
+        return failed(f"the {tool.name} service failed (HTTP {response.status_code})")
     log.info("tool %s: webhook answered in %.0f ms", tool.name, response.elapsed.total_seconds() * 1000)
-    return response.text[:MAX_RESULT_CHARS] or "{}"
+    return response.text[:MAX_RESULT_CHARS] or "{}", ""
