@@ -18,9 +18,18 @@ import logging
 from prometheus_client import Gauge
 
 from proto import subjects
-from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplyProgress, ReplySentence
+from proto.messages import BrainTurn, LlmUsage, ReplyDone, ReplyError, ReplyProgress, ReplySentence, ToolCallReport
 from services.brain.analysis import AnalysisService
-from services.brain.providers import BrainEvent, BrainProvider, FirstToken, ReplyAction, Sentence, Usage, make_provider
+from services.brain.providers import (
+    BrainEvent,
+    BrainProvider,
+    FirstToken,
+    ReplyAction,
+    Sentence,
+    ToolCalled,
+    Usage,
+    make_provider,
+)
 from services.common import STOP_GRACE_S, TurnWorker, WorkKind, launch
 from voxline import tracing
 from voxline.agents import shared_store
@@ -92,6 +101,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
         first_token_us = 0
         action = ReplyAction("")
         usage: LlmUsage | None = None  # summed over the reply's rounds and tries
+        tool_calls: list[ToolCallReport] = []  # every round's and try's, in order: for the record
 
         async def send(text: str) -> None:
             nonlocal sent
@@ -126,6 +136,8 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
                     tracing.add_event("first token")
             elif isinstance(event, Sentence):
                 await send(event.text)
+            elif isinstance(event, ToolCalled):
+                tool_calls.append(event.report)
             else:
                 action = event  # sent with ReplyDone: acted on once the reply was heard
 
@@ -144,6 +156,7 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
             action=action.action,
             action_arg=action.arg,
             usage=usage,
+            tool_calls=tool_calls,
         )
         await self.publish(subject, done, headers)
 
