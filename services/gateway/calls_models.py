@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
 
-from proto.messages import ToolCallReport
-from proto.records import CallCosts, CallRecord, TurnRecord
+from proto.messages import LlmUsage, ToolCallReport
+from proto.records import CallAnalysis, CallCosts, CallRecord, TurnRecord
 
 _CALL_EXAMPLE: dict[str, JsonValue] = {
     "call_id": "CA5d0f2b0c8e7a4e1f9b3c6d2a1e0f4b7c",
@@ -48,6 +48,29 @@ CALL_FIELDS: dict[str, str] = {
     "agent_version": "The version of the agent the call ran (GET /v1/agents/{id}); 0: an agent from a file.",
     "turns": "Every turn, in order.",
     "costs": "What a bill for the call is made of: audio seconds, TTS characters, LLM tokens.",
+    "analysis": "The post-call analysis the brain wrote after the hang-up (the agent's `analysis`): null while "
+    "the call lasts, then `pending` until written.",
+}
+ANALYSIS_FIELDS: dict[str, str] = {
+    "status": "`pending` from the call's end until the brain answered, then `done` or `failed`; `none`: the "
+    "agent asks for no analysis. The call.ended webhook is sent once it is not pending.",
+    "summary": "A few sentences on the call (when the agent's analysis.summary is true).",
+    "fields": "The agent's analysis.fields, each null when the call did not tell.",
+    "provider": "The brain provider that wrote it: openai, local, or fake (whose analysis says it is fake).",
+    "model": "The model that wrote it.",
+    "error": "Why it failed (no brain answered in time, the model's JSON was outside the schema...).",
+    "duration_ms": "The call's end to the analysis, in milliseconds.",
+    "usage": "The analysis' own LLM tokens (not in costs, which are the call's); null when not reported.",
+}
+_ANALYSIS_EXAMPLE: dict[str, JsonValue] = {
+    "status": "done",
+    "summary": "The caller asked about teeth whitening prices and wants to book a cleaning next week.",
+    "fields": {"callback_number": "+15005550006", "wants_appointment": True, "topic": "appointment"},
+    "provider": "openai",
+    "model": "gpt-4o",
+    "error": "",
+    "duration_ms": 1840.5,
+    "usage": {"prompt_tokens": 412, "completion_tokens": 61},
 }
 COST_FIELDS: dict[str, str] = {
     "caller_audio_s": "The media stream's length, its start to the call's end (0 until the call ends).",
@@ -128,6 +151,15 @@ ToolCallOut = _model(
         "at_us": 1796360412500000,
     },
 )
+UsageOut = _model("LlmUsage", LlmUsage, {}, "Tokens an LLM provider reported.")
+AnalysisOut = _model(
+    "CallAnalysis",
+    CallAnalysis,
+    ANALYSIS_FIELDS,
+    "The post-call analysis: a summary and the structured fields the agent asks for.",
+    types={"usage": UsageOut | None},
+    example=_ANALYSIS_EXAMPLE,
+)
 TurnOut = _model(
     "Turn",
     TurnRecord,
@@ -141,7 +173,7 @@ CallSummaryOut = _model(
     CALL_FIELDS,
     "A call as listed: its record without the turns (GET /v1/calls/{call_id} has them).",
     skip=("turns",),
-    types={"costs": CostsOut},
+    types={"costs": CostsOut, "analysis": AnalysisOut | None},
     example=_CALL_EXAMPLE,
 )
 CallRecordOut = _model(
@@ -149,7 +181,8 @@ CallRecordOut = _model(
     CallRecord,
     CALL_FIELDS,
     "A call's whole record.",
-    types={"turns": list[TurnOut], "costs": CostsOut},  # type: ignore[valid-type]  # a model made at import
+    # Models made at import:
+    types={"turns": list[TurnOut], "costs": CostsOut, "analysis": AnalysisOut | None},  # type: ignore[valid-type]
 )
 
 
