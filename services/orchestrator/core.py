@@ -44,7 +44,7 @@ from proto.messages import (
     TurnCancel,
     TurnKind,
 )
-from services.orchestrator import costs, intents
+from services.orchestrator import costs, dtmf, intents
 from services.orchestrator.call import Call
 from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ReassignStt, SaveRecord
@@ -337,6 +337,7 @@ class _Step(Speech):
         self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
         turn.brain_done = True
         turn.action, turn.action_arg = msg.action, msg.action_arg
+        turn.tool_calls = list(msg.tool_calls)
         if turn.committed:
             self.synthesize(turn, "", last=True)
 
@@ -393,6 +394,9 @@ class _Step(Speech):
             return True
         if action == "transfer" and arg:
             self.control(Transfer(call_id=self.call.call_id, to=arg, reason="agent transfer"))
+            return True
+        if action == "dtmf" and arg:
+            dtmf.press(self, arg)  # a turn of keypad tones; the call listens after them
             return True
         return False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.messages import AgentAction, TurnKind
+from proto.messages import AgentAction, ToolCallReport, TurnKind
 from proto.records import TurnRecord
 
 # About 12 characters a second: slower than phone voices speak (~15), so a length
@@ -38,6 +38,8 @@ class Turn(msgspec.Struct, kw_only=True):
     action_arg: str = ""
     times_us: dict[str, int] = {}
     provider_ms: dict[str, float] = {}
+    tool_calls: list[ToolCallReport] = []  # the brain's report of the reply's tool calls
+    dtmf: str = ""  # a dtmf turn's keys
 
     @property
     def next_seq(self) -> int:
@@ -182,4 +184,6 @@ class Turn(msgspec.Struct, kw_only=True):
             preemptive=self.preemptive,
             continues=self.continues,
             latency=self.latency_ms(),
+            tool_calls=self.tool_calls,
+            dtmf=self.dtmf,
         )
