@@ -23,6 +23,16 @@ from voxline.simulator import CallResult, Utterance, run_call
 pytestmark = pytest.mark.integration
 
 QUESTION = "what are your opening hours"
+ANALYSIS = """
+[analysis]
+instructions = "A test line."
+[analysis.fields.callback_number]
+type = "string"
+description = "The number to call back."
+[analysis.fields.topic]
+type = "string"
+enum = ["hours", "other"]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +48,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Itera
     shutil.copy(BUNDLED_DIR / "demo.toml", agents / "demo.toml")
     for path in ("ok", "flaky", "hang"):
         (agents / f"hooks-{path}.toml").write_text(agent_toml(path, f"http://127.0.0.1:{receiver.port}/{path}"))
+    analysed = agent_toml("analysed", f"http://127.0.0.1:{receiver.port}/analysed") + ANALYSIS
+    (agents / "hooks-analysed.toml").write_text(analysed)
     env = {
         "VOXLINE_AGENTS_DIR": str(agents),
         SECRET_ENV: SECRET,
@@ -159,3 +171,37 @@ async def test_a_receiver_that_never_answers_holds_up_no_turn(stack: DevStack, r
 
     await wait_until(caught_up, 15, "the rest of the call's events after the receiver answered")
     assert all(r.signed for r in receiver.of_call(call_id, "/hang"))
+
+
+async def test_call_ended_comes_after_the_post_call_analysis_and_carries_it(
+    stack: DevStack, receiver: Receiver
+) -> None:
+    _, call_id = await place(stack, "hooks-analysed")
+
+    async def done() -> bool:
+        return ended(receiver, call_id, "/analysed")
+
+    await wait_until(done, 15, "call.ended at the receiver")
+    got = receiver.of_call(call_id, "/analysed")
+    assert all(r.signed for r in got)
+    assert got[-1].event["type"] == "call.ended" and [r.event["type"] for r in got].count("call.ended") == 1
+    sent = got[-1].event["data"]["record"]["analysis"]
+    # The fake brain's analysis, which says what it is: no model read the call.
+    assert sent["status"] == "done" and sent["provider"] == "fake", sent
+    assert sent["summary"] == f"Fake analysis (no model): the caller said: {QUESTION}"
+    assert sent["fields"] == {"callback_number": None, "topic": None}
+    assert sent["duration_ms"] >= 0 and sent["error"] == ""
+    record = await api(stack, f"/v1/calls/{call_id}")
+    assert record["status"] == "ended" and record["analysis"] == sent
+    # An agent without [analysis]: the record says so, and call.ended did not wait for one.
+    _, plain = await place(stack, "hooks-ok")
+    assert (await api(stack, f"/v1/calls/{plain}"))["analysis"] == {
+        "status": "none",
+        "summary": "",
+        "fields": {},
+        "provider": "",
+        "model": "",
+        "error": "",
+        "duration_ms": 0.0,
+        "usage": None,
+    }
