@@ -4,7 +4,8 @@ supervisor's screen (https://html.spec.whatwg.org/multipage/server-sent-events.h
 Two sources, so no new subject and nothing the record does not already hold:
 - the call record in KV, watched by key: each revision is turned into the same events the
   webhooks send (`voxline.webhooks.events`: call.started, transcript.final per line,
-  call.ended) plus `turn.ended` (kind, interrupted and why, the per-stage latency), each with
+  call.ended) plus `turn.ended` (kind, interrupted and why, the per-stage latency) and, before
+  it, `tool.called` for each tool call of the turn's reply (arguments, result), each with
   the webhook event's id. A client that reconnects with `Last-Event-ID` gets only what came
   after that event (the record is the whole history, so nothing is missed in between);
 - the STT worker's per-call subject, for what the record never holds: `speech.started`,
@@ -32,7 +33,7 @@ from nats.aio.msg import Msg
 
 from proto import subjects
 from proto.messages import Message, SpeechEnded, SpeechStarted, Transcript
-from proto.records import CALL_RECORDS_BUCKET, CallRecord
+from proto.records import CALL_RECORDS_BUCKET, CallRecord, TurnRecord
 from voxline.bus import Bus
 from voxline.metrics import SSE_DROPPED
 from voxline.telemetry import now_us
@@ -88,6 +89,7 @@ def turn_events(record: CallRecord, sent: set[str]) -> list[Sse]:
         if event_id in sent or (said and agent_line not in sent):
             continue
         sent.add(event_id)
+        out.extend(tool_events(record.call_id, turn, sent))
         data = {
             "call_id": record.call_id,
             "turn_id": turn.turn_id,
@@ -96,8 +98,23 @@ def turn_events(record: CallRecord, sent: set[str]) -> list[Sse]:
             "cancel_reason": turn.cancel_reason,
             "preemptive": turn.preemptive,
             "latency_ms": turn.latency,
+            **({"dtmf": turn.dtmf} if turn.dtmf else {}),
         }
         out.append(Sse("turn.ended", data, event_id))
+    return out
+
+
+def tool_events(call_id: str, turn: TurnRecord, sent: set[str]) -> list[Sse]:
+    """`tool.called` for each tool call of the turn's reply, in the order they ran, with
+    the model's arguments and what came back (the record's TurnRecord.tool_calls)."""
+    out: list[Sse] = []
+    for i, call in enumerate(turn.tool_calls):
+        event_id = f"evt_{call_id}_t{turn.turn_id}_tool{i}"
+        if event_id in sent:
+            continue
+        sent.add(event_id)
+        data = {"call_id": call_id, "turn_id": turn.turn_id, **msgspec.to_builtins(call), "at": iso(call.at_us)}
+        out.append(Sse("tool.called", data, event_id))
     return out
 
 
@@ -201,9 +218,11 @@ def install(app: FastAPI, bus: Bus, max_streams: int) -> None:
         responses={
             200: {
                 "description": "text/event-stream: call.started, speech.started, transcript.partial, speech.ended, "
-                "transcript.final (speaker caller|agent), turn.ended (latency_ms per stage, interrupted, "
-                "cancel_reason), call.ended (the record, its post-call analysis written or failed); ends after "
-                "call.ended. Events with an `id:` are replayed after it on reconnect (Last-Event-ID).",
+                "transcript.final (speaker caller|agent), tool.called (a tool call of the turn's reply: name, kind, "
+                "arguments, result or error, refused, duration_ms), turn.ended (latency_ms per stage, interrupted, "
+                "cancel_reason; dtmf: the keys a dtmf turn pressed), call.ended (the record, its post-call "
+                "analysis written or failed); ends after call.ended. Events with an `id:` are replayed after it "
+                "on reconnect (Last-Event-ID).",
                 "content": {
                     "text/event-stream": {
                         "example": 'id: evt_CA1_t2_caller\nevent: transcript.final\ndata: {"speaker":"caller",'

@@ -38,6 +38,7 @@ from proto.messages import (
     PlaybackPause,
     PlaybackResume,
     ReplyAudioSent,
+    SendDtmf,
     StreamResume,
     StreamSuperseded,
     Transfer,
@@ -55,6 +56,7 @@ from services.gateway.call_outcomes import (
 )
 from services.gateway.caller_audio import CallerAudioHistory
 from services.gateway.edge_limits import MessageBudget, PendingSlot
+from services.gateway.keypad import keypad_frames
 from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_claims import StreamClaims, StreamOutdated
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
@@ -498,6 +500,10 @@ class MediaStream:
             await self._close(1000, message.reason)
         elif isinstance(message, Transfer):
             await self._transfer(message.to)
+        elif isinstance(message, SendDtmf):
+            log.info("pressing %d key(s) as turn %d", len(message.digits), message.turn_id)
+            for frame in keypad_frames(message.turn_id, message.digits):  # played like reply audio, marked
+                await self._on_reply_frame(frame, msg)
 
     async def _transfer(self, to: str) -> None:
         """Hand the call to Twilio's `<Dial>`, then leave: Twilio ends the stream anyway, and

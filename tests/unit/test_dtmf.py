@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from proto import FrameFlags
 from proto.messages import BrainTurn, ToolCallReport
 from services.brain.providers import BrainEvent, ReplyAction, Sentence, ToolCalled
 from services.brain.providers.openai_chat import OpenAIChatProvider
+from services.gateway.keypad import keypad_frames
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from voxline.agents.tools import DTMF_SCHEMA, MAX_DTMF_DIGITS, Tool, dtmf_digits
 from voxline.audio import (
@@ -221,3 +223,25 @@ async def test_a_transfer_is_reported_with_its_action_and_an_unknown_tool_with_i
     assert unknown.kind == "" and unknown.error == "no tool named fly_to_the_moon" and not unknown.refused
     assert unknown.arguments == '{"when": "now"}'
     assert json.loads(transfer.result) == {"action": "transfer", "to": FRONT_DESK}
+
+
+# --- the gateway ----------------------------------------------------------------------
+
+
+def test_the_gateway_plays_each_key_as_a_marked_chunk_and_closes_the_turn() -> None:
+    frames = keypad_frames(7, "2w*")
+    assert [(f.turn_id, f.seq, f.chunk) for f in frames] == [(7, 0, 0), (7, 0, 1), (7, 0, 2)]
+    assert [f.flags for f in frames] == [
+        FrameFlags.NONE,
+        FrameFlags.NONE,
+        FrameFlags.END_OF_SENTENCE | FrameFlags.END_OF_TURN,
+    ]
+    detector = DtmfDetector()
+    for frame in frames:
+        detector.feed_mulaw(frame.payload)
+    assert detector.digits == "2*"
+
+
+def test_keys_the_gateway_cannot_play_still_end_the_turn() -> None:
+    (frame,) = keypad_frames(7, "2x")
+    assert frame.payload == b"" and frame.flags == FrameFlags.END_OF_SENTENCE | FrameFlags.END_OF_TURN
