@@ -174,6 +174,7 @@ def show_record(record: dict[str, Any]) -> list[str]:
     costs = record.get("costs")
     if isinstance(costs, dict) and any(costs.values()):
         out.append("costs     " + "  ".join(f"{k} {v}" for k, v in costs.items()))
+    out += analysis_lines(record.get("analysis"))
     for turn in record.get("turns", []):
         flags = [
             f
@@ -194,6 +195,19 @@ def show_record(record: dict[str, Any]) -> list[str]:
             out.append(f"  heard:  {turn.get('heard_text') or '(nothing)'}")
         if turn.get("latency"):
             out.append(f"  latency: {latency_line(turn['latency'])}")
+    return out
+
+
+def analysis_lines(analysis: Any) -> list[str]:
+    """The post-call analysis: status and who wrote it, the summary, each field."""
+    if not isinstance(analysis, dict) or analysis.get("status") in (None, "none"):
+        return []
+    status, by = analysis.get("status", ""), " ".join(filter(None, (analysis.get("provider"), analysis.get("model"))))
+    head = f"analysis  {status}" + (f" ({by}, {analysis.get('duration_ms', 0):.0f} ms)" if by else "")
+    out = [head + (f": {analysis['error']}" if analysis.get("error") else "")]
+    if analysis.get("summary"):
+        out.append(f"  summary: {analysis['summary']}")
+    out += [f"  {name}: {json.dumps(value)}" for name, value in (analysis.get("fields") or {}).items()]
     return out
 
 

@@ -3,7 +3,8 @@
 chat-completions emulator, which keeps every request: what a document says must reach the
 prompt of the turn that asks for it, passage for passage, and leave it once deleted.
 
-The README's quickstart runs literally (bash, curl, `voxline call`), with only the host put in."""
+The README's quickstart runs literally (bash, curl, `voxline call`), with only the host put in;
+its call's record then gets the post-call analysis its agent asks for."""
 
 from __future__ import annotations
 
@@ -153,6 +154,21 @@ async def test_the_readme_quickstart_puts_the_documents_passage_into_the_prompt(
     asked = chat.requests[before:]
     assert WHITENING_PASSAGE in passages_for(asked, WHITENING)
     assert asked[-1].system.startswith("You are the receptionist of Smile Dental. Answer in one short sentence.")
+
+    # The record, then its post-call analysis: the OpenAI brain's one completion under the
+    # strict schema of the quickstart agent's `analysis` (the emulator answers from the schema).
+    [call] = (await api.get("/v1/calls", params={"agent_id": "smile", "limit": 1})).json()["calls"]
+
+    async def analysed() -> bool:
+        record = (await api.get(f"/v1/calls/{call['call_id']}")).json()
+        return (record.get("analysis") or {}).get("status") not in (None, "pending")
+
+    await wait_until(analysed, 15, "the post-call analysis")
+    analysis = (await api.get(f"/v1/calls/{call['call_id']}")).json()["analysis"]
+    assert (analysis["status"], analysis["provider"], analysis["error"]) == ("done", "openai", "")
+    assert analysis["summary"] == "emulated summary" and analysis["fields"] == {"wants_appointment": True}
+    read = [r for r in chat.structured if f"Caller: {WHITENING}" in r.messages[-1]["content"]]
+    assert [r.status for r in read] == [200], "one structured request, the schema accepted as strict"
 
 
 async def test_html_and_pdf_uploads_reach_the_turns_that_ask_for_them(

@@ -330,3 +330,19 @@ async def test_the_brain_answers_failed_when_its_provider_cannot_analyse(worker_
         assert reply.error == "brain provider mute cannot analyse calls"
     finally:
         await service.stop(1.0)
+
+
+def test_voxline_calls_get_shows_the_analysis() -> None:
+    from voxline.calls_cli import show_record
+
+    done = {"status": "done", "summary": "Wants a call back.", "fields": {"cb": "5550101", "ok": None}}
+    lines = show_record({"call_id": "CA1", "analysis": {**done, "provider": "openai", "model": "gpt-4o"}})
+    assert lines[-4:] == [
+        "analysis  done (openai gpt-4o, 0 ms)",
+        "  summary: Wants a call back.",
+        '  cb: "5550101"',
+        "  ok: null",
+    ]
+    failed = show_record({"call_id": "CA1", "analysis": {"status": "failed", "error": "no brain worker is running"}})
+    assert failed[-1] == "analysis  failed: no brain worker is running"
+    assert not [line for line in show_record({"analysis": {"status": "none"}}) if line.startswith("analysis")]
