@@ -139,16 +139,17 @@ def field_value(name: str, spec: AnalysisField, value: Any) -> FieldValue:
     if spec.type == "integer" and isinstance(value, float) and value.is_integer():
         value, ok = int(value), True  # 3.0 is the integer 3 in JSON Schema
     if not ok:
-        raise AnalysisInvalid(f"field {name!r} is not a {spec.type}: {json.dumps(value)[:40]}")
+        raise AnalysisInvalid(f"field {name!r} is not a {spec.type} ({type(value).__name__})")
     if spec.enum is not None and value not in spec.enum:
-        raise AnalysisInvalid(f"field {name!r} is not one of its enum: {json.dumps(value)[:40]}")
+        raise AnalysisInvalid(f"field {name!r} is not one of its enum values")
     assert isinstance(value, str | int | float | bool)
     return value
 
 
 def parse_answer(request: AnalysisRequest, content: str) -> tuple[str, dict[str, FieldValue]]:
     """The summary and the fields from the model's JSON, checked against the schema asked
-    for; AnalysisInvalid saying what is wrong (no model text in it beyond a short value)."""
+    for; AnalysisInvalid saying what is wrong, naming the agent's fields but quoting nothing
+    the model wrote (it may repeat the caller's words, and the reason goes to the logs)."""
     try:
         answer = json.loads(content)
     except (json.JSONDecodeError, RecursionError):
@@ -159,7 +160,7 @@ def parse_answer(request: AnalysisRequest, content: str) -> tuple[str, dict[str,
     if missing := sorted(expected - set(answer)):
         raise AnalysisInvalid(f"the answer lacks {missing[0]!r}")
     if extra := sorted(set(answer) - expected):
-        raise AnalysisInvalid(f"the answer has a key the schema does not: {extra[0][:40]!r}")
+        raise AnalysisInvalid(f"the answer has {len(extra)} key(s) the schema does not")
     summary = answer.get("summary", "")
     if request.summary and not isinstance(summary, str):
         raise AnalysisInvalid("summary is not a string")
@@ -221,7 +222,7 @@ async def openai_analysis(
         return result_failed(request, provider, model, "the model gave no choice")
     choice = completion.choices[0]
     if choice.message.refusal:
-        return result_failed(request, provider, model, f"the model refused: {choice.message.refusal[:200]}")
+        return result_failed(request, provider, model, "the model refused to answer")
     if choice.finish_reason in ("length", "content_filter"):
         return result_failed(request, provider, model, f"the answer was cut off (finish_reason {choice.finish_reason})")
     try:

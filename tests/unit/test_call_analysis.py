@@ -31,7 +31,7 @@ from services.brain.providers.fake import FakeBrainProvider
 from services.gateway.agents_api import field_of
 from services.orchestrator import analysis as orchestrator_analysis
 from services.orchestrator.analysis import Analyst
-from tests.unit.bus_probe import Probe
+from tests.unit.bus_probe import Probe, settle
 from voxline.agents import Agent, AgentStore, InvalidAgent
 from voxline.bus import Bus
 from voxline.config import BrainSettings
@@ -162,9 +162,9 @@ def test_a_valid_answer_gives_the_summary_and_the_fields() -> None:
         ("not json {", "not JSON"),
         ("[1, 2]", "not a JSON object"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "topic"} | {"party_size": 1}), "lacks 'topic'"),
-        (json.dumps({**GOOD, "party_size": 1, "mood": "happy"}), "key the schema does not"),
-        (json.dumps({**GOOD, "party_size": "three"}), "'party_size' is not a integer"),
-        (json.dumps({**GOOD, "party_size": True}), "'party_size' is not a integer"),
+        (json.dumps({**GOOD, "party_size": 1, "mood": "happy"}), "key(s) the schema does not"),
+        (json.dumps({**GOOD, "party_size": "three"}), "'party_size' is not a integer (str)"),
+        (json.dumps({**GOOD, "party_size": True}), "'party_size' is not a integer (bool)"),
         (json.dumps({**GOOD, "party_size": 1, "topic": "weather"}), "not one of its enum"),
         (json.dumps({**GOOD, "party_size": 1, "wants_appointment": "yes"}), "not a boolean"),
         (json.dumps({**GOOD, "party_size": 1, "summary": 7}), "summary is not a string"),
@@ -274,6 +274,7 @@ async def test_a_brain_that_never_answers_times_out_into_a_failed_analysis(worke
         heard.append(msg.subject)
 
     sub = await probe.bus.nc.subscribe(subjects.BRAIN_ANALYSE, cb=silent)
+    await settle(probe.bus)
     try:
         record = ended_record(CallAnalysis(status="pending"))
         record.call_id = "CA-silent"
@@ -293,6 +294,7 @@ async def test_a_brain_worker_answers_and_the_gateways_late_write_is_kept(
     await brain_bus.connect(nats_server.url)
     service = AnalysisService(brain_bus, FakeBrainProvider(BrainSettings()))
     await service.start()
+    await settle(brain_bus)  # the server has the subscription before the request
     try:
         record = ended_record(CallAnalysis(status="pending"))
         record.call_id = "CA-brain"
@@ -322,6 +324,7 @@ async def test_the_brain_answers_failed_when_its_provider_cannot_analyse(worker_
 
     service = AnalysisService(worker_bus, Mute())
     await service.start()
+    await settle(worker_bus)
     try:
         from proto import subjects
 
