@@ -1,16 +1,19 @@
 """The OpenAI brain over the real stack: simulated Twilio calls through the gateway, the
 services and nats-server, with the brain's official SDK talking to the chat-completions
 emulator, the gateway's Twilio SDK to the Twilio REST emulator, and webhook tools to a
-small recording server. STT and TTS are the fakes (scripted per call)."""
+small recording server. STT and TTS are the fakes (scripted per call). The simulator also
+plays an IVR (keypad tones heard in the agent's audio) for the send_dtmf tool."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -18,6 +21,7 @@ from tests.cloud.conftest import LogsSince, all_logs, counter_value, metrics, st
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator
 from tests.integration.conftest import AUTH_TOKEN, wait_until
+from tests.integration.test_call_events import collect
 from voxline.devstack import DevStack
 from voxline.simulator import CallResult, CallScript, Utterance, run_call
 
@@ -60,6 +64,21 @@ to = "{front_desk}"
 name = "end_call"
 description = "End the call when the caller is done."
 kind = "end_call"
+"""
+
+
+WALKER = """
+name = "Walker"
+greeting = "Hello, this is an assistant calling for a customer."
+system_prompt = "You call businesses for a customer and walk their phone menus."
+
+[turn]
+preemptive_reply = false
+
+[[tools]]
+name = "press_keys"
+description = "Press keys on the phone keypad to answer a phone menu."
+kind = "send_dtmf"
 """
 
 
@@ -123,6 +142,7 @@ def stack(
     (agents / "faq.md").write_text(FAQ)
     webhook = f"http://127.0.0.1:{hook.port}/hook"
     (agents / "tooly.toml").write_text(AGENT.format(apology=APOLOGY, webhook=webhook, front_desk=FRONT_DESK))
+    (agents / "walker.toml").write_text(WALKER)
     env = {
         "VOXLINE_AGENTS_DIR": str(agents),
         "VOXLINE_BRAIN_PROVIDER": "openai",
@@ -236,6 +256,66 @@ async def test_end_call_tool_hangs_up_after_the_goodbye(stack: DevStack, chat: O
     assert result.accepted, result.errors
     assert result.closed_by_gateway
     assert replies(result)[0]["heard_text"] == "Thanks for calling, goodbye."
+
+
+async def test_send_dtmf_walks_an_ivr_menu_and_the_record_and_live_events_show_the_tool_call(
+    stack: DevStack, chat: OpenAiChatEmulator
+) -> None:
+    """An outbound call reaches a phone menu: the model presses 2 (send_dtmf), the IVR hears
+    the tones in the agent's audio and answers for billing, and the model talks to billing."""
+    chat.replies = [
+        Reply(tool_calls=[("press_keys", {"digits": "2"})]),
+        Reply(""),  # told the keys were sent, the model waits for the next prompt
+        Reply("I am calling about invoice one two three four."),
+    ]
+    # One sentence each: the fake STT takes each pause in the voice for an utterance of its own.
+    menu, billing = "For billing press 2.", "This is billing how can I help you?"
+    script = CallScript(
+        agent_id="walker",
+        call_sid=f"CA{uuid.uuid4().hex}",
+        from_number="+15005550001",
+        to_number="+15005550077",
+        direction="outbound-api",
+        utterances=[Utterance(text=menu), Utterance(text=billing, after_keys="2")],
+        extra_parameters={"fake_transcripts": f"{menu}|{billing}"},
+        trailing_silence_ms=300,
+    )
+    call_task = asyncio.create_task(run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN))
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=httpx.Timeout(10.0, read=60.0)) as http:
+
+        async def started() -> bool:
+            return call_task.done() or (await http.get(f"/v1/calls/{script.call_sid}")).status_code == 200
+
+        await wait_until(started, 15.0, "the call's record")
+        events = await collect(http, script.call_sid or "")
+    result = await call_task
+    assert result.accepted and not result.errors, result.errors
+    assert result.keys_heard == "2"  # the IVR's DTMF receiver heard the key, once
+    told = chat.requests[1].messages[-1]
+    assert told["role"] == "tool" and json.loads(told["content"])["status"] == "sent"
+    assert chat.requests[2].messages[-1] == {"role": "user", "content": billing}
+
+    turns = replies(result)
+    assert [t["kind"] for t in turns] == ["reply", "dtmf", "reply"], turns
+    pressed, keys, answer = turns
+    (tool_call,) = pressed["tool_calls"]
+    assert (tool_call["name"], tool_call["kind"], tool_call["arguments"]) == (
+        "press_keys",
+        "send_dtmf",
+        json.dumps({"digits": "2"}),
+    )
+    assert json.loads(tool_call["result"])["digits"] == "2" and not tool_call["error"] and not tool_call["refused"]
+    assert pressed["caller_text"] == menu and pressed["reply_text"] == ""
+    assert keys["dtmf"] == "2" and not keys["interrupted"]
+    assert (answer["caller_text"], answer["heard_text"]) == (billing, "I am calling about invoice one two three four.")
+
+    kinds = [e.event for e in events]
+    (called,) = [e for e in events if e.event == "tool.called"]
+    assert called.data["name"] == "press_keys" and called.data["arguments"] == json.dumps({"digits": "2"})
+    assert called.data["turn_id"] == pressed["turn_id"] and called.data["result"] == tool_call["result"]
+    ended = [e for e in events if e.event == "turn.ended"]
+    assert kinds.index("tool.called") < kinds.index("turn.ended", kinds.index("tool.called"))
+    assert [e.data.get("dtmf") for e in ended if e.data["kind"] == "dtmf"] == ["2"]
 
 
 async def test_barge_in_closes_the_model_stream(stack: DevStack, chat: OpenAiChatEmulator) -> None:

@@ -30,6 +30,8 @@ from voxline.audio import (
     pcm16_to_mulaw,
 )
 from voxline.config import BrainSettings, OpenAiLlmSettings
+from voxline.simulator.ivr import KeypadEar
+from voxline.simulator.playback import PlaybackBuffer
 from voxline.simulator.voice import synthesize
 
 FRONT_DESK = "+15550100123"
@@ -245,3 +247,21 @@ def test_the_gateway_plays_each_key_as_a_marked_chunk_and_closes_the_turn() -> N
 def test_keys_the_gateway_cannot_play_still_end_the_turn() -> None:
     (frame,) = keypad_frames(7, "2x")
     assert frame.payload == b"" and frame.flags == FrameFlags.END_OF_SENTENCE | FrameFlags.END_OF_TURN
+
+
+# --- the simulated IVR ----------------------------------------------------------------
+
+
+def test_the_ivr_counts_a_key_once_its_audio_was_played_and_not_if_it_was_cleared() -> None:
+    now = [0.0]
+    playback = PlaybackBuffer(lambda: now[0])
+    ear = KeypadEar()
+    for key in "12":
+        payload = dtmf_mulaw(key)
+        ear.heard(playback.add_audio(payload), payload)
+    assert ear.pressed(now[0]) == ""  # queued in Twilio's buffer, not played yet
+    now[0] = 0.17  # the first key and its gap played
+    assert ear.pressed(now[0]) == "1"
+    playback.clear()  # the second key's audio thrown away mid-tone
+    now[0] = 1.0
+    assert ear.pressed(now[0]) == "1"

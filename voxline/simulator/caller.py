@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from voxline.audio import TELEPHONY_RATE
 from voxline.simulator.connect_action import describe, follow_connect_action
 from voxline.simulator.coverage import turn_coverage
+from voxline.simulator.ivr import KeypadEar
 from voxline.simulator.line import FollowAction, NewStream, PhoneLine, SpeechLog
 from voxline.simulator.placement import (
     PlacementError,
@@ -110,6 +111,8 @@ async def run_call(
         line = PhoneLine(ws, TwilioStream(call_sid, script.account_sid or ""), clock)
         line.malformed_after_ms = script.malformed_frame_after_ms
         line.noise = script.line_noise
+        if any(u.after_keys for u in script.utterances):
+            line.keypad = KeypadEar()
         line.follow_action = _twilio_follows(line, http, target, script, auth_token, result)
         result.stream_sid = line.stream.stream_sid
         spoken: list[_Spoken] = []
@@ -134,11 +137,18 @@ async def _converse(
         if not await line.wait_turn_finished(-1, 0.0, script.greeting_timeout_s):
             result.notes.append(f"no greeting fully played within {script.greeting_timeout_s:.0f}s")
     reply_since = line.t0  # replies to barge into start arriving after this
+    keys_seen = 0  # keys the IVR heard that an earlier utterance answered
     for i, (utt, frames) in enumerate(zip(utterances, audio, strict=True)):
         if line.closed:
             result.errors.append(f"stream closed by the gateway before utterance {i}")
             return
-        if utt.barge_in_after_ms is not None:
+        if utt.after_keys:
+            if not await _await_keys(line, utt.after_keys, keys_seen, script.reply_timeout_s):
+                result.errors.append(f"utterance {i}: keys {utt.after_keys!r} not heard")
+                return
+            keys_seen = len(line.keypad.pressed(line.clock())) if line.keypad else 0
+            await line.wait_silence(utt.pause_ms / 1000.0, script.reply_timeout_s)
+        elif utt.barge_in_after_ms is not None:
             chunk = await line.wait_reply_started(reply_since, script.reply_timeout_s)
             if chunk is None:
                 result.errors.append(f"utterance {i}: no reply started to barge into")
@@ -172,6 +182,16 @@ async def _converse(
         await line.wait_silence(script.trailing_silence_ms / 1000.0, script.reply_timeout_s)
     else:
         await asyncio.sleep(script.trailing_silence_ms / 1000.0)
+
+
+async def _await_keys(line: PhoneLine, keys: str, seen: int, timeout: float) -> bool:
+    """Until the agent's audio has played `keys` after the first `seen` keys heard."""
+    ear = line.keypad
+    if ear is None:
+        return False
+    return await line.wait_for(lambda: keys in ear.pressed(line.clock())[seen:] or line.closed, timeout) and (
+        keys in ear.pressed(line.clock())[seen:]
+    )
 
 
 def _twilio_follows(
@@ -305,6 +325,7 @@ def _summarize(line: PhoneLine, spoken: list[_Spoken], result: CallResult) -> No
     result.media_sent = line.stream.chunks_sent
     result.duration_ms = ms(t0, line.clock()) or 0.0
     result.closed_by_gateway = line.closed_by_gateway
+    result.keys_heard = line.keypad.pressed(line.clock()) if line.keypad is not None else ""
     if line.closed_by_gateway:
         result.close_code = line.ws.close_code
         result.close_reason = line.ws.close_reason or None

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from voxline.audio import FRAME_MS, FRAME_SAMPLES, MULAW_SILENCE
+from voxline.simulator.ivr import KeypadEar
 from voxline.simulator.line_noise import LineNoise
 from voxline.simulator.playback import Chunk, PendingMark, PlaybackBuffer
 from voxline.simulator.twilio_stream import (
@@ -66,6 +67,9 @@ class PhoneLine:
         self.closed_by_gateway = False
         self.malformed_after_ms: int | None = None
         self.noise: LineNoise | None = None  # bursts and echo on the caller's side
+        # Keypad tones in the agent's audio (an IVR's ear): only when the script plays an IVR,
+        # since a load test's hundreds of calls need not spend CPU on filters.
+        self.keypad: KeypadEar | None = None
         self.media_received = 0
         self.marks_received = 0
         self.clears = 0
@@ -328,6 +332,8 @@ class PhoneLine:
         if msg.event == "media":
             self.media_received += 1
             chunk = self.playback.add_audio(msg.payload)
+            if self.keypad is not None:
+                self.keypad.heard(chunk, msg.payload)
             if self.noise is not None:
                 self.noise.heard(chunk, msg.payload)
             return []

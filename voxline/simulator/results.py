@@ -97,6 +97,7 @@ class CallResult:
     # Streams that ended under the caller, and what Twilio's <Connect action> did next.
     stream_breaks: list[StreamBreak] = field(default_factory=list)
     record: dict[str, Any] | None = None
+    keys_heard: str = ""  # keypad keys (DTMF tones) the agent played, when the script listened for them
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

@@ -23,6 +23,9 @@ class Utterance:
     sees each piece as an utterance, so the fake STT needs one transcript per part.
     `expects_reply=False` (a backchannel like "uh-huh") waits for the reply being played
     to finish instead of for a new answer.
+    `after_keys` makes it an IVR's answer: said once the agent's audio has played these
+    keypad keys (DTMF tones, heard by `voxline.simulator.ivr`) since the previous
+    utterance, and then paused, instead of after a reply.
     """
 
     text: str | None = None
@@ -34,6 +37,7 @@ class Utterance:
     parts: list[str] | None = None
     gap_ms: int = 700
     expects_reply: bool = True
+    after_keys: str | None = None
 
     @property
     def has_speech(self) -> bool:
