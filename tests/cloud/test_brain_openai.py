@@ -213,7 +213,7 @@ async def test_reply_streams_from_the_model_with_knowledge_and_history(
 
 
 async def test_webhook_tool_runs_and_its_result_is_spoken(
-    stack: DevStack, chat: OpenAiChatEmulator, hook: WebhookRecorder
+    stack: DevStack, chat: OpenAiChatEmulator, hook: WebhookRecorder, new_logs: LogsSince
 ) -> None:
     chat.replies = [
         Reply(tool_calls=[("lookup_appointment", {"name": "Ana Silva"})]),
@@ -234,6 +234,12 @@ async def test_webhook_tool_runs_and_its_result_is_spoken(
     }
     assert follow_up[-1]["role"] == "tool" and json.loads(follow_up[-1]["content"]) == hook.answer
     assert follow_up[-1]["tool_call_id"] == follow_up[-2]["tool_calls"][0]["id"]
+    (tool_call,) = replies(result)[0]["tool_calls"]  # the record keeps the call, its arguments and result
+    assert (tool_call["name"], tool_call["kind"]) == ("lookup_appointment", "webhook")
+    assert json.loads(tool_call["arguments"]) == {"name": "Ana Silva"}
+    assert json.loads(tool_call["result"]) == hook.answer
+    assert tool_call["duration_ms"] > 0 and not tool_call["error"] and not tool_call["refused"]
+    assert "Ana Silva" not in new_logs.all()  # the caller's data is in the record, not in the logs
 
 
 async def test_transfer_tool_dials_the_front_desk_through_twilio_rest(
