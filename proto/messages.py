@@ -55,6 +55,9 @@ class CallStart(_Msg, kw_only=True, frozen=True):
     to_number: str = ""
     direction: CallDirection = "inbound"
     custom_parameters: dict[str, str] = {}
+    # The call's own variables (POST /v1/calls `variables`, voxline/agents/variables.py):
+    # caller data for the prompt's placeholders, never logged. Not in custom_parameters.
+    variables: dict[str, str] = {}
     started_at_us: int
     gateway_id: str = ""  # the gateway instance holding the stream: the owner pings it
 
@@ -197,6 +200,10 @@ class BrainTurn(Order, kw_only=True, frozen=True):
     # silent (no ReplyProgress for the orchestrator's brain_timeout_s: it died) and another
     # was asked. Every reply message echoes it; replies of an older try are dropped.
     attempt: int = 0
+    # What the system prompt's `{{name}}` placeholders are filled with: the agent's
+    # default_variables, the call's variables and the built-ins, merged by the orchestrator
+    # (voxline/agents/variables.py). Caller data: never logged.
+    variables: dict[str, str] = {}
 
 
 class ReplyProgress(_Msg, kw_only=True, frozen=True):

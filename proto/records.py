@@ -96,6 +96,9 @@ class CallRecord(msgspec.Struct, kw_only=True):
     costs: CallCosts = msgspec.field(default_factory=CallCosts)
     # The post-call analysis: None while the call goes on (and in older records).
     analysis: CallAnalysis | None = None
+    # The call's own variables as POST /v1/calls gave them (voxline/agents/variables.py),
+    # for the `{{name}}` placeholders; kept in the record, so in the owner's snapshot too.
+    variables: dict[str, str] = {}
 
 
 # The agents (key = agent id, value = the agent's JSON, `voxline.agents.Agent`), the one
