@@ -38,6 +38,7 @@ from voxline.agents.dialling import ENTRY_HELP, Allowlist, DestinationNotAllowed
 from voxline.agents.knowledge import KnowledgeEntry, KnowledgePathError, confined
 from voxline.agents.tools import Tool
 from voxline.agents.turn_options import TurnOptions
+from voxline.agents.variables import InvalidVariables, checked
 from voxline.webhooks.signing import settings_problem as webhook_settings_problem
 
 if TYPE_CHECKING:
@@ -82,8 +83,15 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secret_env: str = ""
     # The post-call analysis (`[analysis]`, voxline/agents/analysis.py); None: no analysis.
     analysis: AnalysisOptions | None = None
+    # Fallbacks for the `{{name}}` placeholders of the prompt and messages, when a call does
+    # not give the variable (voxline/agents/variables.py); without one a placeholder is "".
+    default_variables: dict[str, str] = {}
 
     def __post_init__(self) -> None:
+        try:
+            checked(self.default_variables, "default_variables")
+        except InvalidVariables as exc:
+            raise ValueError(str(exc)) from None
         if problem := webhook_settings_problem(self.webhook_url, self.webhook_secret_env):
             raise ValueError(problem)
         for field in ("transfer_allowlist", "outbound_allowlist"):
