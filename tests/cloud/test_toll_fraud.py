@@ -6,6 +6,7 @@ every dial Voxline orders. STT and TTS are the fakes, scripted per call."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,6 +98,12 @@ async def test_an_injected_premium_number_is_never_dialled_and_the_desk_still_is
     first, second = replies(result)
     assert first["heard_text"] == REFUSAL, first
     assert second["heard_text"] == "Connecting you with the front desk."
+    # The record says which transfer was refused and which went ahead.
+    (refused,) = first["tool_calls"]
+    assert refused["refused"] and "not allowed" in refused["error"] and not refused["result"]
+    assert json.loads(refused["arguments"]) == {"phone_number": PREMIUM}
+    (allowed,) = second["tool_calls"]
+    assert not allowed["refused"] and json.loads(allowed["result"]) == {"action": "transfer", "to": FRONT_DESK}
 
     # ... and an allowed number still transfers: Twilio dials the desk, once.
     await wait_until(_updated(twilio), 5, "the Twilio calls.update")
