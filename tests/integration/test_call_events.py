@@ -92,6 +92,9 @@ async def test_a_call_streams_live_and_a_reconnect_gets_what_came_after(
     reply = next(t for t in record["turns"] if t.get("caller_text") == QUESTION)
     assert events[agent].data["text"] == reply["reply_text"]
     assert events[-1].data["record"]["turns"] == record["turns"]
+    # call.ended waited for the demo agent's post-call analysis (the fake brain's) and carries it.
+    analysis = events[-1].data["record"]["analysis"]
+    assert (analysis["status"], analysis["provider"]) == ("done", "fake"), analysis
     ids = [e.id for e in events if e.id]
     assert len(ids) == len(set(ids)) == len([e for e in events if not e.event.startswith(("speech.", "transcript.p"))])
 
