@@ -40,7 +40,8 @@ def shaped(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(0, 2))):
         lines.append("[[tools]]")
         for key in draw(st.lists(st.sampled_from(TOOL_FIELDS), max_size=6)):
-            value = draw(st.sampled_from(["transfer_call", "end_call", "webhook", "http://x"]) | TOML_VALUES)
+            kinds = ["transfer_call", "end_call", "webhook", "send_dtmf", "http://x"]
+            value = draw(st.sampled_from(kinds) | TOML_VALUES)
             lines.append(f"{key} = {toml_value(value)}")
     for _ in range(draw(st.integers(0, 2))):
         lines.append("[[knowledge]]")
