@@ -25,6 +25,7 @@ from proto.knowledge import KNOWLEDGE_BUCKET
 from tests.cloud.conftest import counter_value, metrics, running
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
 from tests.integration.conftest import AUTH_TOKEN, own_stack, script_for, wait_until
+from tests.integration.test_call_events import collect
 from tests.unit.pdf_maker import make_pdf
 from voxline.devstack import DevStack
 from voxline.simulator import Utterance, run_call
@@ -266,3 +267,28 @@ async def test_refusals_say_why(stack: DevStack, api: httpx.AsyncClient) -> None
     assert bad_name.json()["error"]["field"] == "name"
     names = [d["name"] for d in (await api.get(url)).json()["documents"]]
     assert not {"big.txt", "broken.pdf", "scan.pdf", "a.doc", ".hidden"} & set(names)
+
+
+async def test_a_model_answer_outside_the_analysis_schema_fails_the_analysis_and_call_ended_still_comes(
+    stack: DevStack, chat: OpenAiChatEmulator, api: httpx.AsyncClient
+) -> None:
+    doc = {
+        "id": "analysed",
+        "name": "Analysed",
+        "greeting": "Hi.",
+        "system_prompt": "You are the receptionist.",
+        "analysis": {"fields": {"wants_appointment": {"type": "boolean"}}},
+    }
+    assert (await api.post("/v1/agents", json=doc)).status_code in (201, 409)
+    chat.structured_answers = ['{"summary": "The caller asked", "wants_appo']  # cut mid-JSON
+    script = script_for(Utterance(text=WHITENING), agent_id="analysed")
+    result = await run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN)
+    assert result.accepted and not result.errors, result.errors
+    # The SSE stream of the ended call ends with call.ended once the analysis failed.
+    events = await collect(api, script.call_sid or "")
+    assert events[-1].event == "call.ended"
+    analysis = events[-1].data["record"]["analysis"]
+    assert analysis["status"] == "failed" and analysis["provider"] == "openai", analysis
+    assert analysis["error"] == "the model's answer is outside the schema: the answer is not JSON"
+    assert analysis["summary"] == "" and analysis["fields"] == {}
+    assert (await api.get(f"/v1/calls/{script.call_sid}")).json()["analysis"] == analysis
