@@ -56,6 +56,14 @@ _EXAMPLE = {
     "system_prompt": "You take flower orders for Rosa's Flowers. Keep answers short.",
     "language": "en",
     "outbound_allowlist": ["+1415555*"],
+    "analysis": {
+        "summary": True,
+        "fields": {
+            "callback_number": {"type": "string", "description": "The number to call the customer back on."},
+            "order_placed": {"type": "boolean"},
+            "occasion": {"type": "string", "enum": ["birthday", "wedding", "funeral", "other"]},
+        },
+    },
 }
 
 
