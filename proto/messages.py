@@ -271,6 +271,9 @@ class ReplyError(_Msg, kw_only=True, frozen=True):
     turn_id: int
     message: str
     attempt: int = 0  # BrainTurn.attempt, echoed
+    # Tool calls run before the failure (a webhook that was called, then the model failed):
+    # they happened, so they go into the record like ReplyDone's.
+    tool_calls: list[ToolCallReport] = []
 
 
 # --- post-call analysis ---------------------------------------------------------------

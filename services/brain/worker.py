@@ -142,7 +142,9 @@ class BrainWorker(TurnWorker[BrainTurn, BrainProvider]):
                 action = event  # sent with ReplyDone: acted on once the reply was heard
 
         async def fail(reason: str) -> None:
-            error = ReplyError(call_id=turn.call_id, turn_id=turn.turn_id, message=reason, attempt=turn.attempt)
+            error = ReplyError(
+                call_id=turn.call_id, turn_id=turn.turn_id, message=reason, attempt=turn.attempt, tool_calls=tool_calls
+            )
             await self.publish(subject, error, headers)
 
         if not await self.consume(turn, self.provider.stream(turn), take, fail):

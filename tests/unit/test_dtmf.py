@@ -7,19 +7,22 @@ sent, the reply ends with the `dtmf` action, and every tool call is reported."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from proto import FrameFlags
-from proto.messages import BrainTurn, ToolCallReport
+from proto import FrameFlags, subjects
+from proto.messages import BrainTurn, ReplyError, ToolCallReport
 from services.brain.providers import BrainEvent, ReplyAction, Sentence, ToolCalled
 from services.brain.providers.openai_chat import OpenAIChatProvider
+from services.brain.worker import BrainWorker
 from services.gateway.keypad import keypad_frames
+from services.providers import ProviderError
 from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator, Reply
+from tests.unit.bus_probe import Probe, settle
 from voxline.agents.tools import DTMF_SCHEMA, MAX_DTMF_DIGITS, Tool, dtmf_digits
 from voxline.audio import (
     DTMF_KEYS,
@@ -29,6 +32,7 @@ from voxline.audio import (
     mulaw_to_pcm16,
     pcm16_to_mulaw,
 )
+from voxline.bus import Bus
 from voxline.config import BrainSettings, OpenAiLlmSettings
 from voxline.simulator.ivr import KeypadEar
 from voxline.simulator.playback import PlaybackBuffer
@@ -265,3 +269,36 @@ def test_the_ivr_counts_a_key_once_its_audio_was_played_and_not_if_it_was_cleare
     playback.clear()  # the second key's audio thrown away mid-tone
     now[0] = 1.0
     assert ear.pressed(now[0]) == "1"
+
+
+# --- the brain worker -----------------------------------------------------------------
+
+
+class _ToolThenFailure:
+    """A provider whose webhook ran, then whose model failed (no retry: heard nothing yet)."""
+
+    name = "scripted"
+
+    async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
+        yield ToolCalled(LOOKUP)
+        raise ProviderError("scripted", "bad_request", "the model refused")
+
+    async def load(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+LOOKUP = ToolCallReport(name="lookup", kind="webhook", arguments='{"name": "Ana"}', result="{}", at_us=1)
+
+
+async def test_the_worker_reports_tool_calls_of_a_reply_that_failed(worker_bus: Bus, probe: Probe) -> None:
+    worker = BrainWorker(worker_bus, BrainSettings(), _ToolThenFailure())  # type: ignore[arg-type]
+    await worker.start()
+    await settle(worker_bus)
+    turn = BrainTurn(call_id="c1", turn_id=1, agent_id="demo", history=[], user_text="Hi", requested_at_us=0)
+    await probe.publish(subjects.BRAIN_TURN, turn)
+    [error] = await probe.wait_for(ReplyError)
+    assert error.tool_calls == [LOOKUP] and "refused" in error.message
+    await worker.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgspec
 
 from proto import subjects
-from proto.messages import ReplyDone, SendDtmf, ToolCallReport
+from proto.messages import ReplyDone, ReplyError, SendDtmf, ToolCallReport
 from services.orchestrator.call import Call
 from services.orchestrator.effects import Publish, SaveRecord
 from services.orchestrator.states import CallState
@@ -61,3 +61,16 @@ def test_tool_calls_go_into_the_turns_record_and_the_snapshot() -> None:
     records = [e.record for e in effects if isinstance(e, SaveRecord)]
     assert records[-1].turns[-1].tool_calls == [PRESS]
     assert records[-1].turns[-1].reply_text == "Tuesday at three."
+
+
+def test_tool_calls_of_a_reply_that_failed_are_in_the_apologys_record() -> None:
+    d = Driver()
+    d.greet()
+    d.says("Book me for Tuesday.")
+    while d.pending(TimerKind.END_OF_TURN):
+        d.fire(TimerKind.END_OF_TURN)
+    turn = d.turn
+    d.send(ReplyError(call_id=CALL_ID, turn_id=turn.turn_id, message="openai: server error", tool_calls=[PRESS]))
+    assert turn.kind == "apology"
+    records = [e.record for e in d.play(turn) if isinstance(e, SaveRecord)]
+    assert records[-1].turns[-1].tool_calls == [PRESS]
