@@ -28,6 +28,7 @@ from voxline.agents import Agent, AgentStore
 from voxline.agents.documents import Document
 from voxline.agents.knowledge import Chunk, knowledge_prompt, load_chunks
 from voxline.agents.retrieval import Embedder, HybridIndex, turn_query
+from voxline.agents.variables import render
 from voxline.telemetry import stage_histogram
 
 log = logging.getLogger("voxline.brain.prompt")
@@ -113,7 +114,9 @@ class PromptBuilder:
             return index.search(query, self.top_k, self.budget_s)
 
     def system_prompt(self, agent: Agent, turn: BrainTurn) -> str:
-        prompt = agent.system_prompt.strip()
+        # The call's variables in its placeholders (voxline/agents/variables.py); the knowledge
+        # after it is document text, never a template.
+        prompt = render(agent.system_prompt, turn.variables).strip()
         started = time.perf_counter()
         try:
             found = knowledge_prompt(self.knowledge(agent, turn))

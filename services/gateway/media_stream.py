@@ -61,6 +61,7 @@ from services.gateway.playback import Chunk, Cleared, Playback
 from services.gateway.stream_claims import StreamClaims, StreamOutdated
 from services.gateway.stream_token import InvalidStreamToken, StreamTokens
 from voxline import tracing
+from voxline.agents.variables import VARIABLES_PARAMETER, decode_parameter
 from voxline.bus import Bus
 from voxline.config import GatewaySettings
 from voxline.telemetry import current_call_id, now_us, stage_histogram
@@ -217,7 +218,7 @@ class MediaStream:
             await self.bus.subscribe(subjects.caller_audio(self.call_id), self._on_caller_audio_request),
             await self.bus.subscribe(subjects.stream_superseded(self.call_id), self._on_superseded),
         ]
-        params = {k: v for k, v in meta.custom_parameters.items() if k != "stream_token"}
+        params = {k: v for k, v in meta.custom_parameters.items() if k not in ("stream_token", VARIABLES_PARAMETER)}
         request = CallStart(
             call_id=self.call_id,
             agent_id=params.get("agent_id", ""),
@@ -227,6 +228,7 @@ class MediaStream:
             to_number=params.get("to", ""),
             direction="outbound" if params.get("direction") == "outbound" else "inbound",
             custom_parameters=params,
+            variables=decode_parameter(meta.custom_parameters.get(VARIABLES_PARAMETER, "")),
             started_at_us=now_us(),
             gateway_id=self.settings.instance_id,
         )

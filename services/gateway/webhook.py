@@ -23,6 +23,15 @@ from services.gateway.stream_token import StreamTokens
 from services.gateway.twilio_rest import business_number, dial_twiml
 from services.gateway.voicemail import VOICEMAIL_QUERY, answered_by_machine, voicemail_twiml
 from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent
+from voxline.agents.variables import (
+    VARIABLES_PARAMETER,
+    VARIABLES_QUERY,
+    builtins,
+    call_values,
+    decode_parameter,
+    encode_parameter,
+    render,
+)
 from voxline.config import GatewaySettings
 
 log = logging.getLogger("voxline.gateway.webhook")
@@ -52,6 +61,14 @@ def stream_url(base: str) -> str:
 
 def twiml_response(xml: str, status_code: int = 200) -> Response:
     return Response(content=xml, media_type="application/xml", status_code=status_code)
+
+
+def agent_says(agent: Agent, text: str, params: dict[str, str]) -> str:
+    """An agent message Twilio reads out (busy, failure, transfer failed): its placeholders
+    filled with the agent's defaults and the built-ins, as the gateway has no call variables."""
+    direction = call_direction(params.get("Direction", ""))
+    built_in = builtins(params.get("CallSid", ""), direction, params.get("From", ""), params.get("To", ""))
+    return render(text, call_values(agent.default_variables, {}, built_in))
 
 
 def say_and_hang_up(text: str) -> str:
@@ -138,7 +155,9 @@ async def voice_webhook(
         log.error("webhook for an unknown agent: %s", exc, extra={"call_id": call_sid})
         return twiml_response(say_and_hang_up("Sorry, this number is not configured. Goodbye."))
     log.info("answering call for agent %s", agent_id, extra={"call_id": call_sid})
-    return twiml_response(connect_stream(base, call_sid, agent_id, params, tokens))
+    # The call's variables, from the voice URL Twilio signed (never logged): see variables.py.
+    variables = decode_parameter(request.query_params.get(VARIABLES_QUERY, ""))
+    return twiml_response(connect_stream(base, call_sid, agent_id, params, tokens, variables=variables))
 
 
 async def machine_answered(
@@ -168,10 +187,17 @@ def call_direction(twilio_direction: str) -> CallDirection:
 
 
 def connect_stream(
-    base: str, call_sid: str, agent_id: str, params: dict[str, str], tokens: StreamTokens, resume: bool = False
+    base: str,
+    call_sid: str,
+    agent_id: str,
+    params: dict[str, str],
+    tokens: StreamTokens,
+    resume: bool = False,
+    variables: dict[str, str] | None = None,
 ) -> str:
     """`<Connect><Stream>` to our media WebSocket: for a new call, or again for a call whose
-    stream broke (`resume`: the new stream goes on with the call instead of starting one)."""
+    stream broke (`resume`: the new stream goes on with the call instead of starting one;
+    its variables are in the call's record already)."""
     query = urlencode({"agent": agent_id})
     response = VoiceResponse()
     # https://www.twilio.com/docs/voice/twiml/connect#action: when <Connect> ends (our side
@@ -186,6 +212,8 @@ def connect_stream(
     stream.parameter(name="from", value=params.get("From", ""))
     stream.parameter(name="to", value=params.get("To", ""))
     stream.parameter(name="direction", value=call_direction(params.get("Direction", "")))
+    if variables:
+        stream.parameter(name=VARIABLES_PARAMETER, value=encode_parameter(variables))
     if resume:
         stream.parameter(name=RESUME_PARAMETER, value="1")
     response.append(connect)
@@ -222,7 +250,7 @@ async def stream_ended(
         return twiml_response(hang_up())
     if end is not None and end.reason == CALL_BUSY:
         log.warning("no capacity for the call: the busy message and a hang-up", extra=extra)
-        return twiml_response(say_and_hang_up(agent.busy_message))
+        return twiml_response(say_and_hang_up(agent_says(agent, agent.busy_message, params)))
     if (end is None or end.lost) and await _resumable(outcomes, call_sid, settings):
         why = end.reason if end else "its gateway is gone"
         log.warning("media stream broke (%s): a new stream for the call", why, extra=extra)
@@ -233,7 +261,7 @@ async def stream_ended(
     else:
         why = outcomes.stream_error(call_sid) or "no media stream of this call ended on this gateway"
     log.error("media stream failed with the caller on the line (%s): apology and hang-up", why, extra=extra)
-    return twiml_response(say_and_hang_up(agent.failure_message))
+    return twiml_response(say_and_hang_up(agent_says(agent, agent.failure_message, params)))
 
 
 async def _resumable(outcomes: CallOutcomes, call_sid: str, settings: GatewaySettings) -> bool:
@@ -287,4 +315,4 @@ async def dial_ended(
         return twiml_response(hang_up())
     log.warning("transfer not answered (%s): the caller is told so", status, extra=extra)
     agent = _agent(agents, record.agent_id if record is not None else "")
-    return twiml_response(say_and_hang_up(agent.transfer_failed_message))
+    return twiml_response(say_and_hang_up(agent_says(agent, agent.transfer_failed_message, params)))

@@ -16,6 +16,7 @@ from services.orchestrator.states import CallState
 from services.orchestrator.timers import PendingTimer
 from services.orchestrator.turn import Turn
 from voxline.agents import Agent
+from voxline.agents.variables import builtins, call_values
 
 
 class CallLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +56,13 @@ class Call(msgspec.Struct, kw_only=True):
     def current(self) -> Turn | None:
         return self.turns[-1] if self.turns else None
 
+    def variables(self) -> dict[str, str]:
+        """What the agent's `{{name}}` placeholders take on this call: from the agent as the
+        call started and the record (so a resumed call fills them in the same)."""
+        record = self.record
+        built_in = builtins(record.call_id, record.direction, record.from_number, record.to_number)
+        return call_values(self.agent.default_variables, record.variables, built_in)
+
 
 def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: str, agent_version: int = 0) -> Call:
     record = CallRecord(
@@ -67,6 +75,7 @@ def new_call(start: CallStart, agent: Agent, limits: CallLimits, traceparent: st
         from_number=start.from_number,
         to_number=start.to_number,
         direction=start.direction,
+        variables=dict(start.variables),
     )
     return Call(
         call_id=start.call_id,

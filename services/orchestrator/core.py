@@ -53,6 +53,7 @@ from services.orchestrator.speech import Speech
 from services.orchestrator.states import CallState, transition
 from services.orchestrator.timers import Timer, TimerKind
 from services.orchestrator.turn import Turn
+from voxline.agents.variables import render
 
 log = logging.getLogger("voxline.orchestrator.call")
 
@@ -243,6 +244,7 @@ class _Step(Speech):
             user_text=turn.caller_text,
             requested_at_us=self.now_us,
             attempt=turn.brain_attempt,
+            variables=call.variables(),
         )
         self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), call.limits.brain_timeout_s)
         self.publish(subjects.BRAIN_TURN, request, turn.turn_id)
@@ -348,6 +350,7 @@ class _Step(Speech):
         log.error("ReplyError: %s", msg.message)
         self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
         turn.brain_done = True
+        turn.tool_calls = list(msg.tool_calls)  # run before the failure: they happened
         if not turn.sentences and not turn.held:
             turn.kind = "apology"
         if turn.committed:
@@ -512,11 +515,12 @@ class _Step(Speech):
             self.speak("goodbye", call.agent.goodbye).action = "hangup"
 
     def speak(self, kind: TurnKind, text: str) -> Turn:
-        """A turn that needs no brain: greeting, reprompt, apology, goodbye."""
+        """A turn that needs no brain: greeting, reprompt, apology, goodbye. The agent's
+        text with the call's variables in its placeholders."""
         turn = self.new_turn(kind)
         turn.brain_done = True
         self.go(CallState.THINKING)
-        self.synthesize(turn, text)
+        self.synthesize(turn, render(text, self.call.variables()))
         self.synthesize(turn, "", last=True)
         return turn
 

@@ -23,6 +23,7 @@ to the brain in each `BrainTurn` and never logged.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -99,3 +100,26 @@ def call_values(
 ) -> dict[str, str]:
     """What a call's placeholders are filled with (the order in the module's docstring)."""
     return {**defaults, **variables, **built_in}
+
+
+# How the call's variables travel from `POST /v1/calls` to the orchestrator: JSON in the
+# voice URL's query (VARIABLES_QUERY, signed by Twilio with the rest of the URL), then in
+# the media stream's `<Parameter name=VARIABLES_PARAMETER>`, which Twilio hands back in the
+# stream's `start` message; the gateway moves it into CallStart.variables.
+VARIABLES_QUERY = "vars"
+VARIABLES_PARAMETER = "variables"
+
+
+def encode_parameter(values: Mapping[str, str]) -> str:
+    return json.dumps(dict(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_parameter(text: str) -> dict[str, str]:
+    """The variables of a voice URL or stream parameter; {} when there are none or they are
+    not what `encode_parameter` makes (a hand-made request: the call goes on without them)."""
+    if not text:
+        return {}
+    try:
+        return checked(json.loads(text))
+    except (ValueError, RecursionError):
+        return {}

@@ -60,6 +60,7 @@ from services.providers import ProviderError, kind_of_status
 from voxline import tracing
 from voxline.agents import Agent, shared_store
 from voxline.agents.retrieval import make_embedder
+from voxline.agents.variables import render
 from voxline.config import BrainSettings
 from voxline.telemetry import now_us
 
@@ -245,7 +246,7 @@ class OpenAIChatProvider:
                 ran = await run_tool(self.webhooks, agent, tools.get(call.name), call, turn.call_id, dtmf)
                 yield ToolCalled(ran.report)
                 if ran.action is not None:
-                    if not said and (say := tools[call.name].spoken_when_silent(agent.goodbye)):
+                    if not said and (say := tools[call.name].spoken_when_silent(render(agent.goodbye, turn.variables))):
                         yield Sentence(say)
                     yield ran.action
                     return
