@@ -114,6 +114,8 @@ async def test_validation_names_the_field_and_conflicts_and_absences_are_told(st
             (agent_doc("bad5", "hi", greting="typo"), "greting"),
             (agent_doc("Bad Id", "hi"), "id"),
             (agent_doc("bad6", "hi", knowledge=["../../etc/passwd"]), "knowledge"),
+            (agent_doc("bad7", "hi", analysis={"fields": {"cb": {"type": "date"}}}), "analysis.fields.cb.type"),
+            (agent_doc("bad8", "hi", analysis={"summary": False}), "analysis.summary"),
         ]
         for body, field in cases:
             reply = await api.post("/v1/agents", json=body)
