@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import msgspec
 import nats.errors
+from prometheus_client import Counter
 
 from proto import subjects
 from proto.headers import call_headers
@@ -31,6 +32,11 @@ from voxline.telemetry import now_us
 
 log = logging.getLogger("voxline.orchestrator.analysis")
 
+ANALYSES = Counter(
+    "voxline_call_analyses_total", "Post-call analyses this orchestrator wrote, by outcome (done, failed).", ["status"]
+)
+for _status in ("done", "failed"):  # both series from the start: a failure rate is 0, not "no data"
+    ANALYSES.labels(status=_status)
 SAVE_TRIES = 5  # compare-and-set rounds against the gateway's late writes
 LAST_WRITE_S = 2.0  # a stopping orchestrator's last write of a cut-short analysis
 
@@ -164,6 +170,7 @@ class Analyst:
 
     async def _finish(self, record: CallRecord, analysis: CallAnalysis, offer: Callable[[CallRecord], None]) -> None:
         extra = {"call_id": record.call_id}
+        ANALYSES.labels(status=analysis.status).inc()
         if analysis.status == "failed":
             log.warning("post-call analysis failed: %s", analysis.error, extra=extra)
         else:

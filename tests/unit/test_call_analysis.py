@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from proto.messages import AnalysisField, AnalysisRequest, AnalysisResult, TranscriptLine
 from proto.records import CALL_RECORDS_BUCKET, CallAnalysis, CallRecord, TurnRecord
@@ -256,7 +257,9 @@ async def test_with_no_brain_running_the_analysis_fails_fast_and_is_still_offere
     record.call_id = "CA-nobrain"
     await stored(worker_bus, record)
     started = time.monotonic()
+    failures = REGISTRY.get_sample_value("voxline_call_analyses_total", {"status": "failed"}) or 0
     got = await analysed(worker_bus, record, agent_with({}))
+    assert REGISTRY.get_sample_value("voxline_call_analyses_total", {"status": "failed"}) == failures + 1
     assert got.analysis is not None and got.analysis.status == "failed"
     assert got.analysis.error == "no brain worker is running"
     assert time.monotonic() - started < 3
