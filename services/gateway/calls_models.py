@@ -48,6 +48,8 @@ CALL_FIELDS: dict[str, str] = {
     "agent_version": "The version of the agent the call ran (GET /v1/agents/{id}); 0: an agent from a file.",
     "turns": "Every turn, in order.",
     "costs": "What a bill for the call is made of: audio seconds, TTS characters, LLM tokens.",
+    "variables": "The call's variables as POST /v1/calls gave them (values of the agent's `{{name}}` "
+    "placeholders); empty for an inbound call. Caller data: kept here, never logged.",
     "analysis": "The post-call analysis the brain wrote after the hang-up (the agent's `analysis`): null while "
     "the call lasts, then `pending` until written.",
 }

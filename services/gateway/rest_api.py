@@ -40,6 +40,18 @@ from services.gateway.twilio_rest import TwilioNotConfigured, TwilioRest, Twilio
 from services.gateway.voicemail import MACHINE_DETECTION, MAX_VOICE_URL_CHARS, MAX_VOICEMAIL_CHARS, VOICEMAIL_QUERY
 from services.gateway.webhook import public_base, twilio_form
 from voxline.agents import AgentStore, InvalidAgent, UnknownAgent
+from voxline.agents.variables import (
+    BUILTINS,
+    MAX_VALUE_CHARS,
+    MAX_VARIABLES,
+    VARIABLES_QUERY,
+    InvalidVariables,
+    builtins,
+    call_values,
+    checked,
+    encode_parameter,
+    render,
+)
 from voxline.bus import Bus
 from voxline.config import GatewaySettings, is_loopback
 
@@ -66,7 +78,19 @@ class OutboundCall(BaseModel):
         "",
         max_length=MAX_VOICEMAIL_CHARS,
         description="What to leave on an answering machine, read by Twilio's text-to-speech voice (not the "
-        "agent's). Needs `machine_detection: true`. Empty: hang up on a machine without a message.",
+        "agent's). Needs `machine_detection: true`. Empty: hang up on a machine without a message. "
+        "Its `{{name}}` placeholders take the call's variables.",
+    )
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Values for the agent's `{{name}}` placeholders (system prompt, greeting, goodbye and its "
+        "other messages, voicemail_message) on this call: name -> string, number or boolean. A placeholder "
+        "with no value takes the agent's `default_variables`, else is empty. At most "
+        f"{MAX_VARIABLES}; names are letters, digits and _ (not starting with a digit, at most 64); values at "
+        f"most {MAX_VALUE_CHARS} characters; all of them, with voicemail_message, must fit in the voice URL "
+        f"({MAX_VOICE_URL_CHARS} characters once encoded). Built-ins, set by the call: "
+        + ", ".join(f"`{b}`" for b in BUILTINS)
+        + ". Kept in the call record, never logged.",
     )
 
     model_config = ConfigDict(
@@ -76,7 +100,9 @@ class OutboundCall(BaseModel):
                     "to": "+15551234567",
                     "agent_id": "demo",
                     "machine_detection": True,
-                    "voicemail_message": "Hi, this is Voxline calling about your appointment. Please call us back.",
+                    "voicemail_message": "Hi {{customer_name}}, this is Voxline about your appointment. "
+                    "Please call us back.",
+                    "variables": {"customer_name": "Ada", "appointment": "Tuesday 3pm"},
                 }
             ]
         }
@@ -105,8 +131,8 @@ PLACE_CALL_ERRORS: dict[int | str, dict[str, Any]] = {
         (
             422,
             "The body is not JSON with Content-Type: application/json, or a field is missing or invalid "
-            "(`machine_detection` not a boolean, `voicemail_message` too long or without machine_detection); "
-            "`field` names it.",
+            "(`machine_detection` not a boolean, `voicemail_message` too long or without machine_detection, "
+            "a variable's name or value: `variables.<name>`); `field` names it.",
         ),
         (502, "Twilio could not place the call."),
         (503, "Twilio is not configured on this gateway."),
@@ -233,17 +259,28 @@ async def place_call(
         log.warning("outbound call for agent %s refused: the number is not in its outbound_allowlist", agent.id)
         hint = "add the number (or a prefix like +1415555*) to the agent's outbound_allowlist"
         return error(403, f"agent {agent.id!r} may not call {body.to}: {hint}")
+    try:
+        variables = checked(body.variables)
+    except InvalidVariables as exc:
+        return error(422, str(exc), field=exc.field)
     base = public_base(request, settings)
     if not settings.public_url:
         log.warning("VOXLINE_PUBLIC_URL is not set: Twilio will be sent to %s, which it may not reach", base)
     query = urlencode({"agent": body.agent_id})
     voice_url = f"{base}/twilio/voice?{query}"
+    if variables:  # in the signed voice URL, like the voicemail message (variables.py)
+        voice_url += "&" + urlencode({VARIABLES_QUERY: encode_parameter(variables)}, quote_via=quote)
+        if len(voice_url) > MAX_VOICE_URL_CHARS:
+            why = f"too long once URL-encoded ({len(voice_url)} of at most {MAX_VOICE_URL_CHARS} characters)"
+            return error(422, f"variables: {why}", field="variables")
     if body.machine_detection and body.voicemail_message.strip():
         # In the signed voice URL (voicemail.py says why), bounded so Twilio can request it.
         # Percent-encoded with only unreserved characters left bare (no `+` for a space):
         # the one form no HTTP stack between Twilio and us normalises into another, which
         # would break the signature, as Twilio signs the URL exactly as we gave it.
-        voice_url += "&" + urlencode({VOICEMAIL_QUERY: body.voicemail_message.strip()}, quote_via=quote)
+        values = call_values(agent.default_variables, variables, builtins("", "outbound", from_, body.to))
+        message = render(body.voicemail_message, values).strip()
+        voice_url += "&" + urlencode({VOICEMAIL_QUERY: message}, quote_via=quote)
         if len(voice_url) > MAX_VOICE_URL_CHARS:
             why = f"too long once URL-encoded ({len(voice_url)} of at most {MAX_VOICE_URL_CHARS} characters)"
             return error(422, f"voicemail_message: {why}", field="voicemail_message")

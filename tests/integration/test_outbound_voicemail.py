@@ -2,7 +2,10 @@
 real stack, the gateway's Twilio SDK talking to the Twilio REST emulator, which answers the
 call as a machine, a fax or a human would (Twilio's synchronous AMD: the voice URL fetched,
 signed, with AnsweredBy) and keeps the TwiML our gateway gave it. A human then gets the
-agent over a real media stream; a machine gets the voicemail message and a hang-up."""
+agent over a real media stream; a machine gets the voicemail message and a hang-up.
+
+The brain is the OpenAI provider against the chat-completions emulator, which keeps every
+request: a call placed with `variables` must have them in the prompt the model gets."""
 
 from __future__ import annotations
 
@@ -16,9 +19,13 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
+from tests.cloud.conftest import running
+from tests.emulators.openai_chat import DEFAULT_KEY, OpenAiChatEmulator
 from tests.emulators.twilio_rest import ACCOUNT_SID, TwilioRestEmulator, VoiceFetch
 from tests.integration.conftest import AUTH_TOKEN, own_stack, service_log, wait_until
 from voxline.devstack import DevStack
+from voxline.simulator import Utterance
+from voxline.simulator.caller import prepare_audio
 from voxline.simulator.line import PhoneLine
 from voxline.simulator.placement import upgrade_headers
 from voxline.simulator.twilio_stream import TwilioStream, parse_twiml
@@ -38,8 +45,22 @@ def twilio() -> Iterator[TwilioRestEmulator]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, twilio: TwilioRestEmulator) -> Iterator[DevStack]:
-    env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "VOXLINE_TWILIO_API_BASE": twilio.base_url}
+def chat() -> Iterator[OpenAiChatEmulator]:
+    yield from running(OpenAiChatEmulator())
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, twilio: TwilioRestEmulator, chat: OpenAiChatEmulator
+) -> Iterator[DevStack]:
+    env = {
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "VOXLINE_TWILIO_API_BASE": twilio.base_url,
+        "VOXLINE_BRAIN_PROVIDER": "openai",
+        "VOXLINE_OPENAI_API_KEY": DEFAULT_KEY,
+        "VOXLINE_OPENAI_BASE_URL": chat.base_url,
+        "VOXLINE_OPENAI_TIMEOUT_S": "2.0",
+    }
     with own_stack(tmp_path_factory, "outbound-voicemail", env) as s:
         yield s
 
@@ -173,3 +194,102 @@ async def test_a_voicemail_message_swapped_in_the_url_is_refused_and_not_logged(
     log = service_log(stack, "gateway")
     assert "rejected a webhook with a bad X-Twilio-Signature" in log
     assert "locked" not in log and "appointment" not in log
+
+
+VARIABLES = {"customer_name": "Ada Lovelace", "appointment": "Tuesday at 3 pm"}
+VARIABLES_AGENT = {
+    "id": "reminder",
+    "name": "Reminder",
+    "greeting": "Hello {{customer_name}}, this is {{clinic}} about {{ appointment }}.{{unset}}",
+    "system_prompt": "You remind {{customer_name}} of the appointment on {{appointment}}. Their number is "
+    "{{customer_number}}.",
+    "default_variables": {"customer_name": "there", "clinic": "Smile Dental"},
+    "outbound_allowlist": ["+1500555*"],
+}
+ASKED = "when was it again"
+
+
+async def test_an_outbound_call_with_variables_greets_and_prompts_with_them(
+    stack: DevStack, http: httpx.AsyncClient, twilio: TwilioRestEmulator, chat: OpenAiChatEmulator
+) -> None:
+    """POST /v1/calls with variables -> the signed voice URL -> the stream's parameters ->
+    the greeting the callee hears and the prompt the model gets, with the values in; the
+    record shows them, and the gateway's log never has them."""
+    created = await http.put("/v1/agents/reminder", json=VARIABLES_AGENT)
+    if created.status_code == 404:
+        created = await http.post("/v1/agents", json=VARIABLES_AGENT)
+    assert created.status_code in (200, 201), created.text
+    sid = await dial(http, HUMAN, agent_id="reminder", variables=VARIABLES)
+    fetch = await answered(twilio, sid)
+    target = parse_twiml(fetch.twiml)
+    assert "vars=" in fetch.url  # the values ride in the voice URL Twilio signs
+    ws = await websockets.connect(
+        target.url, compression=None, additional_headers=upgrade_headers(target.url, AUTH_TOKEN)
+    )
+    line = PhoneLine(ws, TwilioStream(sid, ACCOUNT_SID))
+    await line.start({**target.parameters, "fake_transcripts": ASKED})  # what the fake STT hears
+    before = len(chat.requests)
+    try:
+        assert await line.wait_reply_started(0.0, 15), "the greeting never came"
+        assert await line.wait_silence(0.5, 15)
+        since = line.clock()
+        spoken = line.speak(prepare_audio(Utterance(text=ASKED)))
+        assert await line.wait_spoken(spoken, 15)
+        assert await line.wait_reply_started(since, 15) is not None, "no reply to the question"
+    finally:
+        await line.hang_up()
+
+    async def ended() -> bool:
+        body = await record(http, sid)
+        return body is not None and body["status"] == "ended"
+
+    await wait_until(ended, 10, "the orchestrator to end the call")
+    body = await record(http, sid)
+    assert body is not None and body["variables"] == VARIABLES, body
+    [greeting] = [t for t in body["turns"] if t["kind"] == "greeting"]
+    said = "Hello Ada Lovelace, this is Smile Dental about Tuesday at 3 pm."
+    assert greeting["reply_text"] == said and greeting["heard_text"] == said, greeting
+    asked = [r for r in chat.requests[before:] if r.messages and r.messages[-1]["content"] == ASKED]
+    assert asked, [r.messages for r in chat.requests[before:]]
+    assert asked[0].messages[0] == {
+        "role": "system",
+        "content": f"You remind Ada Lovelace of the appointment on Tuesday at 3 pm. Their number is {HUMAN}.",
+    }
+    log = service_log(stack, "gateway") + service_log(stack, "orchestrator") + service_log(stack, "brain")
+    assert "Lovelace" not in log
+
+
+async def test_bad_variables_are_refused_with_the_field_named(
+    http: httpx.AsyncClient, twilio: TwilioRestEmulator
+) -> None:
+    cases: list[tuple[Any, str]] = [
+        ({"first-name": "Ada"}, "variables.first-name"),
+        ({"name": "x" * 501}, "variables.name"),
+        ({"name": {"nested": 1}}, "variables.name"),
+        ({f"k{i}": "v" for i in range(33)}, "variables"),
+        ({"call_id": "mine"}, "variables.call_id"),
+        ({f"k{i}": "v" * 200 for i in range(20)}, "variables"),  # over the voice URL's length
+        ("Ada", "variables"),
+    ]
+    for variables, field in cases:
+        response = await http.post("/v1/calls", json={"to": HUMAN, "from": OUR_NUMBER, "variables": variables})
+        assert response.status_code == 422, (variables, response.text)
+        error = response.json()["error"]
+        assert (error["type"], error["field"]) == ("validation_error", field), (field, error)
+    assert twilio.created() == []
+
+
+async def test_a_voicemail_message_takes_the_calls_variables(
+    http: httpx.AsyncClient, twilio: TwilioRestEmulator
+) -> None:
+    created = await http.put("/v1/agents/reminder", json=VARIABLES_AGENT)
+    if created.status_code == 404:
+        created = await http.post("/v1/agents", json=VARIABLES_AGENT)
+    assert created.status_code in (200, 201), created.text
+    message = "Hi {{customer_name}}, {{clinic}} here about {{appointment}}; call {{agent_number}}.{{unset}}"
+    sid = await dial(
+        http, MACHINE, agent_id="reminder", machine_detection=True, voicemail_message=message, variables=VARIABLES
+    )
+    fetch = await answered(twilio, sid)
+    said = f"Hi Ada Lovelace, Smile Dental here about Tuesday at 3 pm; call {OUR_NUMBER}."
+    assert verbs(fetch.twiml) == [("Say", said), ("Hangup", "")], fetch.twiml
