@@ -8,13 +8,25 @@
 | GET | `/v1/agents/{id}` | the agent |
 | PUT | `/v1/agents/{id}` | replaces every field (the ones left out take their defaults) |
 | PATCH | `/v1/agents/{id}` | changes the fields given |
-| DELETE | `/v1/agents/{id}` | 204 |
+| DELETE | `/v1/agents/{id}` | 204; its knowledge documents are deleted with it |
 
 An agent is its fields (voxline/agents/__init__.py) plus `version`, which grows on every
 write; a call records the version it ran (`agent_version`), and an edit changes only the
 calls that start after it. A body that is not an agent is a 422 naming the field
 (`{"error": {"message", "field"}}`); an unknown id a 404. Writes need an `admin` key
 (services/gateway/api_keys.py: every write but `POST /v1/calls`).
+
+Concurrent edits (services/gateway/preconditions.py): every answer with an agent has
+`ETag: "<version>"`; PUT, PATCH and DELETE with `If-Match: "<version>"` apply only if the
+agent is still at that version, checked by compare-and-set on its KV revision, so of two
+editors who read version 7 only the first write lands and the second gets 412 Precondition
+Failed with the current `ETag` (re-read, re-apply, retry). Without If-Match the last write
+wins (a PATCH is still applied to the latest version: two PATCHes of different fields both land).
+
+Deleting an agent deletes its knowledge documents from the object store too, after the
+agent (a failed If-Match deletes nothing). A document that cannot be deleted then (NATS
+unreachable) is logged and stays until the agent is deleted again or re-created and the
+document deleted through the API: a re-created agent of the same id would find it.
 """
 
 from __future__ import annotations
@@ -28,8 +40,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.gateway.api_errors import ErrorResponse, error
+from services.gateway.preconditions import etag, if_match
 from voxline.agents import Agent, AgentStore, InvalidAgent, UnknownAgent, check_id
-from voxline.agents.live import AgentExists, LiveAgents, WriteConflict
+from voxline.agents.documents import agent_documents, delete_document, open_bucket
+from voxline.agents.live import AgentExists, LiveAgents, VersionMismatch, WriteConflict
+from voxline.bus import Bus
 
 log = logging.getLogger("voxline.gateway.agents")
 
@@ -85,6 +100,19 @@ def _errors(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
 _INVALID = (422, "Not an agent: `error.field` names the field (`greeting`, `turn.idle_hangup_s`, `tools[0].to`).")
 _NO_AGENT = (404, "No such agent.")
 _STORE_DOWN = (503, "The agent store (NATS) is not reachable yet.")
+_STALE = (412, "`If-Match` names a version the agent is no longer at; the answer's `ETag` is the current one.")
+_IF_MATCH = {
+    "parameters": [
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "description": 'Apply only if the agent is still at this version: its `ETag` (`"7"`) or `*`. Else 412.',
+            "schema": {"type": "string"},
+            "example": '"7"',
+        }
+    ]
+}
 
 
 def _register_components(app: FastAPI) -> None:
@@ -104,6 +132,30 @@ def agent_json(agent: Agent, version: int) -> dict[str, Any]:
     doc: dict[str, Any] = msgspec.to_builtins(agent)
     doc["version"] = version
     return doc
+
+
+def versioned_answer(agent: Agent, version: int, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(agent_json(agent, version), status_code=status_code, headers={"ETag": etag(version)})
+
+
+def stale(exc: VersionMismatch) -> JSONResponse:
+    message = f"{exc}: read it again (GET), re-apply the change, send it with If-Match: {etag(exc.current)}"
+    return error(412, message, headers={"ETag": etag(exc.current)}, current_version=exc.current)
+
+
+async def delete_knowledge(bus: Bus, agent_id: str) -> None:
+    """The deleted agent's documents: no agent reads them any more, and a new agent of the
+    same id must not find the old one's."""
+    try:
+        documents = await agent_documents(bus, agent_id)
+        if not documents:
+            return
+        objects = await open_bucket(bus)
+        for document in documents:
+            await delete_document(objects, agent_id, document.name)
+        log.info("agent %s: %d knowledge documents deleted with it", agent_id, len(documents))
+    except Exception as exc:
+        log.error("agent %s deleted, its knowledge documents not: %s: %s", agent_id, type(exc).__name__, exc)
 
 
 def field_of(message: str) -> str:
@@ -189,7 +241,7 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         except AgentExists as exc:
             return error(409, f"{exc}: change it with PUT or PATCH /v1/agents/{agent_id}")
         log.info("agent %s created (version %d)", agent_id, created.version)
-        return JSONResponse(agent_json(*created), status_code=201)
+        return versioned_answer(*created, status_code=201)
 
     @app.get("/v1/agents", tags=["agents"], summary="List the agents", responses=_errors())
     async def list_agents() -> dict[str, Any]:
@@ -202,14 +254,17 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         "/v1/agents/{agent_id}",
         tags=["agents"],
         summary="Get an agent",
-        responses={200: _answer("The agent and its current version."), **_errors(_NO_AGENT)},
+        responses={
+            200: _answer('The agent and its current version, also as the `ETag` header (`"7"`).'),
+            **_errors(_NO_AGENT),
+        },
     )
     async def get_agent(agent_id: str) -> JSONResponse:
         try:
             agent, version = agents.versioned(agent_id)
         except (UnknownAgent, InvalidAgent) as exc:
             return error(404, str(exc))
-        return JSONResponse(agent_json(agent, version))
+        return versioned_answer(agent, version)
 
     async def update(request: Request, agent_id: str, merge: bool) -> JSONResponse:
         store = live()
@@ -230,22 +285,27 @@ def install(app: FastAPI, agents: AgentStore) -> None:
             return agents.parse(fields, agent_id)
 
         try:
-            updated = await store.update(agent_id, change)
+            updated = await store.update(agent_id, change, if_match(request.headers.get("if-match")))
         except UnknownAgent as exc:
             return error(404, str(exc))
         except InvalidAgent as exc:
             return invalid(str(exc))
+        except VersionMismatch as exc:
+            return stale(exc)
         except WriteConflict as exc:
             return error(409, str(exc))
         log.info("agent %s updated (version %d)", agent_id, updated.version)
-        return JSONResponse(agent_json(*updated))
+        return versioned_answer(*updated)
 
     @app.put(
         "/v1/agents/{agent_id}",
         tags=["agents"],
         summary="Replace an agent (fields left out take their defaults)",
-        openapi_extra=_body("Every field of the agent; `id`, if given, must be the path's."),
-        responses={200: _answer("The agent, with its new version."), **_errors(_NO_AGENT, _INVALID, _STORE_DOWN)},
+        openapi_extra={**_body("Every field of the agent; `id`, if given, must be the path's."), **_IF_MATCH},
+        responses={
+            200: _answer("The agent, with its new version (and ETag)."),
+            **_errors(_NO_AGENT, _INVALID, _STALE, _STORE_DOWN),
+        },
     )
     async def replace_agent(agent_id: str, request: Request) -> JSONResponse:
         return await update(request, agent_id, merge=False)
@@ -254,8 +314,11 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         "/v1/agents/{agent_id}",
         tags=["agents"],
         summary="Change some fields of an agent",
-        openapi_extra=_body("Only the fields to change."),
-        responses={200: _answer("The agent, with its new version."), **_errors(_NO_AGENT, _INVALID, _STORE_DOWN)},
+        openapi_extra={**_body("Only the fields to change."), **_IF_MATCH},
+        responses={
+            200: _answer("The agent, with its new version (and ETag)."),
+            **_errors(_NO_AGENT, _INVALID, _STALE, _STORE_DOWN),
+        },
     )
     async def patch_agent(agent_id: str, request: Request) -> JSONResponse:
         return await update(request, agent_id, merge=True)
@@ -264,10 +327,11 @@ def install(app: FastAPI, agents: AgentStore) -> None:
         "/v1/agents/{agent_id}",
         status_code=204,
         tags=["agents"],
-        summary="Delete an agent (calls running it go on)",
-        responses=_errors(_NO_AGENT, _STORE_DOWN),
+        summary="Delete an agent and its knowledge documents (calls running it go on)",
+        openapi_extra=_IF_MATCH,
+        responses=_errors(_NO_AGENT, _STALE, _STORE_DOWN),
     )
-    async def delete_agent(agent_id: str) -> Response:
+    async def delete_agent(agent_id: str, request: Request) -> Response:
         store = live()
         if isinstance(store, JSONResponse):
             return store
@@ -275,7 +339,11 @@ def install(app: FastAPI, agents: AgentStore) -> None:
             check_id(agent_id)
         except UnknownAgent as exc:
             return error(404, str(exc))
-        if not await store.delete(agent_id):
-            return error(404, f"unknown agent {agent_id!r}")
+        try:
+            if not await store.delete(agent_id, if_match(request.headers.get("if-match"))):
+                return error(404, f"unknown agent {agent_id!r}")
+        except VersionMismatch as exc:
+            return stale(exc)
         log.info("agent %s deleted", agent_id)
+        await delete_knowledge(store.bus, agent_id)
         return Response(status_code=204)

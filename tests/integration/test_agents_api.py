@@ -204,3 +204,49 @@ async def test_openapi_documents_the_agent_routes(stack: DevStack) -> None:
     item = doc["paths"]["/v1/agents/{agent_id}"]
     assert {"get", "put", "patch", "delete"} <= set(item)
     assert "404" in item["delete"]["responses"] and "422" in item["patch"]["responses"]
+
+
+async def test_concurrent_edits_with_if_match_one_wins_the_stale_one_gets_412(stack: DevStack) -> None:
+    """Two editors on the two gateways read version v (its ETag) and both PATCH with
+    If-Match: exactly one lands; the other is a 412 in the one error shape, with the current
+    ETag. A stale DELETE deletes nothing; without If-Match the last write wins as before."""
+    one_url, two_url = stack.gateway_urls()[:2]
+    async with httpx.AsyncClient(base_url=one_url) as one, httpx.AsyncClient(base_url=two_url) as two:
+        created = await one.post("/v1/agents", json=agent_doc("editors", "Version one."))
+        assert created.status_code == 201 and created.headers["etag"] == f'"{created.json()["version"]}"'
+        got = await two.get("/v1/agents/editors")
+        tag = got.headers["etag"]
+        assert tag == f'"{got.json()["version"]}"'
+        answers = await asyncio.gather(
+            one.patch("/v1/agents/editors", json={"greeting": "From one."}, headers={"If-Match": tag}),
+            two.patch("/v1/agents/editors", json={"greeting": "From two."}, headers={"If-Match": tag}),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 412], [a.text for a in answers]
+        won, lost = sorted(answers, key=lambda a: a.status_code)
+        error = lost.json()["error"]
+        assert error["type"] == "precondition_failed" and error["current_version"] == won.json()["version"], error
+        assert lost.headers["etag"] == won.headers["etag"] == f'"{won.json()["version"]}"'
+        assert (await one.get("/v1/agents/editors")).json()["greeting"] == won.json()["greeting"]
+
+        stale_put = await two.put("/v1/agents/editors", json=agent_doc("editors", "Stale."), headers={"If-Match": tag})
+        stale_delete = await one.delete("/v1/agents/editors", headers={"If-Match": tag})
+        assert (stale_put.status_code, stale_delete.status_code) == (412, 412)
+        current = won.headers["etag"]
+        put = await two.put("/v1/agents/editors", json=agent_doc("editors", "Fresh."), headers={"If-Match": current})
+        assert put.status_code == 200 and put.headers["etag"] != current
+        assert (await one.patch("/v1/agents/editors", json={"greeting": "No condition."})).status_code == 200
+        assert (await one.delete("/v1/agents/editors", headers={"If-Match": "*"})).status_code == 204
+
+
+async def test_deleting_an_agent_deletes_its_knowledge_documents(stack: DevStack) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway_urls()[0]) as api:
+        assert (await api.post("/v1/agents", json=agent_doc("shortlived", "Hi."))).status_code == 201
+        for name in ("a.txt", "b.md"):
+            headers = {"Content-Type": "text/plain" if name.endswith("txt") else "text/markdown"}
+            upload = await api.put(f"/v1/agents/shortlived/knowledge/{name}", content=b"Open at nine.", headers=headers)
+            assert upload.status_code == 201, upload.text
+        assert len((await api.get("/v1/agents/shortlived/knowledge")).json()["documents"]) == 2
+        assert (await api.delete("/v1/agents/shortlived")).status_code == 204
+        # The same id again: the old agent's documents are gone, not inherited.
+        assert (await api.post("/v1/agents", json=agent_doc("shortlived", "Hi again."))).status_code == 201
+        assert (await api.get("/v1/agents/shortlived/knowledge")).json()["documents"] == []

@@ -17,9 +17,10 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from proto.messages import BrainTurn
 from proto.records import AGENTS_BUCKET
 from services.brain.prompt import PromptBuilder
+from services.gateway.preconditions import etag, if_match
 from tests.unit.bus_probe import NatsServer
-from voxline.agents import BUNDLED_DIR, AgentStore, InvalidAgent, UnknownAgent
-from voxline.agents.live import AgentExists
+from voxline.agents import BUNDLED_DIR, Agent, AgentStore, InvalidAgent, UnknownAgent
+from voxline.agents.live import AgentExists, VersionMismatch
 from voxline.bus import Bus
 
 SALES = """
@@ -182,3 +183,41 @@ def test_agent_writes_need_an_admin_key() -> None:
         ("DELETE", "/v1/agents/x"),
     ):
         assert required_scope(method, path) == "admin", (method, path)
+
+
+async def test_if_match_lets_one_of_two_editors_of_a_version_win(buses: list[Bus], agents_dir: Path) -> None:
+    """Two editors read version v, both write with If-Match v: the compare-and-set on the
+    revision lets exactly one land, the other gets VersionMismatch naming the version now."""
+    one, two = await started(buses[0], agents_dir), await started(buses[1], agents_dir)
+    assert one.live is not None and two.live is not None
+    _, v = one.versioned("sales")
+
+    def greet(text: str) -> Callable[[Agent], Agent]:
+        return lambda a: msgspec.structs.replace(a, greeting=text)
+
+    outcomes = await asyncio.gather(
+        one.live.update("sales", greet("From one."), if_match(f'"{v}"')),
+        two.live.update("sales", greet("From two."), if_match(f'"{v}"')),
+        return_exceptions=True,
+    )
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, VersionMismatch)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert (await history(buses[0], "sales"))[-2:] == [v, won[0].version]  # one write over v, no more
+    with pytest.raises(VersionMismatch) as stale:
+        await one.live.update("sales", greet("Late."), if_match(f'"{v}"'))
+    assert stale.value.current == won[0].version
+    # A stale delete deletes nothing; the current version's does.
+    with pytest.raises(VersionMismatch):
+        await two.live.delete("sales", if_match(f'"{v}"'))
+    assert one.get("sales").greeting in ("From one.", "From two.")
+    assert await two.live.delete("sales", if_match(f'W/"{v}", "{won[0].version}"'))
+    await asyncio.gather(one.stop(), two.stop())
+
+
+def test_if_match_names_versions_strongly() -> None:
+    assert if_match(None) is None
+    assert if_match("*")(1) and if_match(' "3" , "7"')(7) and if_match("7")(7)  # type: ignore[misc]
+    for header, version in (('"7"', 8), ('W/"7"', 7), ("", 7), ("abc", 7), ('"-7"', -7), ('"7', 7)):
+        assert not if_match(header)(version), header  # type: ignore[misc]
+    assert etag(12) == '"12"'

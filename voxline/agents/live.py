@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 from nats.errors import NoRespondersError
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError
+from nats.js.errors import (
+    APIError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+)
 from nats.js.kv import KeyValue
 
 from proto.records import AGENTS_BUCKET
@@ -52,6 +58,18 @@ class AgentExists(Exception):
 
 class WriteConflict(Exception):
     """Others kept changing the agent while this update tried to apply."""
+
+
+class VersionMismatch(Exception):
+    """The agent is not at the version the writer said it changes (`If-Match`): someone
+    else wrote it since the writer read it. `current` is the version it is at now."""
+
+    def __init__(self, agent_id: str, current: int) -> None:
+        super().__init__(f"agent {agent_id!r} is at version {current}, not the one If-Match names")
+        self.current = current
+
+
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's error codes for a failed compare-and-set
 
 
 class LiveAgents:
@@ -197,9 +215,14 @@ class LiveAgents:
         self.apply(agent.id, data, revision)
         return Versioned(agent, revision)
 
-    async def update(self, agent_id: str, change: Callable[[Agent], Agent]) -> Versioned:
+    async def update(
+        self, agent_id: str, change: Callable[[Agent], Agent], expected: Callable[[int], bool] | None = None
+    ) -> Versioned:
         """Read, change and write back by compare-and-set on the revision read, so two
-        concurrent updates (PATCH of different fields) both land. Raise UnknownAgent."""
+        concurrent updates (PATCH of different fields) both land. With `expected` (the
+        request's If-Match) the revision read must satisfy it and a lost compare-and-set is
+        checked on every read: of two editors who read the same version only one wins, the
+        other's retry reads the winner's version and gets VersionMismatch. Raise UnknownAgent."""
         from voxline.agents import UnknownAgent
 
         for _ in range(WRITE_ATTEMPTS):
@@ -209,27 +232,48 @@ class LiveAgents:
                 raise UnknownAgent(f"unknown agent {agent_id!r}") from None
             if entry.value is None:
                 raise UnknownAgent(f"unknown agent {agent_id!r}")
+            read = entry.revision or 0
+            if expected is not None and not expected(read):
+                raise VersionMismatch(agent_id, read)
             agent = change(self.store.parse(msgspec.json.decode(entry.value), agent_id))
             data = encode(agent)
             try:
-                revision = await self.kv.update(agent_id, data, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
+                revision = await self.kv.update(agent_id, data, last=read)
+            except KeyWrongLastSequenceError:  # written since it was read: read again (and
+                continue  # with If-Match, the version read now no longer matches)
             self.apply(agent_id, data, revision)
             return Versioned(agent, revision)
         raise WriteConflict(f"agent {agent_id!r} kept changing; try again")
 
-    async def delete(self, agent_id: str) -> bool:
-        """False when there is no such agent. The delete marker's revision is applied here
-        at once, so this service's next read does not find the agent."""
+    async def _revision(self, agent_id: str) -> int:
         try:
-            await self.kv.get(agent_id)
+            return (await self.kv.get(agent_id)).revision or 0
+        except (KeyNotFoundError, KeyDeletedError):
+            return 0
+
+    async def delete(self, agent_id: str, expected: Callable[[int], bool] | None = None) -> bool:
+        """False when there is no such agent. The delete marker's revision is applied here
+        at once, so this service's next read does not find the agent. With `expected` (If-Match)
+        the marker is written only over the revision read (compare-and-set), else
+        VersionMismatch."""
+        try:
+            entry = await self.kv.get(agent_id)
         except (KeyNotFoundError, KeyDeletedError):
             return False
+        read = entry.revision or 0
+        if expected is not None and not expected(read):
+            raise VersionMismatch(agent_id, read)
         # nats-py's KeyValue.delete does not return the marker's revision: the same
         # message, published here, does (https://docs.nats.io/nats-concepts/jetstream/key-value-store).
         marker = {"KV-Operation": "DEL"}
-        ack = await self.bus.nc.jetstream().publish(f"$KV.{AGENTS_BUCKET}.{agent_id}", b"", headers=marker)
+        if expected is not None:
+            marker["Nats-Expected-Last-Subject-Sequence"] = str(read)
+        try:
+            ack = await self.bus.nc.jetstream().publish(f"$KV.{AGENTS_BUCKET}.{agent_id}", b"", headers=marker)
+        except APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:  # written since it was read
+                raise VersionMismatch(agent_id, await self._revision(agent_id)) from None
+            raise
         self.apply(agent_id, None, ack.seq)
         return True
 
