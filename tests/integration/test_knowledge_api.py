@@ -292,3 +292,21 @@ async def test_a_model_answer_outside_the_analysis_schema_fails_the_analysis_and
     assert analysis["error"] == "the model's answer is outside the schema: the answer is not JSON"
     assert analysis["summary"] == "" and analysis["fields"] == {}
     assert (await api.get(f"/v1/calls/{script.call_sid}")).json()["analysis"] == analysis
+
+
+async def test_the_readmes_if_match_example_edits_the_agent_and_a_stale_tag_is_refused(
+    stack: DevStack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The README's ETag/If-Match block, run literally: it reads the agent's ETag and PATCHes
+    with it; the version it read is stale afterwards, and a PATCH with it is a 412."""
+    await smile_agent(api)
+    before = (await api.get("/v1/agents/smile")).json()
+    await run_readme(readme_block("If-Match: $ETAG"), stack, tmp_path)
+    after = await api.get("/v1/agents/smile")
+    assert after.json()["greeting"] == "Smile Dental, good morning!" and after.json()["version"] > before["version"]
+    stale = await api.patch(
+        "/v1/agents/smile", json={"greeting": before["greeting"]}, headers={"If-Match": f'"{before["version"]}"'}
+    )
+    assert stale.status_code == 412 and stale.headers["etag"] == after.headers["etag"], stale.text
+    restored = await api.patch("/v1/agents/smile", json={"greeting": before["greeting"]})
+    assert restored.status_code == 200
