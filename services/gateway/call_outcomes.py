@@ -180,7 +180,14 @@ class CallOutcomes:
         return record
 
     async def never_answered(
-        self, call_sid: str, status: str, agent_id: str, from_: str, to: str, answered_by: str = ""
+        self,
+        call_sid: str,
+        status: str,
+        agent_id: str,
+        from_: str,
+        to: str,
+        answered_by: str = "",
+        variables: dict[str, str] | None = None,
     ) -> bool:
         """An outbound call that was busy, not answered or failed, or that a machine answered
         (`answered_by`, the end reason `voicemail` or `machine`), gets a record of its own
@@ -198,6 +205,7 @@ class CallOutcomes:
             to_number=to,
             direction="outbound",
             answered_by=answered_by,
+            variables=variables or {},
         )
         try:
             await self.bus.kv_create(CALL_RECORDS_BUCKET, call_sid, record)
@@ -206,7 +214,15 @@ class CallOutcomes:
         return True
 
     async def machine_answered(
-        self, call_sid: str, agent_id: str, from_: str, to: str, answered_by: str, end_reason: str
+        self,
+        call_sid: str,
+        agent_id: str,
+        from_: str,
+        to: str,
+        answered_by: str,
+        end_reason: str,
+        variables: dict[str, str] | None = None,
     ) -> bool:
-        """The record of an outbound call a machine answered (voicemail.py)."""
-        return await self.never_answered(call_sid, end_reason, agent_id, from_, to, answered_by)
+        """The record of an outbound call a machine answered (voicemail.py), with the
+        variables it was placed with."""
+        return await self.never_answered(call_sid, end_reason, agent_id, from_, to, answered_by, variables)

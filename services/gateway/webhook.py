@@ -170,8 +170,9 @@ async def machine_answered(
     extra = {"call_id": call_sid}
     twiml, reason = voicemail_twiml(answered_by, request.query_params.get(VOICEMAIL_QUERY, ""))
     try:
+        variables = decode_parameter(request.query_params.get(VARIABLES_QUERY, ""))
         await outcomes.machine_answered(
-            call_sid, agent_id, params.get("From", ""), params.get("To", ""), answered_by, reason
+            call_sid, agent_id, params.get("From", ""), params.get("To", ""), answered_by, reason, variables
         )
     except Exception as exc:  # the machine must still be answered (and hung up on)
         log.error("could not write the record of a call a machine answered: %s", exc, extra=extra)

@@ -293,3 +293,5 @@ async def test_a_voicemail_message_takes_the_calls_variables(
     fetch = await answered(twilio, sid)
     said = f"Hi Ada Lovelace, Smile Dental here about Tuesday at 3 pm; call {OUR_NUMBER}."
     assert verbs(fetch.twiml) == [("Say", said), ("Hangup", "")], fetch.twiml
+    body = await record(http, sid)
+    assert body is not None and (body["end_reason"], body["variables"]) == ("voicemail", VARIABLES), body
