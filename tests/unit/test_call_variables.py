@@ -69,6 +69,7 @@ def test_defaults_then_call_variables_then_built_ins() -> None:
         ({"name": None}, "variables.name"),
         ({"name": {"first": "Ada"}}, "variables.name"),
         ({"customer_number": "+15550100"}, "variables.customer_number"),  # a built-in
+        ({"n": 10**5000}, "variables.n"),  # past str()'s digit limit: a 422, not a 500
     ],
 )
 def test_bad_variables_are_refused_naming_the_field(raw: object, field: str) -> None:

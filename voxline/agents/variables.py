@@ -75,8 +75,13 @@ def checked(raw: object, what: str = "variables") -> dict[str, str]:
             raise InvalidVariables(f"{field}: {key!r} is a built-in variable, set by the call", field)
         if isinstance(value, bool):
             text = "true" if value else "false"
-        elif isinstance(value, (str, int, float)):
-            text = str(value)
+        elif isinstance(value, str):
+            text = value
+        elif isinstance(value, (int, float)):
+            try:
+                text = str(value)
+            except ValueError:  # an int past Python's 4300-digit conversion limit
+                raise InvalidVariables(f"{field}: at most {MAX_VALUE_CHARS} characters", field) from None
         else:
             raise InvalidVariables(f"{field}: a value is a string, number or boolean", field)
         if len(text) > MAX_VALUE_CHARS:
