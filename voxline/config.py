@@ -426,6 +426,9 @@ class BrainSettings(WorkerSettings):
     brain_provider: str = Field("", description="fake | local | openai; empty = the profile's choice.")
     fake_ttft_ms: int = Field(150, description="Fake brain: time to first token.")
     fake_tokens_per_s: float = Field(50.0, description="Fake brain: streaming rate after the first token.")
+    fake_analysis_ms: int = Field(
+        0, ge=0, description="Fake brain: how long its post-call analysis takes (a model's time, for failover tests)."
+    )
     brain_max_turns: int = Field(
         200,
         description="Replies one brain worker streams at once; at capacity it leaves the brain queue, so NATS "

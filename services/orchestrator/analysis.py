@@ -9,6 +9,11 @@ into the record by compare-and-set, so what the gateway added meanwhile (a trans
 status) stays. `call.ended` waits for it (voxline/webhooks/events.py `concluded`) and is then
 offered with the analysis; a brain that fails, answers nonsense or never answers makes the
 analysis `failed` with the reason, and `call.ended` goes out all the same.
+
+The owner keeps the call's lease (and its saved state, the ended call with the analysis
+pending) until the analysis is written: if it dies meanwhile, the orchestrator that takes
+the lease over finds an ended call still to analyse and does it (`failover.py`), and the
+webhooks it then sends skip what the dead owner had delivered.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
@@ -108,27 +113,38 @@ class Analyst:
     def __init__(self, bus: Bus, timeout_s: float) -> None:
         self.bus = bus
         self.timeout_s = timeout_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # call id -> its analysis under way
 
     @property
-    def running(self) -> int:
-        return len(self._tasks)
+    def running(self) -> list[str]:
+        return sorted(self._tasks)
 
-    def start(self, record: CallRecord, agent: Agent, offer: Callable[[CallRecord], None]) -> None:
+    def start(
+        self,
+        record: CallRecord,
+        agent: Agent,
+        offer: Callable[[CallRecord], None],
+        finished: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Analyse the ended call (its record is written, its analysis pending); `offer` gets
-        the record with the analysis (the webhooks). Never blocks, never raises."""
-        task = asyncio.create_task(self._run(record, agent, offer), name=f"analysis-{record.call_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        the record with the analysis (the webhooks), then `finished` runs (the call's lease
+        is let go: until then, an orchestrator dying here leaves the analysis to the one
+        taking its lease over). Never blocks, never raises."""
+        call_id = record.call_id
+        if call_id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(record, agent, offer, finished), name=f"analysis-{call_id}")
+        self._tasks[call_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(call_id, None))
 
     async def wait(self) -> None:
         """Until every analysis under way is written (each is bounded by the timeout)."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks))
+            await asyncio.wait(list(self._tasks.values()))
 
     async def stop(self, grace_s: float) -> None:
         """Let the analyses under way finish for `grace_s`; the rest are written `failed`."""
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.values())
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=grace_s)
@@ -137,21 +153,34 @@ class Analyst:
         if late:
             await asyncio.wait(late)
 
-    async def _run(self, record: CallRecord, agent: Agent, offer: Callable[[CallRecord], None]) -> None:
+    async def _run(
+        self,
+        record: CallRecord,
+        agent: Agent,
+        offer: Callable[[CallRecord], None],
+        finished: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         started = time.monotonic()
         try:
-            analysis = await self.ask(record, agent, started)
-        except asyncio.CancelledError:
-            analysis = failed("the orchestrator stopped before the brain answered", started)
             try:
-                await asyncio.wait_for(self._finish(record, analysis, offer), LAST_WRITE_S)
-            except Exception as exc:
-                log.error("could not write the cut-short analysis: %s", exc, extra={"call_id": record.call_id})
-            raise
-        except Exception as exc:  # a bug here must still end in call.ended
-            log.exception("post-call analysis failed", extra={"call_id": record.call_id})
-            analysis = failed(f"internal error: {type(exc).__name__}", started)
-        await self._finish(record, analysis, offer)
+                analysis = await self.ask(record, agent, started)
+            except asyncio.CancelledError:
+                analysis = failed("the orchestrator stopped before the brain answered", started)
+                try:
+                    await asyncio.wait_for(self._finish(record, analysis, offer), LAST_WRITE_S)
+                except Exception as exc:
+                    log.error("could not write the cut-short analysis: %s", exc, extra={"call_id": record.call_id})
+                raise
+            except Exception as exc:  # a bug here must still end in call.ended
+                log.exception("post-call analysis failed", extra={"call_id": record.call_id})
+                analysis = failed(f"internal error: {type(exc).__name__}", started)
+            await self._finish(record, analysis, offer)
+        finally:
+            if finished is not None:
+                try:
+                    await asyncio.wait_for(finished(), LAST_WRITE_S)
+                except Exception as exc:
+                    log.warning("after the analysis: %s", exc, extra={"call_id": record.call_id})
 
     async def ask(self, record: CallRecord, agent: Agent, started: float) -> CallAnalysis:
         request = request_for(record, agent, self.timeout_s)

@@ -5,7 +5,8 @@ as one story. Giving up: a stopping orchestrator stops the call's actor, saves t
 it is and frees the lease (`_hand_over`); an owner whose lease was taken while it was paused
 or cut off lets the call go without a word (`_on_lease_lost`). Taking over: an orphaned
 lease (its owner died, or handed it over) is taken by compare-and-set, and the call resumes
-from its snapshot, with the STT events since the snapshot asked for again (`_on_orphan`).
+from its snapshot, with the STT events since the snapshot asked for again (`_on_orphan`); an
+ended call whose post-call analysis its owner never wrote is analysed (analysis.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Failover:
         raise NotImplementedError
 
     async def _assign_stt(self, assign: SttAssign, traceparent: str) -> str | None:
+        raise NotImplementedError
+
+    def _analyse(self, call: Call) -> bool:
         raise NotImplementedError
 
     async def _hand_over(self, call_id: str) -> bool:
@@ -132,7 +136,11 @@ class Failover:
             return  # another orchestrator was first
         current_call_id.set(call_id)
         if snapshot.call.state is CallState.ENDED:
-            await self.ownership.release(call_id)  # its owner died while cleaning up
+            # Its owner died while cleaning up, or before its post-call analysis was written.
+            if self._analyse(snapshot.call):
+                log.warning("took an ended call over from %s to analyse it", previous or "a hand-over")
+            else:
+                await self.ownership.release(call_id)
             return
         log.warning("took the call over from %s", previous or "a hand-over", extra={"call_id": call_id})
         TAKEOVERS.inc()

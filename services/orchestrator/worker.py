@@ -74,6 +74,7 @@ class OrchestratorStatus(msgspec.Struct):
     active_calls: int  # calls this instance owns
     calls: dict[str, CallState]  # their call ids and states
     subscriptions: int  # per-call bus subscriptions they hold, together
+    analysing: list[str] = []  # ended calls whose post-call analysis runs here
 
 
 def with_unheard_audio(assign: SttAssign, call: Call) -> SttAssign:
@@ -148,6 +149,7 @@ class Orchestrator(Failover):
             active_calls=len(self.calls),
             calls={call_id: actor.call.state for call_id, actor in self.calls.items()},
             subscriptions=sum(len(s) for s in self._subs.values()),
+            analysing=self.analyst.running,
         )
 
     async def drain(self) -> None:
@@ -177,9 +179,9 @@ class Orchestrator(Failover):
         runs = list(self._runs.values())
         if runs:
             await asyncio.wait(runs, timeout=STOP_TIMEOUT_S)
+        await self.analyst.stop(STOP_TIMEOUT_S)  # leases still renewed; then call.ended, analysed or failed
         await self.ownership.stop()
         await self.agents.stop()
-        await self.analyst.stop(STOP_TIMEOUT_S)  # then call.ended of the last calls, analysed or failed
         await self.webhooks.stop()
 
     async def _on_call_start(self, start: Message, msg: Msg) -> None:
@@ -293,13 +295,18 @@ class Orchestrator(Failover):
         offer_webhooks(call.record)  # call.started; after a takeover, what the last owner left undone
         return actor
 
-    def _analyse(self, actor: CallActor) -> None:
-        """The post-call analysis of an ended call, beside its teardown (analysis.py)."""
-        record, agent = actor.call.record, actor.call.agent
-        if record.analysis is not None and record.analysis.status == "pending":
-            self.analyst.start(
-                record, agent, lambda r: self.webhooks.offer(r, agent.webhook_url, agent.webhook_secret_env)
-            )
+    def _analyse(self, call: Call) -> bool:
+        """The post-call analysis of an ended call, beside its teardown (analysis.py); the
+        call's lease is let go once it is written. False: nothing to analyse."""
+        record, agent = call.record, call.agent
+        if record.analysis is None or record.analysis.status != "pending":
+            return False
+
+        def offer(analysed: CallRecord) -> None:
+            self.webhooks.offer(analysed, agent.webhook_url, agent.webhook_secret_env)
+
+        self.analyst.start(record, agent, offer, finished=lambda: self.ownership.release(call.call_id))
+        return True
 
     async def _announce_end(self, actor: CallActor) -> None:
         call_id = actor.call.call_id
@@ -308,7 +315,8 @@ class Orchestrator(Failover):
             await self.bus.publish(subjects.CALL_ENDED, CallEnded(call_id=call_id, reason=reason))
         except Exception as exc:  # the connection may be going away at shutdown
             log.warning("could not announce the end of the call: %s", exc)
-        await self.ownership.release(call_id)
+        if not self._analyse(actor.call):  # else the lease goes once the analysis is written
+            await self.ownership.release(call_id)
         log.info("call ended: %s", reason, extra={"call_id": call_id})
 
     async def _assign_stt(self, assign: SttAssign, traceparent: str) -> str | None:
@@ -414,7 +422,6 @@ class Orchestrator(Failover):
                     log.info("call let go: it is owned elsewhere", extra={"call_id": call_id})
             else:
                 await self._announce_end(actor)
-                self._analyse(actor)
             for sub in self._subs.pop(call_id, []):
                 try:
                     await sub.unsubscribe()

@@ -35,8 +35,10 @@ QUESTIONS = ["first question", "second question", "third question"]
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     # Two of every service (`voxline up --replicas 2`); a stopped orchestrator hands its
-    # calls over after a 1 s drain instead of 15 minutes.
-    with own_stack(tmp_path_factory, "failover", {"VOXLINE_DRAIN_TIMEOUT_S": "1"}, replicas=2) as stack:
+    # calls over after a 1 s drain instead of 15 minutes. The fake brain's post-call analysis
+    # takes 2 s, as a model's would: time for an owner to die before it is written.
+    env = {"VOXLINE_DRAIN_TIMEOUT_S": "1", "VOXLINE_FAKE_ANALYSIS_MS": "2000"}
+    with own_stack(tmp_path_factory, "failover", env, replicas=2) as stack:
         yield stack
 
 
@@ -115,9 +117,11 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
     said = [h.content for h in second.history]
     assert QUESTIONS[0] in said and any(str(c).startswith(f"You said: {QUESTIONS[0]}") for c in said), said
 
-    # Everything of the call is released: nobody owns it, nothing of it is left in the KV.
+    # Everything of the call is released: nobody owns it, nothing of it is left in the KV
+    # (the lease goes once the post-call analysis is written).
     async def released() -> bool:
-        return await _owner(stack, script.call_sid) is None
+        leases = await _kv_keys(stack.probe_url, CALL_LEASES_BUCKET)
+        return await _owner(stack, script.call_sid) is None and script.call_sid not in leases
 
     await wait_until(released, timeout=10, what="the call to be released")
     assert script.call_sid not in await _kv_keys(stack.probe_url, CALL_LEASES_BUCKET)
@@ -284,3 +288,46 @@ async def test_the_stt_worker_killed_mid_sentence_the_sentence_is_still_heard(pa
     replies = [t for t in result.record["turns"] if t["kind"] == "reply"]
     assert [r["caller_text"] for r in replies] == [QUESTIONS[0], long_question]
     await asyncio.get_running_loop().run_in_executor(None, stack.restart, holder)
+
+
+async def test_the_owner_killed_before_the_post_call_analysis_is_written_another_one_writes_it(
+    pair: DevStack,
+) -> None:
+    stack, loop = pair, asyncio.get_running_loop()
+    script = script_for(Utterance(text=QUESTIONS[0]))  # the demo agent asks for an analysis
+    result = await run_call(stack.gateway_url, script, auth_token=AUTH_TOKEN)
+    assert result.accepted and not result.errors, result.errors
+    analysing: list[str] = []
+
+    async def owner_analysing() -> bool:
+        async with httpx.AsyncClient() as client:
+            for key in ORCHESTRATORS:
+                status = (await client.get(stack.processes[key].health_url.replace("/readyz", "/status"))).json()
+                if script.call_sid in status.get("analysing", []):
+                    analysing.append(key)
+        return bool(analysing)
+
+    await wait_until(owner_analysing, timeout=10, what="the owner to analyse the ended call")
+    [owner] = analysing
+    record = await _record_in_kv(stack, script.call_sid)
+    assert record is not None and record["status"] == "ended" and record["analysis"]["status"] == "pending"
+    stack.processes[owner].kill()
+
+    async def analysed() -> bool:
+        record = await _record_in_kv(stack, script.call_sid)
+        return record is not None and record["analysis"]["status"] != "pending"
+
+    await wait_until(analysed, timeout=20, what="the other orchestrator to take the lease over and analyse")
+    record = await _record_in_kv(stack, script.call_sid)
+    assert record is not None and record["analysis"]["status"] == "done", record["analysis"]
+    assert record["analysis"]["summary"] == f"Fake analysis (no model): the caller said: {QUESTIONS[0]}"
+    other = next(key for key in ORCHESTRATORS if key != owner)
+    assert "to analyse it" in service_log(stack, other)
+    await wait_until(
+        lambda: _lease_gone(stack, script.call_sid), timeout=10, what="the lease to go once the analysis is written"
+    )
+    await loop.run_in_executor(None, stack.restart, owner)  # two orchestrators for the next test
+
+
+async def _lease_gone(stack: DevStack, call_id: str) -> bool:
+    return call_id not in await _kv_keys(stack.probe_url, CALL_LEASES_BUCKET)

@@ -247,9 +247,19 @@ async def stored(bus: Bus, record: CallRecord) -> None:
 
 async def analysed(bus: Bus, record: CallRecord, agent: Agent, timeout_s: float = 5.0) -> CallRecord:
     offered: asyncio.Future[CallRecord] = asyncio.get_running_loop().create_future()
+    finished = asyncio.Event()
+
+    async def let_go() -> None:  # the worker releases the call's lease here
+        assert offered.done(), "the lease goes after the analysed record was offered"
+        finished.set()
+
     analyst = Analyst(bus, timeout_s)
-    analyst.start(record, agent, offered.set_result)
-    return await asyncio.wait_for(offered, timeout_s + 5)
+    analyst.start(record, agent, offered.set_result, let_go)
+    analyst.start(record, agent, offered.set_result, let_go)  # once per call
+    assert analyst.running == [record.call_id]
+    got = await asyncio.wait_for(offered, timeout_s + 5)
+    await asyncio.wait_for(finished.wait(), 5)
+    return got
 
 
 async def test_with_no_brain_running_the_analysis_fails_fast_and_is_still_offered(worker_bus: Bus) -> None:

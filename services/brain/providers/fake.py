@@ -33,6 +33,7 @@ class FakeBrainProvider:
     def __init__(self, settings: BrainSettings) -> None:
         self.ttft_s = settings.fake_ttft_ms / 1000
         self.token_gap_s = 1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s > 0 else 0.0
+        self.analysis_s = settings.fake_analysis_ms / 1000
 
     async def stream(self, turn: BrainTurn) -> AsyncIterator[BrainEvent]:
         words = fake_reply(turn.user_text).split(" ")
@@ -49,6 +50,7 @@ class FakeBrainProvider:
 
     async def analyse(self, request: AnalysisRequest) -> AnalysisResult:
         """A post-call analysis that says it is fake: the caller's lines, every field null."""
+        await asyncio.sleep(self.analysis_s)
         return fake_analysis(request)
 
     async def load(self) -> None:
