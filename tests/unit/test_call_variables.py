@@ -167,6 +167,13 @@ def test_a_call_resumed_from_its_snapshot_keeps_its_variables() -> None:
     snapshot = msgspec.json.decode(msgspec.json.encode(CallSnapshot(call=d.call)), type=CallSnapshot)
     assert snapshot.call.record.variables == {"customer_name": "Ada", "appointment": "Tuesday 3pm"}
     assert snapshot.call.variables() == d.call.variables()
+    resumed = Driver()  # another orchestrator, going on from the snapshot
+    resumed.call = snapshot.call
+    resumed.greet()
+    assert resumed.published(Synthesize)[0].text == "Hello Ada, this is Smile Dental about Tuesday 3pm."
+    resumed.says("what time again")
+    [request] = resumed.published(BrainTurn)
+    assert request.variables["customer_name"] == "Ada" and request.variables["customer_number"] == "+15005550104"
 
 
 def test_the_brains_system_prompt_has_the_values(tmp_path: Path) -> None:
