@@ -171,6 +171,9 @@ def show_record(record: dict[str, Any]) -> list[str]:
     ):
         if record.get(key):
             out.append(f"{label}{record[key]}")
+    variables = record.get("variables")
+    if isinstance(variables, dict) and variables:
+        out.append("variables " + ", ".join(f"{k}={v}" for k, v in variables.items()))
     costs = record.get("costs")
     if isinstance(costs, dict) and any(costs.values()):
         out.append("costs     " + "  ".join(f"{k} {v}" for k, v in costs.items()))
@@ -265,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
                 body["machine_detection"] = True
             if args.voicemail_message is not None:
                 body["voicemail_message"] = args.voicemail_message
+            if args.var:
+                body["variables"] = dict(pair.partition("=")[::2] for pair in args.var)
             placed = client.request("POST", "/v1/calls", body=body)
             print(f"{placed['call_sid']} {placed.get('status', '')}".rstrip())
     except ApiError as exc:
@@ -306,4 +311,10 @@ def add_arguments(calls: argparse.ArgumentParser) -> None:
     place.add_argument("--from", dest="from_", default="", help="caller id; TWILIO_FROM_NUMBER when empty")
     place.add_argument("--machine-detection", action="store_true", help="answering-machine detection")
     place.add_argument("--voicemail-message", help="left on an answering machine (needs --machine-detection)")
+    place.add_argument(
+        "--var",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a variable for the agent's {{NAME}} placeholders (repeatable)",
+    )
     calls.set_defaults(func=run)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -217,6 +218,10 @@ async def test_place_dials_through_twilio_and_refuses_a_message_without_detectio
         "--machine-detection",
         "--voicemail-message",
         "Please call us back.",
+        "--var",
+        "customer_name=Ada",
+        "--var",
+        "appointment=Tuesday 3pm=ish",
     )
     assert placed.returncode == 0, placed.stderr
     sid = placed.stdout.split()[0]
@@ -224,6 +229,10 @@ async def test_place_dials_through_twilio_and_refuses_a_message_without_detectio
     [made] = [r for r in twilio.created() if r.call_sid == sid]
     assert made.form["To"] == to and made.form["From"] == OUR_NUMBER
     assert made.form["MachineDetection"] == "DetectMessageEnd"
+    voice_url = made.form["Url"]  # the variables ride in the voice URL Twilio will sign
+    assert parse_qs(urlsplit(voice_url).query)["vars"] == ['{"customer_name":"Ada","appointment":"Tuesday 3pm=ish"}'], (
+        voice_url
+    )
 
     refused = await voxline_calls(stack, "place", "--to", to, "--voicemail-message", "Hi.", "--from", OUR_NUMBER)
     assert refused.returncode == 1 and "422" in refused.stderr and "(field voicemail_message)" in refused.stderr

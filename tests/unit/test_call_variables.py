@@ -26,6 +26,7 @@ from voxline.agents.variables import (
     placeholders,
     render,
 )
+from voxline.calls_cli import show_record
 from voxline.simulator.twilio_stream import parse_twiml
 
 
@@ -192,3 +193,9 @@ def test_the_brains_system_prompt_has_the_values(tmp_path: Path) -> None:
     )
     _, messages = PromptBuilder(AgentStore(tmp_path)).messages(turn)
     assert messages[0] == {"role": "system", "content": "You call Ada about Tuesday 3pm."}
+
+
+def test_voxline_calls_get_shows_the_variables() -> None:
+    lines = show_record({"call_id": "CA1", "variables": {"customer_name": "Ada", "appointment": "Tuesday 3pm"}})
+    assert "variables customer_name=Ada, appointment=Tuesday 3pm" in lines
+    assert not [line for line in show_record({"call_id": "CA1", "variables": {}}) if line.startswith("variables")]
