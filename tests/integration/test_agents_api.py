@@ -204,6 +204,12 @@ async def test_openapi_documents_the_agent_routes(stack: DevStack) -> None:
     item = doc["paths"]["/v1/agents/{agent_id}"]
     assert {"get", "put", "patch", "delete"} <= set(item)
     assert "404" in item["delete"]["responses"] and "422" in item["patch"]["responses"]
+    for method in ("put", "patch", "delete"):
+        assert "412" in item[method]["responses"], method
+        assert [p["name"] for p in item[method].get("parameters", []) if p["in"] == "header"] == ["If-Match"]
+    assert "default_variables" in doc["components"]["schemas"]["Agent"]["properties"]
+    outbound = doc["components"]["schemas"]["OutboundCall"]["properties"]["variables"]
+    assert "{{name}}" in outbound["description"], outbound
 
 
 async def test_concurrent_edits_with_if_match_one_wins_the_stale_one_gets_412(stack: DevStack) -> None:
