@@ -63,12 +63,13 @@ def twiml_response(xml: str, status_code: int = 200) -> Response:
     return Response(content=xml, media_type="application/xml", status_code=status_code)
 
 
-def agent_says(agent: Agent, text: str, params: dict[str, str]) -> str:
+def agent_says(agent: Agent, text: str, params: dict[str, str], variables: dict[str, str] | None = None) -> str:
     """An agent message Twilio reads out (busy, failure, transfer failed): its placeholders
-    filled with the agent's defaults and the built-ins, as the gateway has no call variables."""
+    filled with the agent's defaults, the call's variables (from its record, when there is
+    one) and the built-ins."""
     direction = call_direction(params.get("Direction", ""))
     built_in = builtins(params.get("CallSid", ""), direction, params.get("From", ""), params.get("To", ""))
-    return render(text, call_values(agent.default_variables, {}, built_in))
+    return render(text, call_values(agent.default_variables, variables or {}, built_in))
 
 
 def say_and_hang_up(text: str) -> str:
@@ -316,4 +317,5 @@ async def dial_ended(
         return twiml_response(hang_up())
     log.warning("transfer not answered (%s): the caller is told so", status, extra=extra)
     agent = _agent(agents, record.agent_id if record is not None else "")
-    return twiml_response(say_and_hang_up(agent_says(agent, agent.transfer_failed_message, params)))
+    variables = record.variables if record is not None else {}
+    return twiml_response(say_and_hang_up(agent_says(agent, agent.transfer_failed_message, params, variables)))

@@ -11,7 +11,7 @@ import pytest
 
 from proto.messages import BrainTurn, CallStart, Synthesize
 from services.brain.prompt import PromptBuilder
-from services.gateway.webhook import connect_stream
+from services.gateway.webhook import agent_says, connect_stream
 from services.orchestrator.call import CallLimits, CallSnapshot, new_call
 from tests.unit.orchestrator_driver import CALL_ID, T0, Driver
 from voxline.agents import Agent, AgentStore, InvalidAgent
@@ -199,3 +199,18 @@ def test_voxline_calls_get_shows_the_variables() -> None:
     lines = show_record({"call_id": "CA1", "variables": {"customer_name": "Ada", "appointment": "Tuesday 3pm"}})
     assert "variables customer_name=Ada, appointment=Tuesday 3pm" in lines
     assert not [line for line in show_record({"call_id": "CA1", "variables": {}}) if line.startswith("variables")]
+
+
+def test_messages_twilio_reads_out_get_the_record_variables_defaults_and_built_ins() -> None:
+    agent = Agent(
+        id="a",
+        name="A",
+        greeting="",
+        system_prompt="",
+        default_variables={"customer_name": "there"},
+        transfer_failed_message="Sorry {{customer_name}}, nobody is free. Call {{agent_number}}.{{unset}}",
+    )
+    params = {"CallSid": "CA1", "Direction": "inbound", "From": "+15005550006", "To": "+15005550001"}
+    text = agent.transfer_failed_message
+    assert agent_says(agent, text, params) == "Sorry there, nobody is free. Call +15005550001."
+    assert agent_says(agent, text, params, {"customer_name": "Ada"}) == "Sorry Ada, nobody is free. Call +15005550001."
