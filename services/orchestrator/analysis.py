@@ -162,6 +162,9 @@ class Analyst:
     ) -> None:
         started = time.monotonic()
         try:
+            if (written := await self._written(record.call_id)) is not None:
+                offer(written)  # a dead owner wrote it but died before letting the lease go
+                return
             try:
                 analysis = await self.ask(record, agent, started)
             except asyncio.CancelledError:
@@ -181,6 +184,16 @@ class Analyst:
                     await asyncio.wait_for(finished(), LAST_WRITE_S)
                 except Exception as exc:
                     log.warning("after the analysis: %s", exc, extra={"call_id": record.call_id})
+
+    async def _written(self, call_id: str) -> CallRecord | None:
+        """The stored record, when its analysis is already written (not pending)."""
+        try:
+            stored = await self.bus.kv_get(CALL_RECORDS_BUCKET, call_id, CallRecord)
+        except Exception as exc:  # then ask: a second analysis beats none
+            log.warning("could not read the call record: %s", exc, extra={"call_id": call_id})
+            return None
+        done = stored is not None and stored.analysis is not None and stored.analysis.status != "pending"
+        return stored if done else None
 
     async def ask(self, record: CallRecord, agent: Agent, started: float) -> CallAnalysis:
         request = request_for(record, agent, self.timeout_s)

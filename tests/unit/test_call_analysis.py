@@ -362,3 +362,14 @@ def test_voxline_calls_get_shows_the_analysis() -> None:
     failed = show_record({"call_id": "CA1", "analysis": {"status": "failed", "error": "no brain worker is running"}})
     assert failed[-1] == "analysis  failed: no brain worker is running"
     assert not [line for line in show_record({"analysis": {"status": "none"}}) if line.startswith("analysis")]
+
+
+async def test_an_analysis_already_written_is_offered_not_asked_again(worker_bus: Bus) -> None:
+    # A dead owner wrote the analysis but died before letting the lease go: its successor,
+    # resuming from the snapshot (pending), finds it written and only offers it.
+    record = ended_record(CallAnalysis(status="pending"))
+    record.call_id = "CA-written"
+    written = msgspec.structs.replace(record, analysis=CallAnalysis(status="done", summary="Written.", provider="x"))
+    await stored(worker_bus, written)
+    got = await analysed(worker_bus, record, agent_with({}))  # no brain runs: asking would fail
+    assert got.analysis == written.analysis
