@@ -227,7 +227,9 @@ def event_line(event: str, data: dict[str, Any]) -> str:
         return f"{prefix}  turn {data.get('turn_id')} {data.get('kind', '')}{extra}  {latency}".rstrip()
     if event == "call.ended":
         record = data.get("record") or {}
-        return f"{prefix}  {record.get('end_reason', '')}  length {duration(record)}".rstrip()
+        analysis = record.get("analysis") or {}
+        said = f"  analysis {analysis['status']}" if analysis.get("status") not in (None, "none") else ""
+        return f"{prefix}  {record.get('end_reason', '')}  length {duration(record)}{said}".rstrip()
     if event == "call.started":
         return f"{prefix}  from {data.get('from_number') or '-'}  to {data.get('to_number') or '-'}"
     return prefix.rstrip()

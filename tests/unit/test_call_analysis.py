@@ -349,7 +349,7 @@ async def test_the_brain_answers_failed_when_its_provider_cannot_analyse(worker_
 
 
 def test_voxline_calls_get_shows_the_analysis() -> None:
-    from voxline.calls_cli import show_record
+    from voxline.calls_cli import event_line, show_record
 
     done = {"status": "done", "summary": "Wants a call back.", "fields": {"cb": "5550101", "ok": None}}
     lines = show_record({"call_id": "CA1", "analysis": {**done, "provider": "openai", "model": "gpt-4o"}})
@@ -362,6 +362,8 @@ def test_voxline_calls_get_shows_the_analysis() -> None:
     failed = show_record({"call_id": "CA1", "analysis": {"status": "failed", "error": "no brain worker is running"}})
     assert failed[-1] == "analysis  failed: no brain worker is running"
     assert not [line for line in show_record({"analysis": {"status": "none"}}) if line.startswith("analysis")]
+    ended = event_line("call.ended", {"record": {"end_reason": "caller hung up", "analysis": done}})
+    assert ended.endswith("caller hung up  length -  analysis done")
 
 
 async def test_an_analysis_already_written_is_offered_not_asked_again(worker_bus: Bus) -> None:
