@@ -91,6 +91,7 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
         Utterance(text=QUESTIONS[1], pause_ms=6000),  # the takeover happens in this silence
         Utterance(text=QUESTIONS[2]),
     )
+    script.variables = {"customer_name": "Ada"}  # kept in the snapshot the new owner resumes from
     async with watching(stack.probe_url) as spy:
         call, owner, other = await _call_answered_once(stack, script)
         proc = stack.processes[owner]
@@ -116,6 +117,8 @@ async def _fail_owner_mid_call(stack: DevStack, how: signal.Signals) -> None:
     second = next(r for r in requests if r.user_text == QUESTIONS[1])
     said = [h.content for h in second.history]
     assert QUESTIONS[0] in said and any(str(c).startswith(f"You said: {QUESTIONS[0]}") for c in said), said
+    assert [r.variables.get("customer_name") for r in requests] == ["Ada"] * len(requests)  # old and new owner's
+    assert result.record["variables"] == {"customer_name": "Ada"}
 
     # Everything of the call is released: nobody owns it, nothing of it is left in the KV
     # (the lease goes once the post-call analysis is written).

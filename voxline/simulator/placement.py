@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 from twilio.request_validator import RequestValidator
 
+from voxline.agents.variables import VARIABLES_QUERY, encode_parameter
 from voxline.simulator.script import CallScript
 from voxline.simulator.twilio_stream import ProtocolError, StreamTarget, parse_twiml
 
@@ -39,6 +40,8 @@ async def place_call(
     http: httpx.AsyncClient, base_url: str, script: CallScript, auth_token: str | None
 ) -> StreamTarget:
     url = f"{base_url.rstrip('/')}/twilio/voice?{urlencode({'agent': script.agent_id})}"
+    if script.variables:  # as POST /v1/calls puts them in the voice URL
+        url += "&" + urlencode({VARIABLES_QUERY: encode_parameter(script.variables)}, quote_via=quote)
     try:
         response = await post_as_twilio(http, url, script, auth_token)
     except httpx.HTTPError as exc:

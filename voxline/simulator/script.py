@@ -74,6 +74,8 @@ class CallScript:
     stream_token_override: str | None = None
     drop_stream_token: bool = False
     extra_parameters: dict[str, str] = field(default_factory=dict)
+    # Per-call variables, in the voice URL as a call placed with `POST /v1/calls` has them.
+    variables: dict[str, str] = field(default_factory=dict)
     malformed_frame_after_ms: int | None = None  # ms after stream start
     reply_timeout_s: float = 15.0
     greeting_timeout_s: float = 10.0
