@@ -20,7 +20,18 @@ from pydantic import SecretStr
 
 from proto import AudioFrame, subjects
 from proto.knowledge import KNOWLEDGE_BUCKET
-from proto.messages import CallAccepted, CallEnded, CallStart, Dtmf, Hangup, Message, SpeechStarted, TurnCancel
+from proto.messages import (
+    AnalysisRequest,
+    AnalysisResult,
+    CallAccepted,
+    CallEnded,
+    CallStart,
+    Dtmf,
+    Hangup,
+    Message,
+    SpeechStarted,
+    TurnCancel,
+)
 from proto.permissions import PERMISSIONS, PROBE_USER, SERVICES, Permissions
 from proto.records import CALL_RECORDS_BUCKET, CallRecord
 from tests.unit.bus_probe import Probe
@@ -199,6 +210,36 @@ async def test_stt_cannot_read_call_records(secured_url: str, users: NatsUsers, 
         assert stt.permission_violations >= 1
     finally:
         await orchestrator.close()
+
+
+async def test_only_the_orchestrator_asks_a_brain_for_a_post_call_analysis(secured_url: str, users: NatsUsers) -> None:
+    """An analysis request carries a whole transcript and costs a model call: a stolen
+    gateway or STT password can ask for none; the orchestrator's request is answered."""
+    brain = await as_service(secured_url, users, "brain")
+    gateway = await as_service(secured_url, users, "gateway")
+    orchestrator = await as_service(secured_url, users, "orchestrator")
+    asked: list[str] = []
+
+    async def answer(message: Message, msg: Msg) -> None:
+        assert isinstance(message, AnalysisRequest)
+        asked.append(message.call_id)
+        await brain.respond(msg, AnalysisResult(call_id=message.call_id, status="done", provider="fake"))
+
+    def request(call_id: str) -> AnalysisRequest:
+        return AnalysisRequest(call_id=call_id, agent_id="demo", lines=[], timeout_ms=1000, requested_at_us=0)
+
+    try:
+        await brain.subscribe(subjects.BRAIN_ANALYSE, answer, queue=subjects.QUEUE_BRAIN)
+        await brain.nc.flush()
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await gateway.request(subjects.BRAIN_ANALYSE, request("CAforged"), timeout=0.5)
+        await until(lambda: gateway.permission_violations >= 1, "the server's refusal")
+        reply = await orchestrator.request(subjects.BRAIN_ANALYSE, request("CAowned"), timeout=5)
+        assert isinstance(reply, AnalysisResult) and reply.status == "done"
+        assert asked == ["CAowned"]
+    finally:
+        for bus in (brain, gateway, orchestrator):
+            await bus.close()
 
 
 async def test_brain_cannot_write_or_delete_knowledge(secured_url: str, users: NatsUsers, probe: Probe) -> None:
