@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -256,3 +257,26 @@ async def test_deleting_an_agent_deletes_its_knowledge_documents(stack: DevStack
         # The same id again: the old agent's documents are gone, not inherited.
         assert (await api.post("/v1/agents", json=agent_doc("shortlived", "Hi again."))).status_code == 201
         assert (await api.get("/v1/agents/shortlived/knowledge")).json()["documents"] == []
+
+
+async def test_voxline_call_with_vars_hears_them_in_the_greeting(stack: DevStack, tmp_path: Path) -> None:
+    """`voxline call --var` (the simulator, run as the CLI is): the voice URL carries the
+    variables as POST /v1/calls puts them; the greeting says the value, the agent's default
+    fills what the call does not give, and the record has the call's own."""
+    doc = agent_doc("greeter", "Hello {{customer_name}}, welcome to {{shop}}.{{nothing}}")
+    doc["default_variables"] = {"shop": "the bakery", "customer_name": "there"}
+    async with httpx.AsyncClient(base_url=stack.gateway_urls()[0]) as api:
+        assert (await api.post("/v1/agents", json=doc)).status_code == 201
+    args = ["--url", stack.gateway_url, "--agent", "greeter", "--var", "customer_name=Ada", "--say", "hi"]
+    args += ["--auth-token", AUTH_TOKEN, "--voice", "espeak", "--json", str(tmp_path / "result.json")]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voxline.cli", "call", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 120)
+    assert cli.returncode == 0, (out.decode()[-2000:], err.decode()[-2000:])
+    sid = re.findall(r"CA[0-9a-f]{32}", (tmp_path / "result.json").read_text())[0]
+    async with httpx.AsyncClient(base_url=stack.gateway_url) as api:
+        record = (await api.get(f"/v1/calls/{sid}")).json()
+    [greeting] = [t for t in record["turns"] if t["kind"] == "greeting"]
+    assert greeting["reply_text"] == "Hello Ada, welcome to the bakery.", greeting
+    assert record["variables"] == {"customer_name": "Ada"}

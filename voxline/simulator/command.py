@@ -41,6 +41,13 @@ def add_call_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("VOXLINE_CALLER_VOICE", "piper"),
         help="the caller's voice for --say: piper (natural, what Whisper hears well) or espeak (robotic, cheap)",
     )
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a per-call variable for the agent's {{NAME}} placeholders, as POST /v1/calls sends it (repeatable)",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write every result as JSON")
     parser.add_argument("--quiet", action="store_true")
 
@@ -69,6 +76,7 @@ def build_script(args: argparse.Namespace) -> CallScript:
         reply_timeout_s=args.reply_timeout,
         greeting_timeout_s=args.greeting_timeout,
         wait_for_greeting=args.greeting_timeout > 0,
+        variables=dict(pair.partition("=")[::2] for pair in args.var),
     )
 
 
