@@ -22,6 +22,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -293,8 +294,12 @@ class AnalysisService:
 
     async def _answer(self, request: AnalysisRequest, msg: Msg) -> None:
         current_call_id.set(request.call_id)
-        async with self._slots:
-            result = await analyse(self.provider, request)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        async with self._slots:  # the wait for a slot counts against the orchestrator's timeout
+            waited_ms = int((loop.time() - arrived) * 1000)
+            left = msgspec.structs.replace(request, timeout_ms=max(0, request.timeout_ms - waited_ms))
+            result = await analyse(self.provider, left)
         log.info("post-call analysis %s by %s", result.status, result.provider or self.provider.name)
         try:
             await self.bus.respond(msg, result)

@@ -57,7 +57,7 @@ def request(summary: bool = True, lines: list[TranscriptLine] | None = None, **k
         TranscriptLine(speaker="caller", text="Call me back on 555 0101.", turn_id=2),
     ]
     return AnalysisRequest(
-        call_id="CA1",
+        call_id=kw.pop("call_id", "CA1"),
         agent_id="desk",
         lines=said if lines is None else lines,
         summary=summary,
@@ -375,3 +375,38 @@ async def test_an_analysis_already_written_is_offered_not_asked_again(worker_bus
     await stored(worker_bus, written)
     got = await analysed(worker_bus, record, agent_with({}))  # no brain runs: asking would fail
     assert got.analysis == written.analysis
+
+
+async def test_the_wait_for_a_free_slot_counts_against_the_requests_timeout(
+    worker_bus: Bus, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proto import subjects
+    from services.brain import analysis as brain_analysis
+
+    class Slow:
+        name = "slow"
+
+        async def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+            await asyncio.sleep(0.5)  # within 1.3 s less the margin; twice is not
+            return fake_analysis(request)
+
+        async def load(self) -> None: ...
+
+        async def close(self) -> None: ...
+
+    monkeypatch.setattr(brain_analysis, "MAX_CONCURRENT", 1)
+    service = AnalysisService(worker_bus, Slow())
+    await service.start()
+    await settle(worker_bus)
+    try:
+        first, second = await asyncio.gather(
+            *(
+                probe.bus.request(subjects.BRAIN_ANALYSE, request(timeout_ms=1300, call_id=c), timeout=5)
+                for c in ("CA-first", "CA-second")
+            )
+        )
+        results = {r.call_id: r for r in (first, second) if isinstance(r, AnalysisResult)}
+        assert {c: r.status for c, r in results.items()} == {"CA-first": "done", "CA-second": "failed"}
+        assert results["CA-second"].error.startswith("the model took longer than")
+    finally:
+        await service.stop(1.0)
