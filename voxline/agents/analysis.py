@@ -31,7 +31,7 @@ description = "Whether the caller asked to book an appointment."
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -47,11 +47,37 @@ _KEYS = frozenset(AnalysisField.__struct_fields__)
 _ENUM_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float)}
 
 
+# What /openapi.json says a field is (the struct keeps the raw object, to name a bad one).
+_FIELD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"enum": ["string", "number", "integer", "boolean"]},
+        "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+        "enum": {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1, "maxItems": MAX_ENUM},
+    },
+    "required": ["type"],
+    "additionalProperties": False,
+}
+Fields = Annotated[
+    dict[str, Annotated[dict[str, Any], msgspec.Meta(extra_json_schema=_FIELD_SCHEMA)]],
+    msgspec.Meta(
+        description="The structured fields to fill: a JSON-schema `properties` object, name -> "
+        "{type, description, enum}; each comes back null when the call did not tell.",
+        examples=[{"callback_number": {"type": "string", "description": "The number to call back."}}],
+        extra_json_schema={"maxProperties": MAX_FIELDS},
+    ),
+]
+
+
 class AnalysisOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    summary: bool = True
+    """The post-call analysis: a summary and the structured fields the agent asks for."""
+
+    summary: Annotated[bool, msgspec.Meta(description="Write a few sentences on the call.")] = True
     # Kept as given (the API shows back what was written); `specs` is the checked form.
-    fields: dict[str, dict[str, Any]] = {}
-    instructions: str = ""
+    fields: Fields = {}
+    instructions: Annotated[
+        str, msgspec.Meta(description="The owner's words on what to look for.", max_length=MAX_INSTRUCTIONS)
+    ] = ""
 
     def __post_init__(self) -> None:
         if not self.summary and not self.fields:
