@@ -62,7 +62,9 @@ class CallActor:
         self._timers: dict[Timer, asyncio.Task[None]] = {}
         self._beside: set[asyncio.Task[None]] = set()
         self._metrics = RecordMetrics(call.record, call.traceparent)
-        self._writer = RecordWriter(bus, None if save_state is None else lambda: save_state(self.call))
+        # The call, not `self`: a writer holding the actor that holds the writer is a cycle,
+        # and each ended call's whole state would wait for a full garbage collection.
+        self._writer = RecordWriter(bus, None if save_state is None else lambda: save_state(call))
         # Stamped on every order it sends (proto/ownership.py): receivers drop older ones.
         self.epoch = 0
         # Let go without ending the call: another orchestrator owns it now (or will).
