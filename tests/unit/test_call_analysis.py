@@ -241,7 +241,7 @@ def test_the_ended_record_is_marked_pending_only_for_an_agent_that_asks() -> Non
 
 
 async def stored(bus: Bus, record: CallRecord) -> None:
-    await bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=60)
+    await bus.create_bucket(CALL_RECORDS_BUCKET, ttl_s=3600)
     await bus.kv_put(CALL_RECORDS_BUCKET, record.call_id, record)
 
 
