@@ -18,7 +18,6 @@ import logging
 
 from proto import subjects
 from proto.messages import (
-    BrainTurn,
     CallStopped,
     ChatTurn,
     Dtmf,
@@ -49,8 +48,8 @@ from services.orchestrator.call import Call
 from services.orchestrator.caller import CALLER_TIMERS, CallerEvent, hear
 from services.orchestrator.effects import Effect, ReassignStt, SaveRecord
 from services.orchestrator.events import Event, Greet, Resumed, SttLost, SttReassigned, TimerFired
-from services.orchestrator.speech import Speech
-from services.orchestrator.states import CallState, transition
+from services.orchestrator.reply import Reply
+from services.orchestrator.states import CallState
 from services.orchestrator.timers import Timer, TimerKind
 from services.orchestrator.turn import Turn
 from voxline.agents.variables import render
@@ -60,7 +59,6 @@ log = logging.getLogger("voxline.orchestrator.call")
 # Replies in a row that TTS could not speak before the call is ended: a line that stays
 # silent is worse than a clean hang-up.
 MAX_SILENT_TURNS = 2
-BRAIN_RETRIES = 1  # asks of another brain worker when the one holding a turn falls silent
 # A resumed call's turn ids jump by this much: turns the last owner started after its last
 # snapshot are below the jump, so one cancel reaches all of them and no new turn reuses an id.
 RESUME_TURN_ID_GAP = 100
@@ -84,7 +82,7 @@ def step(call: Call, event: Event, now_us: int) -> list[Effect]:
     return s.effects
 
 
-class _Step(Speech):
+class _Step(Reply):
     """One event's handling: the reply side of the call, intents of the caller's side,
     the idle caller and the call's lifecycle. Sentences and their watchdogs: `Speech`."""
 
@@ -107,11 +105,11 @@ class _Step(Speech):
             case TimerFired():
                 self._on_timer(event)
             case ReplyProgress():
-                self._on_brain_progress(event)
+                self.on_brain_progress(event)
             case ReplySentence():
-                self._on_sentence(event)
+                self.on_sentence(event)
             case ReplyDone():
-                self._on_reply_done(event)
+                self.on_reply_done(event)
             case ReplyError():
                 self.on_reply_error(event)
             case SttError():
@@ -213,7 +211,7 @@ class _Step(Speech):
         elif timer.kind is TimerKind.IDLE:
             self._on_idle()
         elif timer.kind is TimerKind.BRAIN:
-            self._on_brain_silent(timer.turn_id)
+            self.on_brain_silent(timer.turn_id)
         elif timer.kind is TimerKind.TTS:
             self.on_tts_timeout(timer.turn_id, timer.seq)
         elif timer.kind is TimerKind.MAX_CALL:
@@ -223,71 +221,6 @@ class _Step(Speech):
             self._end(self.call.stream_lost)
 
     # --- the reply -----------------------------------------------------------------------
-
-    def start_reply(self, caller_text: str, tentative: bool) -> Turn:
-        """Ask the brain for an answer; a tentative one is held until it is committed."""
-        turn = self.new_turn("reply", caller_text=caller_text)
-        turn.committed = not tentative
-        turn.preemptive = tentative
-        turn.mark("brain_request", self.now_us)
-        self._ask_brain(turn)
-        return turn
-
-    def _ask_brain(self, turn: Turn) -> None:
-        call = self.call
-        request = BrainTurn(
-            call_id=call.call_id,
-            turn_id=turn.turn_id,
-            agent_id=call.agent.id,
-            agent_version=call.record.agent_version,  # the brain answers as the call's agent
-            history=list(call.history),
-            user_text=turn.caller_text,
-            requested_at_us=self.now_us,
-            attempt=turn.brain_attempt,
-            variables=call.variables(),
-        )
-        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), call.limits.brain_timeout_s)
-        self.publish(subjects.BRAIN_TURN, request, turn.turn_id)
-
-    def _on_brain_progress(self, msg: ReplyProgress) -> None:
-        turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed or turn.brain_done or msg.attempt != turn.brain_attempt:
-            return
-        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), self.call.limits.brain_timeout_s)
-
-    def _on_brain_silent(self, turn_id: int) -> None:
-        """No heartbeat nor sentence for brain_timeout_s: the worker died, or none took the
-        turn. Before any sentence came, another worker is asked (the caller hears the answer
-        a moment later); after some, or on the second silence, the agent apologises."""
-        turn = self.live_turn(turn_id)
-        if turn is None or turn.closed or turn.brain_done:
-            return
-        if not turn.sentences and not turn.held and turn.brain_attempt < BRAIN_RETRIES:
-            turn.brain_attempt += 1
-            log.warning(
-                "brain silent for %.1fs on turn %d: asking another worker", self.call.limits.brain_timeout_s, turn_id
-            )
-            self._ask_brain(turn)
-            return
-        self.on_reply_error(
-            ReplyError(
-                call_id=self.call.call_id, turn_id=turn_id, message="brain timed out", attempt=turn.brain_attempt
-            )
-        )
-
-    def commit_reply(self, turn: Turn, commit: intents.Commit) -> None:
-        """The caller's turn ended: timings for the record, then release held sentences."""
-        turn.committed = True
-        turn.mark("speech_end", commit.speech_end_us)
-        turn.mark("stt_final", commit.stt_final_us)
-        turn.mark("end_of_turn", self.now_us)
-        turn.provider_ms["stt"] = commit.stt_provider_ms
-        self.go(CallState.THINKING)
-        held, turn.held = turn.held, []
-        for text in held:
-            self.synthesize(turn, text)
-        if turn.brain_done and not turn.closed:
-            self.synthesize(turn, "", last=True)
 
     def cancel_turn(self, turn: Turn, reason: str) -> None:
         call = self.call
@@ -314,50 +247,6 @@ class _Step(Speech):
         call.history = call.history[-2 * call.limits.history_turns :]
         call.record.turns.append(turn.record())
         self.effects.append(SaveRecord(call.record))
-
-    def _on_sentence(self, msg: ReplySentence) -> None:
-        turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
-            return
-        # The watchdog follows progress: a brain that dies after some sentences must not
-        # leave the turn without its end (the caller would wait in silence).
-        self.start_timer(Timer(TimerKind.BRAIN, turn.turn_id), self.call.limits.brain_timeout_s)
-        if msg.seq == 0:
-            turn.mark("first_token", msg.first_token_us or msg.at_us)
-            turn.mark("first_sentence", msg.at_us)
-            turn.provider_ms["llm"] = msg.provider_ms
-        if turn.committed:
-            self.synthesize(turn, msg.text)
-        else:
-            turn.held.append(msg.text)
-
-    def _on_reply_done(self, msg: ReplyDone) -> None:
-        costs.reply_finished(self.call.record.costs, msg.usage)  # the tokens were spent, heard or not
-        turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
-            return
-        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
-        turn.brain_done = True
-        turn.action, turn.action_arg = msg.action, msg.action_arg
-        turn.tool_calls = list(msg.tool_calls)
-        if turn.committed:
-            self.synthesize(turn, "", last=True)
-
-    def on_reply_error(self, msg: ReplyError) -> None:
-        turn = self.live_turn(msg.turn_id)
-        if turn is None or turn.closed or msg.attempt != turn.brain_attempt:
-            return  # a reply already given up on, or a worker asked before the one now answering
-        log.error("ReplyError: %s", msg.message)
-        self.cancel_timer(Timer(TimerKind.BRAIN, turn.turn_id))
-        turn.brain_done = True
-        turn.tool_calls = list(msg.tool_calls)  # run before the failure: they happened
-        if not turn.sentences and not turn.held:
-            turn.kind = "apology"
-        if turn.committed:
-            self.synthesize(turn, self.call.agent.apology)
-            self.synthesize(turn, "", last=True)
-        else:
-            turn.held.append(self.call.agent.apology)  # goes out with the commit
 
     def _on_audio_sent(self, msg: ReplyAudioSent) -> None:
         turn = self.live_turn(msg.turn_id)
@@ -550,9 +439,6 @@ class _Step(Speech):
         self.effects.append(SaveRecord(call.record))
 
     # --- helpers -------------------------------------------------------------------------
-
-    def go(self, to: CallState) -> None:
-        self.call.state = transition(self.call.state, to)
 
     def control(self, message: PlaybackPause | PlaybackResume | Hangup | Transfer) -> None:
         turn_id = message.turn_id if isinstance(message, PlaybackPause | PlaybackResume) else None

@@ -24,6 +24,7 @@ from proto import subjects
 from proto.messages import Message, SentenceSynthesized, SynthesisProgress, Synthesize, TtsError, TurnKind
 from services.orchestrator import costs
 from services.orchestrator.effects import CancelTimer, Effect, Publish, StartTimer
+from services.orchestrator.states import CallState, transition
 from services.orchestrator.timers import PendingTimer, Timer, TimerKind
 from services.orchestrator.turn import Turn
 
@@ -41,6 +42,9 @@ class Speech:
         self.call = call
         self.now_us = now_us
         self.effects: list[Effect] = []
+
+    def go(self, to: CallState) -> None:
+        self.call.state = transition(self.call.state, to)
 
     def publish(self, subject: str, message: Message, turn_id: int | None = None) -> None:
         self.effects.append(Publish(subject, message, turn_id))
