@@ -308,14 +308,14 @@ def run_soak(args: argparse.Namespace) -> int:
     released = all(held in (0, None) for held in held_at_end.values())
     print("per-call state at the end: " + ", ".join(f"{k} {v}" for k, v in held_at_end.items() if v is not None))
     view = CallerView.of(results)
-    flat = all(t.flat() for t in trends)
+    flat = all(t.flat() for t in trends if t.judged)
     print(
         "\n".join(
             [
                 "",
                 *view.lines(),
                 f"per-call state released everywhere: {'yes' if released else 'NO'}",
-                f"memory flat after the warm-up ({args.warmup:g} s) everywhere: {'yes' if flat else 'NO'}",
+                f"memory flat after the warm-up ({args.warmup:g} s) in every service: {'yes' if flat else 'NO'}",
             ]
         )
     )

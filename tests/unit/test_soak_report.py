@@ -56,3 +56,11 @@ def test_services_are_judged_apart_and_a_late_one_is_kept() -> None:
 def test_the_plot_is_written(tmp_path: Path) -> None:
     path = plot_memory(_samples({"stt": [70.0, 75.0, 75.0], "tts": [60.0, 60.0, 60.0]}), 30.0, tmp_path / "m.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nats_server_is_shown_but_not_judged() -> None:
+    sawtooth = [19.0, 101.8, 93.6, 88.4, 73.8, 126.8, 114.8, 123.4]  # a Go GC's RSS, 90 s apart
+    trends = memory_trends(_samples({"nats": sawtooth, "stt": [70.0] * 8}, every_s=90), warmup_s=120)
+    nats = next(t for t in trends if t.service == "nats")
+    assert not nats.judged and all(t.judged for t in trends if t.service != "nats")
+    assert table(trends)[1].endswith("not judged: Go GC sawtooth")
