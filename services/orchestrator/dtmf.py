@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from proto import subjects
 from proto.messages import SendDtmf
-from services.orchestrator.states import CallState, transition
+from services.orchestrator.states import CallState
 
 if TYPE_CHECKING:
     from services.orchestrator.speech import Speech
@@ -26,7 +26,7 @@ def press(step: Speech, digits: str) -> Turn:
     turn.dtmf = digits
     turn.brain_done = turn.closed = True
     turn.mark("tts_request", step.now_us)
-    call.state = transition(call.state, CallState.THINKING)
+    step.go(CallState.THINKING)
     order = SendDtmf(call_id=call.call_id, turn_id=turn.turn_id, digits=digits)
     step.publish(subjects.control(call.call_id), order, turn.turn_id)
     return turn
